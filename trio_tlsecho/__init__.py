@@ -1,0 +1,65 @@
+"""trio_tlsecho: a mutual-TLS server framework on trio, with a client and a load generator.
+
+The public API is what this module exports; everything in ``_modules`` is private.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from ._certs import IssuedFiles as IssuedFiles
+from ._certs import make_dev_pki as make_dev_pki
+from ._client import EchoResult as EchoResult
+from ._client import echo_once as echo_once
+from ._client import open_client as open_client
+from ._config import Address as Address
+from ._config import ClientConfig as ClientConfig
+from ._config import ServerConfig as ServerConfig
+from ._config import TLSFiles as TLSFiles
+from ._exceptions import CertificateError as CertificateError
+from ._exceptions import ClientError as ClientError
+from ._exceptions import ConfigError as ConfigError
+from ._exceptions import EchoMismatchError as EchoMismatchError
+from ._exceptions import HandlerNotFoundError as HandlerNotFoundError
+from ._exceptions import ListenError as ListenError
+from ._exceptions import TLSEchoError as TLSEchoError
+from ._handlers import Connection as Connection
+from ._handlers import Handler as Handler
+from ._handlers import discard as discard
+from ._handlers import echo as echo
+from ._registry import handler_names as handler_names
+from ._registry import resolve_handler as resolve_handler
+from ._server import serve as serve
+from ._tls import PeerIdentity as PeerIdentity
+from ._tls import client_context as client_context
+from ._tls import server_context as server_context
+
+__all__ = [
+    "Address",
+    "CertificateError",
+    "ClientConfig",
+    "ClientError",
+    "ConfigError",
+    "Connection",
+    "EchoMismatchError",
+    "EchoResult",
+    "Handler",
+    "HandlerNotFoundError",
+    "IssuedFiles",
+    "ListenError",
+    "PeerIdentity",
+    "ServerConfig",
+    "TLSEchoError",
+    "TLSFiles",
+    "__version__",
+    "client_context",
+    "discard",
+    "echo",
+    "echo_once",
+    "handler_names",
+    "make_dev_pki",
+    "open_client",
+    "resolve_handler",
+    "serve",
+    "server_context",
+]

@@ -1,0 +1,193 @@
+"""A development PKI made with trustme: one CA, a server certificate, client certificates.
+
+This is for getting started and for tests, not for production; real deployments
+pass their own files.  Two things differ from trustme's defaults on purpose:
+
+* trustme certificates are valid until the year 3000.  Here every certificate has a
+  bounded validity (leaves ``days``, default a year; the CA ten years), because a
+  certificate that never expires is a habit nobody should learn from a demo.
+* An existing CA in the directory is reused, so that ``certs --client NAME`` adds a
+  client without invalidating every certificate already handed out.  ``force``
+  makes a new CA.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ._exceptions import CertificateError, ConfigError
+
+DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1", "::1")
+DEFAULT_CLIENT = "client"
+DEFAULT_DAYS = 365
+CA_DAYS = 3650
+_ORG = "trio_tlsecho development PKI"
+# Clock skew between machines: a certificate made a second ago must already verify.
+_BACKDATE = dt.timedelta(hours=1)
+
+
+@attrs.frozen
+class IssuedFiles:
+    """What :func:`make_dev_pki` wrote."""
+
+    directory: Path
+    ca_created: bool
+    written: tuple[Path, ...]
+
+
+def has_certificates(directory: str | Path) -> bool:
+    """Whether *directory* already holds a CA certificate (the mark of a PKI here)."""
+    return (Path(directory) / "ca.pem").is_file()
+
+
+def make_dev_pki(
+    directory: str | Path,
+    *,
+    server_names: Sequence[str] = DEFAULT_SERVER_NAMES,
+    clients: Sequence[str] = (DEFAULT_CLIENT,),
+    days: int = DEFAULT_DAYS,
+    force: bool = False,
+    now: dt.datetime | None = None,
+) -> IssuedFiles:
+    """Write ``ca.pem``/``ca.key``, ``server.pem``/``server.key`` and client pairs.
+
+    The first client is written as ``client.pem``/``client.key``, the others as
+    ``NAME.pem``/``NAME.key``.  Keys are created with mode 0600.
+    """
+    if not isinstance(days, int) or isinstance(days, bool) or days < 1:
+        raise ConfigError(f"days must be a positive whole number, not {days!r}")
+    if not server_names:
+        raise ConfigError("at least one server name is needed")
+    for name in clients:
+        _check_file_name(name)
+    if len(set(clients)) != len(clients):
+        raise ConfigError(f"client names repeat: {', '.join(clients)}")
+    now = now or dt.datetime.now(dt.UTC)
+    out = Path(directory)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create directory {out}: {exc.strerror}") from None
+
+    written: list[Path] = []
+    ca_cert, ca_key = out / "ca.pem", out / "ca.key"
+    reuse = ca_cert.exists() and not force
+    if reuse:
+        ca = _load_ca(ca_cert, ca_key)
+    else:
+        ca = _new_ca(now)
+        _write(ca_cert, ca.cert_pem.bytes(), private=False)
+        _write(ca_key, ca.private_key_pem.bytes(), private=True)
+        written += [ca_cert, ca_key]
+
+    not_before = now - _BACKDATE
+    not_after = min(now + dt.timedelta(days=days), _ca_not_after(ca))
+    # trustme wants naive UTC datetimes.
+    nb, na = _naive_utc(not_before), _naive_utc(not_after)
+
+    try:
+        server = ca.issue_cert(
+            *server_names,
+            common_name=server_names[0],
+            organization_name=_ORG,
+            organization_unit_name="server",
+            not_before=nb,
+            not_after=na,
+        )
+    except ValueError as exc:  # idna rejects names that are not host names
+        raise ConfigError(f"bad server name in {list(server_names)}: {exc}") from None
+    written += _write_leaf(out, "server", server)
+
+    for i, name in enumerate(clients):
+        leaf = ca.issue_cert(
+            name,
+            common_name=name,
+            organization_name=_ORG,
+            organization_unit_name="client",
+            not_before=nb,
+            not_after=na,
+        )
+        written += _write_leaf(out, DEFAULT_CLIENT if i == 0 else name, leaf)
+    return IssuedFiles(directory=out, ca_created=not reuse, written=tuple(written))
+
+
+def _check_file_name(name: str) -> None:
+    # Client names become both a DNS SAN and a file name, so keep them to host-name letters.
+    ok = name and all(c.isalnum() or c in "-." for c in name) and not name.startswith((".", "-"))
+    if not ok or name in ("ca", "server"):
+        raise ConfigError(f"bad client name {name!r}: use letters, digits, '-' and '.', not 'ca' or 'server'")
+
+
+def _new_ca(now: dt.datetime) -> trustme.CA:
+    made = trustme.CA(organization_name=_ORG, organization_unit_name="development CA")
+    # trustme's CA is valid until the year 3000; re-sign the same certificate (same key,
+    # subject, extensions) with a bounded validity.  Leaves are then issued under it.
+    key = serialization.load_pem_private_key(made.private_key_pem.bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    old = x509.load_pem_x509_certificate(made.cert_pem.bytes())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(old.subject)
+        .issuer_name(old.issuer)
+        .public_key(key.public_key())
+        .serial_number(old.serial_number)
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+    )
+    for ext in old.extensions:
+        builder = builder.add_extension(ext.value, critical=ext.critical)
+    cert = builder.sign(key, hashes.SHA256())
+    return trustme.CA.from_pem(cert.public_bytes(serialization.Encoding.PEM), made.private_key_pem.bytes())
+
+
+def _load_ca(cert_path: Path, key_path: Path) -> trustme.CA:
+    try:
+        cert, key = cert_path.read_bytes(), key_path.read_bytes()
+    except FileNotFoundError as exc:
+        raise CertificateError(
+            f"{cert_path} exists but its key {key_path} does not; use --force to make a new CA"
+        ) from exc
+    except OSError as exc:
+        raise CertificateError(f"cannot read the CA in {cert_path.parent}: {exc.strerror}") from None
+    try:
+        return trustme.CA.from_pem(cert, key)
+    except ValueError as exc:
+        raise CertificateError(f"cannot load the CA {cert_path}: {exc}") from None
+
+
+def _ca_not_after(ca: trustme.CA) -> dt.datetime:
+    cert = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    return cert.not_valid_after_utc
+
+
+def _naive_utc(when: dt.datetime) -> dt.datetime:
+    return when.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def _write_leaf(out: Path, stem: str, leaf: trustme.LeafCert) -> list[Path]:
+    cert, key = out / f"{stem}.pem", out / f"{stem}.key"
+    _write(cert, b"".join(blob.bytes() for blob in leaf.cert_chain_pems), private=False)
+    _write(key, leaf.private_key_pem.bytes(), private=True)
+    return [cert, key]
+
+
+def _write(path: Path, data: bytes, *, private: bool) -> None:
+    # Create keys 0600 from the start (no window where they are world-readable), and
+    # replace files atomically so a reader never sees half a certificate.
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None

@@ -1,0 +1,340 @@
+"""Command line: parse flags, build config objects, call the library.  Nothing else.
+
+A user's mistake ends as one line on stderr and exit status 2; a TLS or network
+failure of ``client`` as one line and status 1.  Tracebacks are for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import trio
+
+from . import __version__
+from ._certs import DEFAULT_DAYS, DEFAULT_SERVER_NAMES, has_certificates, make_dev_pki
+from ._client import EchoResult, echo_once
+from ._config import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    Address,
+    ClientConfig,
+    ServerConfig,
+    TLSFiles,
+)
+from ._exceptions import ClientError, ConfigError, TLSEchoError
+from ._server import serve
+
+PROG = "trio-tlsecho"
+DEFAULT_CERTS_DIR = Path("certs")
+#: The seed workload: 5 KiB and 35 bytes, enough to span several TCP segments.
+DEFAULT_RANDOM_SIZE = 5 * 1024 + 35
+
+log = logging.getLogger("trio_tlsecho")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (``prog: error: ...``), not usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
+
+
+def _address(text: str) -> Address:
+    try:
+        return Address.parse(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_tls_flags(p: argparse.ArgumentParser, who: str) -> None:
+    g = p.add_argument_group("certificates")
+    g.add_argument(
+        "--certs",
+        metavar="DIR",
+        type=Path,
+        default=DEFAULT_CERTS_DIR,
+        help=f"directory made by 'certs': uses {who}.pem, {who}.key, ca.pem (default: ./certs)",
+    )
+    g.add_argument("--cert", metavar="FILE", type=Path, help=f"{who} certificate chain (PEM)")
+    g.add_argument("--key", metavar="FILE", type=Path, help="its private key (PEM)")
+    g.add_argument("--ca", metavar="FILE", type=Path, help="CA that signs the peers (PEM)")
+
+
+def _tls_files(args: argparse.Namespace, who: str) -> TLSFiles:
+    if (args.cert is None) != (args.key is None):
+        missing = "--key" if args.key is None else "--cert"
+        raise ConfigError(f"--cert and --key go together: {missing} is missing")
+    base = TLSFiles.from_dir(args.certs, who)
+    return TLSFiles(
+        cert=args.cert or base.cert,
+        key=args.key or base.key,
+        ca=args.ca or base.ca,
+    )
+
+
+def _explicit_files(args: argparse.Namespace) -> bool:
+    return any(x is not None for x in (args.cert, args.key, args.ca))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Mutual-TLS echo server, client and tools on trio.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity on stderr (default: info)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("certs", help="make a development CA, server and client certificates")
+    p.add_argument("--out", metavar="DIR", type=Path, default=DEFAULT_CERTS_DIR, help="default: ./certs")
+    p.add_argument(
+        "--server-name",
+        metavar="NAME",
+        action="append",
+        help=f"server DNS name or IP, repeatable (default: {', '.join(DEFAULT_SERVER_NAMES)})",
+    )
+    p.add_argument(
+        "--client",
+        metavar="NAME",
+        action="append",
+        help="client name, repeatable; the first is written as client.pem (default: client)",
+    )
+    p.add_argument("--days", type=_positive_int, default=DEFAULT_DAYS, help="leaf validity (default: 365)")
+    p.add_argument("--force", action="store_true", help="make a new CA even if DIR has one")
+    p.set_defaults(func=_cmd_certs)
+
+    p = sub.add_parser("serve", help="run the mutual-TLS server")
+    p.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        type=_address,
+        action="append",
+        help=f"address to listen on, repeatable; [::1]:PORT for IPv6, port 0 picks one"
+        f" (default: {DEFAULT_HOST}:{DEFAULT_PORT})",
+    )
+    p.add_argument("--handler", default="echo", help="handler name or module:attr (default: echo)")
+    p.add_argument(
+        "--handshake-timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=DEFAULT_HANDSHAKE_TIMEOUT,
+        help=f"drop peers that have not finished TLS by then (default: {DEFAULT_HANDSHAKE_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--min-tls", choices=["1.2", "1.3"], default="1.2", help="lowest TLS version (default: 1.2)"
+    )
+    _add_tls_flags(p, "server")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("client", help="send one message over mutual TLS and verify the echo")
+    p.add_argument(
+        "--connect",
+        metavar="HOST:PORT",
+        type=_address,
+        default=Address(DEFAULT_HOST, DEFAULT_PORT),
+        help=f"server address (default: {DEFAULT_HOST}:{DEFAULT_PORT})",
+    )
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--message", metavar="TEXT", help="send this text")
+    what.add_argument(
+        "--random",
+        metavar="N",
+        type=_positive_int,
+        help=f"send N random bytes (default: {DEFAULT_RANDOM_SIZE})",
+    )
+    p.add_argument(
+        "--server-name", metavar="NAME", help="name to verify in the server certificate (default: the host)"
+    )
+    p.add_argument(
+        "--timeout", metavar="SECONDS", type=_seconds, default=30.0, help="for the whole echo (default: 30)"
+    )
+    _add_tls_flags(p, "client")
+    p.set_defaults(func=_cmd_client)
+
+    p = sub.add_parser("demo", help="serve on a free port and run verified clients against it")
+    p.add_argument("--certs", metavar="DIR", type=Path, default=DEFAULT_CERTS_DIR, help="default: ./certs")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``trio-tlsecho`` and ``python -m trio_tlsecho``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except BaseException as exc:
+        error = _user_error(exc)
+        if error is None:
+            raise
+        print(f"{PROG}: error: {error}", file=sys.stderr, flush=True)
+        return 1 if isinstance(error, ClientError) else 2
+
+
+def _user_error(exc: BaseException) -> TLSEchoError | None:
+    # trio wraps errors from nursery bodies in ExceptionGroups; a group whose leaves
+    # are all our own errors is still a user error, reported by its first leaf.
+    if isinstance(exc, TLSEchoError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split(TLSEchoError)
+        if matched is not None and rest is None:
+            leaf: BaseException = matched
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            return leaf if isinstance(leaf, TLSEchoError) else None
+    return None
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level.upper())
+    log.propagate = False
+
+
+# -- certs -------------------------------------------------------------------------
+
+
+def _cmd_certs(args: argparse.Namespace) -> int:
+    issued = make_dev_pki(
+        args.out,
+        server_names=args.server_name or DEFAULT_SERVER_NAMES,
+        clients=args.client or ["client"],
+        days=args.days,
+        force=args.force,
+    )
+    if not issued.ca_created:
+        print(f"reusing the CA in {issued.directory / 'ca.pem'} (--force makes a new one)")
+    for path in issued.written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _ensure_dev_certs(directory: Path) -> None:
+    if has_certificates(directory):
+        return
+    make_dev_pki(directory)
+    log.warning(
+        "no certificates in %s: created a development CA, server and client certificates"
+        " there (for trying things out; pass --cert/--key/--ca in production)",
+        directory,
+    )
+
+
+# -- serve -------------------------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    if not _explicit_files(args):
+        _ensure_dev_certs(args.certs)
+    config = ServerConfig(
+        tls=_tls_files(args, "server"),
+        listen=args.listen or (Address(DEFAULT_HOST, DEFAULT_PORT),),
+        handler=args.handler,
+        handshake_timeout=args.handshake_timeout,
+        min_tls_version=args.min_tls,
+    )
+    trio.run(_serve_until_signal, config)
+    return 0
+
+
+async def _serve_until_signal(config: ServerConfig) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            addresses = await nursery.start(serve, config)
+            for address in addresses:
+                print(f"listening on {address}", flush=True)
+            async for signum in signals:
+                log.info("%s received, shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+# -- client ------------------------------------------------------------------------
+
+
+def _cmd_client(args: argparse.Namespace) -> int:
+    payload = (
+        args.message.encode() if args.message is not None else os.urandom(args.random or DEFAULT_RANDOM_SIZE)
+    )
+    if not payload:
+        raise ConfigError("--message is empty: nothing to echo")
+    config = ClientConfig(tls=_tls_files(args, "client"), server_hostname=args.server_name)
+    _require_files(config.tls, args)
+    result = trio.run(_echo, args.connect, config, payload, args.timeout)
+    _print_result(result)
+    return 0
+
+
+async def _echo(address: Address, config: ClientConfig, payload: bytes, timeout: float) -> EchoResult:
+    return await echo_once(address, config, payload, timeout=timeout)
+
+
+def _require_files(tls: TLSFiles, args: argparse.Namespace) -> None:
+    # The one mistake every new user makes: running the client before any certs exist.
+    if not _explicit_files(args) and not has_certificates(args.certs):
+        raise ConfigError(
+            f"no certificates in {args.certs}: run '{PROG} certs' (or start 'serve' once), "
+            "or pass --cert/--key/--ca"
+        )
+
+
+def _print_result(r: EchoResult) -> None:
+    mutual = {True: "yes (server required our certificate)", False: "no", None: "unknown"}[r.mutual]
+    lines = [
+        f"connected to {r.address}",
+        f"protocol:              {r.tls_version}",
+        f"cipher:                {r.cipher}",
+        f"server subject:        {r.server.subject}",
+        f"server issuer:         {r.server.issuer}",
+        f"server sha256:         {r.server.fingerprint_sha256}",
+        f"mutual authentication: {mutual}",
+        f"handshake:             {r.handshake_seconds * 1000:.1f} ms",
+        f"echo:                  {r.sent} bytes sent, {r.received} received"
+        f" in {r.echo_seconds * 1000:.1f} ms",
+        "verdict:               OK, echo verified byte for byte",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+# -- demo --------------------------------------------------------------------------
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo  # only the demo needs it
+
+    _ensure_dev_certs(args.certs)
+    return trio.run(run_demo, args.certs)

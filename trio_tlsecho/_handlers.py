@@ -1,0 +1,58 @@
+"""What a handler is, what it is given, and the built-in handlers.
+
+A handler is any ``async def handler(conn: Connection) -> None``.  It owns the
+conversation but not the connection: the runner in :mod:`._connection` closes
+the stream when the handler returns or raises, so a handler never needs a
+``finally`` just to clean up.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import attrs
+import trio
+
+from ._tls import PeerIdentity
+
+# One TLS record carries at most 16 KiB of plaintext; asking for more per read
+# lets trio's SSLStream hand back everything already decrypted in one call.
+RECEIVE_SIZE = 65536
+
+
+@attrs.frozen
+class Connection:
+    """One accepted, verified mutual-TLS connection."""
+
+    #: The TLS stream; read and write plaintext with ``receive_some``/``send_all``.
+    stream: trio.SSLStream[trio.SocketStream]
+    #: ``(host, port)`` of the peer as the socket sees it.
+    peer_address: tuple[str, int]
+    #: The verified client certificate.
+    identity: PeerIdentity
+    #: ``"TLSv1.3"`` or ``"TLSv1.2"``.
+    tls_version: str
+    #: The negotiated cipher suite, e.g. ``"TLS_AES_256_GCM_SHA384"``.
+    cipher: str
+
+
+class Handler(Protocol):
+    """Serves one connection; returns when the conversation is over."""
+
+    async def __call__(self, conn: Connection, /) -> None: ...
+
+
+async def echo(conn: Connection) -> None:
+    """Send back every byte received until the peer closes, then close."""
+    stream = conn.stream
+    while data := await stream.receive_some(RECEIVE_SIZE):
+        await stream.send_all(data)
+    await stream.aclose()
+
+
+async def discard(conn: Connection) -> None:
+    """Read and drop everything until the peer closes (RFC 863, over mTLS)."""
+    stream = conn.stream
+    while await stream.receive_some(RECEIVE_SIZE):
+        pass
+    await stream.aclose()

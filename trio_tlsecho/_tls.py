@@ -1,0 +1,210 @@
+"""TLS policy in one place: config -> ``SSLContext``, and who the peer is.
+
+Theory of operation
+-------------------
+The server context is built fresh from files on every call and never handed to
+anyone who might mutate it.  Policy (mutual TLS, TLS 1.2 minimum, ECDHE + AEAD
+only, no compression, no renegotiation) is fixed here rather than exposed as
+knobs, because every knob is a way to get it wrong.
+
+Errors from OpenSSL are terse (``[X509: KEY_VALUES_MISMATCH]``).  Loading is
+split into steps (read the file, load the chain, load the CA) so that each
+failure can be reported as one line naming the file and what is wrong with it.
+
+TLS 1.3 session tickets are switched off (``num_tickets = 0``): nobody here
+resumes sessions yet, and tickets sent right after the handshake are what
+turned a clean close into a reset in trio #819 / openssl #7948.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ._config import ClientConfig, ServerConfig, TLSFiles
+from ._exceptions import CertificateError
+
+# TLS 1.2 suites: ephemeral ECDHE key exchange and AEAD ciphers only (forward
+# secret, no CBC, no static RSA).  TLS 1.3 suites are all AEAD already.
+_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+_OPTIONS = ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+
+
+def server_context(config: ServerConfig) -> ssl.SSLContext:
+    """A server context that requires and verifies a client certificate."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _apply_policy(ctx, config.min_tls_version)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.num_tickets = 0
+    _load_identity(ctx, config.tls)
+    _load_ca(ctx, config.tls.ca)
+    return ctx
+
+
+def client_context(config: ClientConfig) -> ssl.SSLContext:
+    """A client context that verifies the server against our CA and presents our cert."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED + check_hostname
+    _apply_policy(ctx, ssl.TLSVersion.TLSv1_2)
+    _load_identity(ctx, config.tls)
+    _load_ca(ctx, config.tls.ca)
+    return ctx
+
+
+def _apply_policy(ctx: ssl.SSLContext, minimum: ssl.TLSVersion) -> None:
+    ctx.minimum_version = minimum
+    ctx.set_ciphers(_TLS12_CIPHERS)
+    ctx.options |= _OPTIONS
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise CertificateError(f"{what} file not found: {path}") from None
+    except IsADirectoryError:
+        raise CertificateError(f"{what} file is a directory: {path}") from None
+    except OSError as exc:
+        raise CertificateError(f"cannot read {what} file {path}: {exc.strerror}") from None
+
+
+def _load_identity(ctx: ssl.SSLContext, tls: TLSFiles) -> None:
+    cert = _read(tls.cert, "certificate")
+    key = _read(tls.key, "private key")
+    if b"CERTIFICATE-----" not in cert:
+        raise CertificateError(f"no PEM certificate in {tls.cert}")
+    if b"PRIVATE KEY-----" not in key:
+        hint = " (it holds a certificate, not a key)" if b"CERTIFICATE-----" in key else ""
+        raise CertificateError(f"no PEM private key in {tls.key}{hint}")
+    try:
+        ctx.load_cert_chain(tls.cert, tls.key)
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc) or exc.reason == "KEY_VALUES_MISMATCH":
+            raise CertificateError(f"private key {tls.key} does not match certificate {tls.cert}") from None
+        raise CertificateError(
+            f"cannot load certificate {tls.cert} with key {tls.key}: {_reason(exc)}"
+        ) from None
+
+
+def _load_ca(ctx: ssl.SSLContext, path: Path) -> None:
+    data = _read(path, "CA")
+    if b"CERTIFICATE-----" not in data:
+        raise CertificateError(f"no PEM certificate in CA file {path}")
+    try:
+        ctx.load_verify_locations(cadata=data.decode("ascii", "replace"))
+    except (ssl.SSLError, ValueError) as exc:
+        raise CertificateError(f"cannot load CA file {path}: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason.lower().replace("_", " ")
+    return str(exc) or type(exc).__name__
+
+
+# -- who is the peer --------------------------------------------------------------
+
+
+@attrs.frozen
+class PeerIdentity:
+    """The verified certificate a peer presented (or ``None`` fields if it presented none)."""
+
+    subject: str
+    issuer: str
+    common_name: str | None
+    #: Subject alternative names as ``"DNS:x"``, ``"IP Address:x"``, ``"URI:x"``.
+    sans: tuple[str, ...]
+    #: SHA-256 of the DER certificate, lowercase hex, as ``openssl x509 -fingerprint`` shows
+    #: it without the colons.
+    fingerprint_sha256: str
+    not_after: str
+
+
+def _format_name(rdns: Any) -> str:
+    # getpeercert() gives ((("commonName", "x"),), (("organizationName", "y"),), ...)
+    short = {
+        "commonName": "CN",
+        "organizationName": "O",
+        "organizationalUnitName": "OU",
+        "countryName": "C",
+        "localityName": "L",
+        "stateOrProvinceName": "ST",
+        "emailAddress": "emailAddress",
+    }
+    return ",".join(f"{short.get(k, k)}={v}" for rdn in rdns for k, v in rdn)
+
+
+def peer_identity(ssl_object: Any) -> PeerIdentity | None:
+    """Read the verified peer certificate off an ``SSLObject``/``SSLStream``."""
+    der: bytes | None = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return None
+    info: dict[str, Any] = ssl_object.getpeercert()
+    subject = info.get("subject", ())
+    cn = next((v for rdn in subject for k, v in rdn if k == "commonName"), None)
+    return PeerIdentity(
+        subject=_format_name(subject),
+        issuer=_format_name(info.get("issuer", ())),
+        common_name=cn,
+        sans=tuple(f"{kind}:{value}" for kind, value in info.get("subjectAltName", ())),
+        fingerprint_sha256=hashlib.sha256(der).hexdigest(),
+        not_after=str(info.get("notAfter", "")),
+    )
+
+
+def describe_tls_error(exc: BaseException) -> str:
+    """One human line for whatever ended a TLS exchange.
+
+    trio wraps the ``ssl.SSLError`` in ``BrokenResourceError``; the useful part is the
+    cause: the verify message for certificate problems, OpenSSL's reason otherwise.
+    """
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ssl.SSLCertVerificationError):
+            why = _VERIFY_CODES.get(cur.verify_code)
+            detail = f"{why} ({cur.verify_message})" if why else cur.verify_message
+            return f"certificate verify failed: {detail}"
+        if isinstance(cur, ssl.SSLError):
+            reason = cur.reason or ""
+            return _ALERTS.get(reason, reason.lower().replace("_", " ") or str(cur))
+        if isinstance(cur, ConnectionResetError):
+            return "connection reset by peer"
+        if isinstance(cur, BrokenPipeError):
+            return "connection closed by peer (broken pipe)"
+        cur = cur.__cause__ or cur.__context__
+    return str(exc) or type(exc).__name__
+
+
+# X509_V_ERR_* codes a server meets most, in words that say what to do about them.
+_VERIFY_CODES = {
+    2: "not issued by a trusted CA",
+    9: "not yet valid",
+    10: "expired",
+    18: "self-signed, not issued by a trusted CA",
+    19: "not issued by a trusted CA",
+    20: "not issued by a trusted CA",
+    23: "revoked",
+    62: "hostname mismatch",
+    64: "IP address mismatch",
+}
+
+# Alerts received from the *other* side, reworded so that the log says who objected.
+_ALERTS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "peer requires a client certificate (alert: certificate required)",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "peer rejected our certificate (alert: bad certificate)",
+    "TLSV1_ALERT_UNKNOWN_CA": "peer rejected our certificate: unknown CA (alert: unknown ca)",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "peer rejected our certificate: expired (alert: certificate expired)",
+    "SSLV3_ALERT_CERTIFICATE_REVOKED": "peer rejected our certificate: revoked (alert: certificate revoked)",
+    "TLSV1_ALERT_DECRYPT_ERROR": "peer rejected the handshake (alert: decrypt error)",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "peer did not present a client certificate",
+    "WRONG_VERSION_NUMBER": "not TLS (wrong version number): plain text or garbage?",
+    "UNSUPPORTED_PROTOCOL": "peer offers only an unsupported (too old) TLS version",
+    "NO_SHARED_CIPHER": "no cipher suite in common with the peer",
+    "HTTP_REQUEST": "plain HTTP request on a TLS port",
+    "UNEXPECTED_EOF_WHILE_READING": "peer closed the connection without a TLS close_notify",
+}
