@@ -3,8 +3,6 @@
 The public API is what this module exports; everything in ``_modules`` is private.
 """
 
-from __future__ import annotations
-
 __version__ = "0.1.0"
 
 from ._certs import IssuedFiles as IssuedFiles

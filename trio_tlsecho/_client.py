@@ -9,6 +9,7 @@ the exchange the same as one during the handshake: one line saying who objected.
 from __future__ import annotations
 
 import errno
+import socket
 import ssl
 import time
 from typing import Any
@@ -60,8 +61,16 @@ async def open_client(
 
 
 def _os_reason(exc: OSError) -> str:
-    if exc.errno == errno.ECONNREFUSED or "refused" in str(exc).lower():
+    # open_tcp_stream tries every address and raises a summary OSError whose cause is
+    # a group of the real ones; look there for the errno that explains it.
+    errors: list[BaseException] = [exc]
+    if isinstance(exc.__cause__, BaseExceptionGroup):
+        errors += list(exc.__cause__.exceptions)
+    errnos = {e.errno for e in errors if isinstance(e, OSError)}
+    if errno.ECONNREFUSED in errnos:
         return "connection refused (is the server running?)"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror})"
     return exc.strerror or str(exc)
 
 

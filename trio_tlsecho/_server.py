@@ -18,6 +18,7 @@ down is cancelling the scope around ``serve``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
@@ -55,9 +56,11 @@ async def serve(
     handler = config.handler
     if isinstance(handler, str):
         handler = resolve_handler(handler)
-    listeners = await _bind(config.listen)
     counts = ConnectionCounts()
-    try:
+    # An exit stack, not a loop of awaits: closing a listener inside a cancelled scope
+    # raises Cancelled, which must not skip closing the ones after it.
+    async with contextlib.AsyncExitStack() as stack:
+        listeners = await _bind(config.listen, stack)
         async with trio.open_nursery() as nursery:
             for listener in listeners:
                 nursery.start_soon(
@@ -69,9 +72,6 @@ async def serve(
                     counts,
                 )
             task_status.started([_bound_address(listener) for listener in listeners])
-    finally:
-        for listener in listeners:
-            await trio.aclose_forcefully(listener)
     raise AssertionError("listeners only end by cancellation")  # pragma: no cover
 
 
@@ -100,15 +100,13 @@ async def _serve_listener(
             connections.start_soon(run_connection, tcp, ssl_context, handler, handshake_timeout, counts)
 
 
-async def _bind(addresses: tuple[Address, ...]) -> list[trio.SocketListener]:
+async def _bind(
+    addresses: tuple[Address, ...], stack: contextlib.AsyncExitStack
+) -> list[trio.SocketListener]:
     bound: list[trio.SocketListener] = []
-    try:
-        for address in addresses:
-            bound += await _open(address)
-    except BaseException:
-        for listener in bound:
-            await trio.aclose_forcefully(listener)
-        raise
+    for address in addresses:
+        for listener in await _open(address):
+            bound.append(await stack.enter_async_context(listener))
     return bound
 
 

@@ -1,0 +1,285 @@
+"""The command line: subprocesses for the real thing, main() in-process for the error paths."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from trio_tlsecho._cli import main
+
+PY = [sys.executable, "-m", "trio_tlsecho"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logger() -> Iterator[None]:
+    # main() configures the package logger for a terminal; undo it for the next test.
+    logger = logging.getLogger("trio_tlsecho")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
+class Server:
+    """``serve`` as a subprocess; ``address`` once it has printed ``listening on``."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.proc = subprocess.Popen(
+            [*PY, "serve", *args],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # EOF (and a failed test) if it dies instead
+        assert line.startswith("listening on "), (line, self.proc.stderr.read() if self.proc.stderr else "")
+        self.address = line.split()[-1]
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        self.proc.send_signal(sig)
+        _, err = self.proc.communicate(timeout=15)
+        return self.proc.returncode, err
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PY, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def certs(tmp_path: Path, pki: Path) -> Path:
+    shutil.copytree(pki, tmp_path / "certs")
+    return tmp_path / "certs"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_serve_client_and_clean_stop(tmp_path: Path, certs: Path, sig: int) -> None:
+    server = Server(["--listen", "127.0.0.1:0"], cwd=tmp_path)
+    try:
+        client = _run("client", "--connect", server.address, cwd=tmp_path)
+        assert client.returncode == 0, client.stderr
+        assert "verdict:               OK, echo verified byte for byte" in client.stdout
+        assert "mutual authentication: yes" in client.stdout
+        assert "echo:                  5155 bytes sent, 5155 received" in client.stdout
+        assert client.stderr == ""
+    finally:
+        code, err = server.stop(sig)
+    assert code == 0, err
+    assert "Traceback" not in err
+    assert "connected TLSv1.3" in err
+    assert f"{signal.Signals(sig).name} received, shutting down" in err
+
+
+def test_serve_makes_dev_certs_on_first_run(tmp_path: Path) -> None:
+    server = Server(["--listen", "127.0.0.1:0"], cwd=tmp_path)
+    code, err = server.stop()
+    assert code == 0
+    assert (tmp_path / "certs" / "ca.pem").is_file()
+    warnings = [line for line in err.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1
+    assert "no certificates in certs: created a development CA" in warnings[0]
+
+
+def test_serve_two_listeners_prints_each(tmp_path: Path, certs: Path) -> None:
+    server = Server(["--listen", "127.0.0.1:0", "--listen", "localhost:0"], cwd=tmp_path)
+    assert server.proc.stdout is not None
+    second = server.proc.stdout.readline()
+    code, _ = server.stop()
+    assert code == 0
+    assert second.startswith("listening on ")
+
+
+def test_client_with_message_and_server_name(tmp_path: Path, certs: Path) -> None:
+    server = Server(["--listen", "127.0.0.1:0", "--handler", "echo"], cwd=tmp_path)
+    try:
+        result = _run(
+            "client",
+            "--connect",
+            server.address,
+            "--message",
+            "hi there",
+            "--server-name",
+            "localhost",
+            cwd=tmp_path,
+        )
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stderr
+    assert "8 bytes sent, 8 received" in result.stdout
+
+
+def test_client_rejected_is_one_line_and_nonzero(tmp_path: Path, certs: Path, other_pki: Path) -> None:
+    server = Server(["--listen", "127.0.0.1:0"], cwd=tmp_path)
+    try:
+        result = _run(
+            "client",
+            "--connect",
+            server.address,
+            "--cert",
+            str(other_pki / "client.pem"),
+            "--key",
+            str(other_pki / "client.key"),
+            cwd=tmp_path,
+        )
+    finally:
+        server.stop()
+    assert result.returncode == 1
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("trio-tlsecho: error: ")
+    assert "peer rejected our certificate: unknown CA" in line
+
+
+def test_client_hostname_mismatch(tmp_path: Path, certs: Path) -> None:
+    server = Server(["--listen", "127.0.0.1:0"], cwd=tmp_path)
+    try:
+        result = _run("client", "--connect", server.address, "--server-name", "example.org", cwd=tmp_path)
+    finally:
+        server.stop()
+    assert result.returncode == 1
+    assert "hostname mismatch" in result.stderr
+
+
+def test_certs_command(tmp_path: Path) -> None:
+    first = _run("certs", "--out", "pki", "--client", "client", "--client", "alice", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "wrote pki/ca.key" in first.stdout
+    assert (tmp_path / "pki" / "alice.pem").is_file()
+    again = _run("certs", "--out", "pki", "--client", "bob", cwd=tmp_path)
+    assert "reusing the CA in pki/ca.pem" in again.stdout
+    assert "wrote pki/ca.pem" not in again.stdout
+
+
+# -- one line, status 2, no traceback ---------------------------------------------
+
+
+def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "--listen", "nonsense"], "argument --listen: bad address 'nonsense': expected HOST:PORT"),
+        (["serve", "--listen", "[::1]"], "expected [IPV6]:PORT"),
+        (["serve", "--handshake-timeout", "-1"], "must be a positive number of seconds"),
+        (["serve", "--bogus"], "unrecognized arguments: --bogus"),
+        (["client", "--random", "0"], "must be at least 1"),
+        (["client", "--message", "a", "--random", "3"], "not allowed with argument"),
+        (["certs", "--days", "many"], "'many' is not a whole number"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_flags(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    line = _error_line(capsys)
+    assert message in line
+    assert line.endswith("(see --help)")
+
+
+def test_startup_errors(
+    tmp_path: Path, certs: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    listen = ["--listen", f"127.0.0.1:{_free_port()}"]
+    broken_ca = tmp_path / "broken-ca.pem"
+    broken_ca.write_text("not a certificate")
+    cases = [
+        (["--cert", "nope.pem", "--key", "certs/server.key"], "certificate file not found: nope.pem"),
+        (["--cert", "certs/server.pem", "--key", "certs/client.key"], "does not match certificate"),
+        (["--cert", "certs/server.pem"], "--cert and --key go together: --key is missing"),
+        (
+            ["--cert", "certs/server.pem", "--key", "certs/server.pem"],
+            "no PEM private key in certs/server.pem",
+        ),
+        (["--ca", str(broken_ca)], "no PEM certificate in CA file"),
+        (["--handler", "nope"], "unknown handler 'nope'; known handlers:"),
+        (["--handler", "no_such_mod:x"], "cannot import handler module 'no_such_mod'"),
+        (
+            ["--certs", "elsewhere", "--ca", "certs/ca.pem"],
+            "certificate file not found: elsewhere/server.pem",
+        ),
+    ]
+    for extra, message in cases:
+        assert main(["serve", *listen, *extra]) == 2, extra
+        line = _error_line(capsys)
+        assert line.startswith("trio-tlsecho: error: "), line
+        assert message in line, (extra, line)
+
+
+def test_port_in_use(
+    tmp_path: Path, certs: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--listen", f"127.0.0.1:{port}"]) == 2
+    assert (
+        _error_line(capsys)
+        == f"trio-tlsecho: error: cannot listen on 127.0.0.1:{port}: address already in use"
+    )
+
+
+def test_client_without_certs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["client"]) == 2
+    assert "no certificates in certs: run 'trio-tlsecho certs'" in _error_line(capsys)
+
+
+def test_client_refused(
+    tmp_path: Path, certs: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["client", "--connect", f"127.0.0.1:{_free_port()}"]) == 1
+    assert "connection refused (is the server running?)" in _error_line(capsys)
+
+
+def test_certs_bad_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["certs", "--out", str(tmp_path), "--client", "a/b"]) == 2
+    assert "bad client name 'a/b'" in _error_line(capsys)
+
+
+def test_demo(tmp_path: Path, certs: Path) -> None:
+    result = _run("demo", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "demo passed" in result.stdout
+    assert "client without a certificate refused: peer requires a client certificate" in result.stdout
+    assert "another CA refused" in result.stdout
+    assert "FAIL" not in result.stdout
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("trio-tlsecho 0.")
+
+
+def test_keys_from_certs_command_are_private(tmp_path: Path) -> None:
+    assert _run("certs", "--out", "pki", cwd=tmp_path).returncode == 0
+    for key in (tmp_path / "pki").glob("*.key"):
+        assert os.stat(key).st_mode & 0o077 == 0

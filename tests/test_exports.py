@@ -1,0 +1,19 @@
+"""The public API is exactly what __init__ exports."""
+
+from __future__ import annotations
+
+import trio_tlsecho
+
+
+def test_all_is_sorted_and_complete() -> None:
+    public = {name for name in vars(trio_tlsecho) if not name.startswith("_")}
+    assert sorted(trio_tlsecho.__all__) == trio_tlsecho.__all__
+    assert set(trio_tlsecho.__all__) - {"__version__"} == public
+
+
+def test_exports_are_not_private_modules() -> None:
+    for name in trio_tlsecho.__all__:
+        obj = getattr(trio_tlsecho, name)
+        assert obj is not None
+        module = getattr(obj, "__module__", "trio_tlsecho")
+        assert module.startswith("trio_tlsecho"), (name, module)

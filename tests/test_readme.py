@@ -1,0 +1,72 @@
+"""The README's commands and example do what it says they do."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def _blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.DOTALL)
+
+
+def test_first_lines_are_the_two_commands() -> None:
+    head = README.split("\n## ", 1)[0]
+    first_text = head.index("The first line")
+    blocks = re.findall(r"```sh\n(.*?)\n```", head[:first_text], flags=re.DOTALL)
+    assert len(blocks) == 2
+    run, test = blocks
+    assert run.endswith("python -m trio_tlsecho serve")
+    assert test.endswith("python -m pytest")
+    # CI runs exactly the README's test command.
+    assert test in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_embedding_example_runs(tmp_path: Path) -> None:
+    marker = "<!-- embedding-example"
+    code = re.search(r"```python\n(.*?)```", README[README.index(marker) :], flags=re.DOTALL)
+    assert code is not None
+    assert len(code.group(1).splitlines()) <= 30
+    result = subprocess.run(
+        [sys.executable, "-c", code.group(1)], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "b'client: HELLO'\n"
+
+
+def _readme_command(subcommand: str) -> list[str]:
+    [line] = [
+        line
+        for block in _blocks("sh")
+        for line in block.splitlines()
+        if line.startswith(".venv/bin/python -m trio_tlsecho " + subcommand)
+    ]
+    return [sys.executable, *shlex.split(line)[1:]]
+
+
+def test_try_it_commands(tmp_path: Path) -> None:
+    """`serve` exactly as the first README line starts it, then the README's `client` line."""
+    serve = [sys.executable, "-m", "trio_tlsecho", "serve"]
+    assert " ".join(serve[1:]) in _blocks("sh")[0]
+    proc = subprocess.Popen(serve, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line == "listening on 127.0.0.1:8443\n", proc.stderr.read() if proc.stderr else ""
+        client = subprocess.run(
+            _readme_command("client"), cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert client.returncode == 0, client.stderr
+        assert "connected to 127.0.0.1:8443" in client.stdout
+        assert "verdict:               OK" in client.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err

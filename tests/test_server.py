@@ -1,0 +1,253 @@
+"""serve(): real mutual TLS on loopback sockets, ports chosen by the kernel."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import ssl
+from pathlib import Path
+
+import pytest
+import trio
+
+from trio_tlsecho import (
+    Address,
+    ClientConfig,
+    ClientError,
+    Connection,
+    ListenError,
+    ServerConfig,
+    TLSFiles,
+    echo_once,
+    open_client,
+    serve,
+)
+
+from .conftest import ipv6_loopback_available, issue_client, start_server
+
+NOW = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+@pytest.mark.parametrize("size", [1, 5 * 1024 + 35, 4 * 1024 * 1024])
+async def test_echo_round_trip(server: Address, client_config: ClientConfig, size: int) -> None:
+    payload = os.urandom(size)
+    result = await echo_once(server, client_config, payload)
+    assert result.received == size
+    assert result.mutual is True
+    assert result.tls_version == "TLSv1.3"
+    assert result.server.common_name == "localhost"
+
+
+async def test_started_reports_bound_ports(nursery: trio.Nursery, server_config: ServerConfig) -> None:
+    addresses = await start_server(nursery, server_config, listen=["127.0.0.1:0", "127.0.0.1:0"])
+    assert len(addresses) == 2
+    assert all(a.host == "127.0.0.1" and a.port > 0 for a in addresses)
+    assert addresses[0].port != addresses[1].port
+
+
+async def _assert_still_serves(address: Address, client_config: ClientConfig) -> None:
+    assert (await echo_once(address, client_config, b"still here")).received == 10
+
+
+async def test_rejects_client_without_certificate(
+    server: Address, client_config: ClientConfig, pki: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    no_cert = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    stream = await open_client(server, client_config, ssl_context=no_cert)
+    # TLS 1.3: the client's handshake completes; the refusal arrives on the first read.
+    with pytest.raises(trio.BrokenResourceError) as info:
+        await stream.send_all(b"hello")
+        await stream.receive_some(100)
+    await trio.aclose_forcefully(stream)
+    assert "CERTIFICATE_REQUIRED" in repr(info.value.__cause__)
+    await _assert_still_serves(server, client_config)
+    assert "handshake failed: peer did not present a client certificate" in caplog.text
+
+
+async def test_rejects_certificate_from_another_ca(
+    server: Address, client_config: ClientConfig, pki: Path, other_pki: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    stranger = ClientConfig(
+        tls=TLSFiles(cert=other_pki / "client.pem", key=other_pki / "client.key", ca=pki / "ca.pem")
+    )
+    with pytest.raises(ClientError, match="unknown CA"):
+        await echo_once(server, stranger, b"let me in")
+    await _assert_still_serves(server, client_config)
+    assert "certificate verify failed: not issued by a trusted CA" in caplog.text
+
+
+async def test_rejects_expired_certificate(
+    server: Address, client_config: ClientConfig, pki: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    expired = issue_client(
+        pki, tmp_path, "expired", not_before=NOW - dt.timedelta(days=30), not_after=NOW - dt.timedelta(days=1)
+    )
+    with pytest.raises(ClientError, match="expired"):
+        await echo_once(server, ClientConfig(tls=expired), b"let me in")
+    await _assert_still_serves(server, client_config)
+    assert "certificate verify failed: expired" in caplog.text
+
+
+async def test_rejects_plain_text_and_keeps_serving(
+    server: Address, client_config: ClientConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    tcp = await trio.open_tcp_stream(server.host, server.port)
+    await tcp.send_all(b"GET / HTTP/1.0\r\n\r\n")
+    answer = await tcp.receive_some(100)
+    await tcp.aclose()
+    # Closed by the server: at most a TLS alert record, never an echo of the bytes.
+    assert answer == b"" or answer.startswith(b"\x15\x03")
+    await _assert_still_serves(server, client_config)
+    assert "handshake failed: plain HTTP request on a TLS port" in caplog.text
+
+
+async def test_handshake_timeout_drops_silent_client(
+    nursery: trio.Nursery,
+    server_config: ServerConfig,
+    client_config: ClientConfig,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    [address] = await start_server(nursery, server_config, handshake_timeout=5)
+    silent = await trio.open_tcp_stream(address.host, address.port)
+    # The server closes on us once the (virtual) timeout passes: EOF, no data.
+    assert await silent.receive_some(100) == b""
+    await silent.aclose()
+    assert "handshake timed out after 5s" in caplog.text
+
+
+@pytest.mark.skipif(not ipv6_loopback_available(), reason="this machine has no IPv6 loopback (::1)")
+async def test_two_listeners_ipv4_and_ipv6(
+    nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    v4, v6 = await start_server(nursery, server_config, listen=["127.0.0.1:0", "[::1]:0"])
+    assert (v4.host, v6.host) == ("127.0.0.1", "::1")
+    for address in (v4, v6):
+        assert (await echo_once(address, client_config, b"dual stack")).received == 10
+
+
+async def test_one_handler_failure_leaves_other_connections_alone(
+    nursery: trio.Nursery,
+    server_config: ServerConfig,
+    client_config: ClientConfig,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def fragile(conn: Connection) -> None:
+        while data := await conn.stream.receive_some(1024):
+            if data == b"boom":
+                raise RuntimeError("boom requested")
+            await conn.stream.send_all(data)
+
+    [address] = await start_server(nursery, server_config, handler=fragile)
+    steady = await open_client(address, client_config)
+    await steady.send_all(b"first")
+    assert await steady.receive_some(100) == b"first"
+
+    with pytest.raises(ClientError, match=r"short echo|TLS connection failed"):
+        await echo_once(address, client_config, b"boom")
+
+    await steady.send_all(b"second")
+    assert await steady.receive_some(100) == b"second"
+    await steady.aclose()
+    assert "handler error: RuntimeError: boom requested" in caplog.text
+    await _assert_still_serves(address, client_config)
+
+
+async def test_handler_sees_peer_identity(
+    nursery: trio.Nursery, server_config: ServerConfig, pki: Path
+) -> None:
+    seen: list[Connection] = []
+
+    async def record(conn: Connection) -> None:
+        seen.append(conn)
+        await conn.stream.send_all(b"ok")
+
+    [address] = await start_server(nursery, server_config, handler=record)
+    alice = ClientConfig(tls=TLSFiles.from_dir(pki, "alice"))
+    stream = await open_client(address, alice)
+    client_port = stream.transport_stream.socket.getsockname()[1]
+    assert await stream.receive_some(10) == b"ok"
+    await stream.aclose()
+    [conn] = seen
+    assert conn.identity.common_name == "alice"
+    assert "DNS:alice" in conn.identity.sans
+    assert "OU=development CA" in conn.identity.issuer
+    assert len(conn.identity.fingerprint_sha256) == 64
+    assert conn.tls_version == "TLSv1.3"
+    assert conn.cipher.startswith("TLS_")
+    assert conn.peer_address[0] == "127.0.0.1"
+    assert conn.peer_address[1] == client_port
+
+
+async def test_connection_log_line_has_the_details(
+    server: Address, client_config: ClientConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trio_tlsecho")
+    await echo_once(server, client_config, b"x")
+    [line] = [r.getMessage() for r in caplog.records if "connected TLS" in r.getMessage()]
+    assert "TLSv1.3 TLS_" in line
+    assert "subject=O=trio_tlsecho development PKI,OU=client,CN=client" in line
+    assert "issuer=O=trio_tlsecho development PKI,OU=development CA" in line
+    assert "sha256=" in line
+    assert line.endswith("1 client connected")
+
+
+async def test_client_count_in_log_tracks_open_connections(
+    server: Address, client_config: ClientConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trio_tlsecho")
+    first = await open_client(server, client_config)
+    await first.send_all(b"a")
+    await first.receive_some(10)  # the server has logged the connection by now
+    second = await open_client(server, client_config)
+    await second.send_all(b"b")
+    await second.receive_some(10)
+    await first.aclose()
+    await second.aclose()
+    counts = [r.getMessage().rsplit(";", 1)[1] for r in caplog.records if "connected TLS" in r.getMessage()]
+    assert counts == [" 1 client connected", " 2 clients connected"]
+
+
+async def test_port_in_use_is_one_line_error(server_config: ServerConfig) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(
+                ListenError, match=rf"^cannot listen on 127.0.0.1:{port}: address already in use$"
+            ):
+                await start_server(nursery, server_config, listen=[f"127.0.0.1:{port}"])
+
+
+async def test_failed_second_bind_closes_the_first(server_config: ServerConfig) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        free = socket.socket()
+        free.bind(("127.0.0.1", 0))
+        free_port = free.getsockname()[1]
+        free.close()
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(ListenError):
+                await start_server(
+                    nursery, server_config, listen=[f"127.0.0.1:{free_port}", f"127.0.0.1:{port}"]
+                )
+    # The first listener was bound, then released when the second failed.
+    with socket.socket() as again:
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", free_port))
+
+
+async def test_cancelling_the_nursery_stops_the_server(
+    server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    async with trio.open_nursery() as nursery:
+        [address] = await nursery.start(serve, server_config)
+        await echo_once(address, client_config, b"before")
+        nursery.cancel_scope.cancel()
+    with pytest.raises(ClientError, match="connection refused"):
+        await echo_once(address, client_config, b"after")
