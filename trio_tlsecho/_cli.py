@@ -7,6 +7,7 @@ failure of ``client`` as one line and status 1.  Tracebacks are for bugs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -267,7 +268,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         handshake_timeout=args.handshake_timeout,
         min_tls_version=args.min_tls,
     )
-    trio.run(_serve_until_signal, config)
+    # KeyboardInterrupt: Ctrl-C before our signal receiver was installed.
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(_serve_until_signal, config)
     return 0
 
 
