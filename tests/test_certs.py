@@ -32,6 +32,7 @@ def test_writes_ca_server_and_clients(tmp_path: Path) -> None:
         [
             "ca.pem",
             "ca.key",
+            "crl.pem",
             "server.pem",
             "server.key",
             "client.pem",

@@ -88,6 +88,8 @@ def make_dev_pki(
         _write(ca_cert, ca.cert_pem.bytes(), private=False)
         _write(ca_key, ca.private_key_pem.bytes(), private=True)
         written += [ca_cert, ca_key]
+        # An empty CRL from the start, so `serve --crl` works before anything is revoked.
+        written.append(revoke(out, [], days=days, now=now))
 
     not_before = now - _BACKDATE
     not_after = min(now + dt.timedelta(days=days), _ca_not_after(ca))
@@ -191,3 +193,63 @@ def _write(path: Path, data: bytes, *, private: bool) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+
+
+CRL_NAME = "crl.pem"
+
+
+def revoke(
+    directory: str | Path,
+    names: Sequence[str],
+    *,
+    days: int = DEFAULT_DAYS,
+    now: dt.datetime | None = None,
+) -> Path:
+    """Add the certificates ``NAME.pem`` in *directory* to its CRL (``crl.pem``), signed by its CA.
+
+    Entries already in the CRL stay.  Returns the CRL's path; the server picks it up
+    with ``--crl`` (and again on SIGHUP).
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    out = Path(directory)
+    ca_path, key_path = out / "ca.pem", out / "ca.key"
+    if not ca_path.exists():
+        raise CertificateError(f"no CA in {out}: run 'certs' first")
+    ca = _load_ca(ca_path, key_path)
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    ca_key = serialization.load_pem_private_key(ca.private_key_pem.bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+
+    crl_path = out / CRL_NAME
+    revoked: dict[int, x509.RevokedCertificate] = {}
+    number = 1
+    if crl_path.exists():
+        old = x509.load_pem_x509_crl(crl_path.read_bytes())
+        if old.is_signature_valid(ca_key.public_key()):  # a CRL of an older CA is dropped
+            revoked = {entry.serial_number: entry for entry in old}
+            number = old.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
+    for name in names:
+        leaf_path = out / f"{name}.pem"
+        try:
+            leaf = x509.load_pem_x509_certificate(leaf_path.read_bytes())
+        except FileNotFoundError:
+            raise CertificateError(f"cannot revoke {name!r}: no certificate {leaf_path}") from None
+        if leaf.issuer != ca_cert.subject:
+            raise CertificateError(f"cannot revoke {leaf_path}: it was not issued by {ca_path}")
+        revoked.setdefault(
+            leaf.serial_number,
+            x509.RevokedCertificateBuilder().serial_number(leaf.serial_number).revocation_date(now).build(),
+        )
+
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - _BACKDATE)
+        .next_update(now + dt.timedelta(days=days))
+        .add_extension(x509.CRLNumber(number), critical=False)
+    )
+    for entry in revoked.values():
+        builder = builder.add_revoked_certificate(entry)
+    crl = builder.sign(ca_key, hashes.SHA256())
+    _write(crl_path, crl.public_bytes(serialization.Encoding.PEM), private=False)
+    return crl_path

@@ -8,29 +8,33 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 import trio
 
 from . import __version__
-from ._certs import DEFAULT_DAYS, DEFAULT_SERVER_NAMES, has_certificates, make_dev_pki
+from ._certs import DEFAULT_DAYS, DEFAULT_SERVER_NAMES, has_certificates, make_dev_pki, revoke
 from ._client import EchoResult, echo_once
 from ._config import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_HOST,
+    DEFAULT_IDLE_TIMEOUT,
     DEFAULT_PORT,
+    DEFAULT_SHUTDOWN_GRACE,
     Address,
     ClientConfig,
     ServerConfig,
     TLSFiles,
 )
 from ._exceptions import ClientError, ConfigError, TLSEchoError
+from ._policy import AllowList
 from ._server import serve
 
 PROG = "trio-tlsecho"
@@ -66,6 +70,10 @@ def _seconds(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
     return value
+
+
+def _seconds_or_off(text: str) -> float:
+    return 0.0 if text.strip() in ("0", "0.0") else _seconds(text)
 
 
 def _address(text: str) -> Address:
@@ -132,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--days", type=_positive_int, default=DEFAULT_DAYS, help="leaf validity (default: 365)")
     p.add_argument("--force", action="store_true", help="make a new CA even if DIR has one")
+    p.add_argument(
+        "--revoke",
+        metavar="NAME",
+        action="append",
+        help="revoke DIR/NAME.pem: add it to DIR/crl.pem (serve --crl DIR/crl.pem; SIGHUP reloads)",
+    )
     p.set_defaults(func=_cmd_certs)
 
     p = sub.add_parser("serve", help="run the mutual-TLS server")
@@ -154,7 +168,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--min-tls", choices=["1.2", "1.3"], default="1.2", help="lowest TLS version (default: 1.2)"
     )
+    p.add_argument(
+        "--idle-timeout",
+        metavar="SECONDS",
+        type=_seconds_or_off,
+        default=DEFAULT_IDLE_TIMEOUT,
+        help="close connections that move no bytes for this long; 0: never"
+        f" (default: {DEFAULT_IDLE_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--max-connections",
+        metavar="N",
+        type=_positive_int,
+        help="stop accepting while N connections are open (default: no limit)",
+    )
+    p.add_argument(
+        "--shutdown-grace",
+        metavar="SECONDS",
+        type=_seconds_or_off,
+        default=DEFAULT_SHUTDOWN_GRACE,
+        help="on SIGTERM/SIGINT, how long open connections may finish"
+        f" (default: {DEFAULT_SHUTDOWN_GRACE:g}; a second signal stops at once)",
+    )
+    g = p.add_argument_group("client authorization (beyond 'signed by the CA'; any match admits)")
+    g.add_argument("--allow-cn", metavar="NAME", action="append", default=[], help="client subject CN")
+    g.add_argument(
+        "--allow-san",
+        metavar="DNS:NAME|URI:URI",
+        action="append",
+        default=[],
+        help="client subject alternative name, e.g. URI:spiffe://example.org/app",
+    )
+    g.add_argument(
+        "--allow-fingerprint",
+        metavar="SHA256",
+        action="append",
+        default=[],
+        help="pin a client certificate by its SHA-256 fingerprint (hex, colons optional)",
+    )
     _add_tls_flags(p, "server")
+    p.add_argument(
+        "--crl", metavar="FILE", type=Path, help="refuse client certificates revoked in this CRL (PEM)"
+    )
+    p.add_argument(
+        "--keylog",
+        metavar="FILE",
+        type=Path,
+        help="append TLS secrets to FILE (SSLKEYLOGFILE format) for Wireshark; debugging only",
+    )
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("client", help="send one message over mutual TLS and verify the echo")
@@ -230,6 +291,12 @@ def _setup_logging(level: str) -> None:
 
 
 def _cmd_certs(args: argparse.Namespace) -> int:
+    if args.revoke:
+        if args.client or args.server_name or args.force:
+            raise ConfigError("--revoke only updates the CRL; give --client/--server-name/--force separately")
+        crl = revoke(args.out, args.revoke, days=args.days)
+        print(f"revoked {', '.join(args.revoke)}: wrote {crl}")
+        return 0
     issued = make_dev_pki(
         args.out,
         server_names=args.server_name or DEFAULT_SERVER_NAMES,
@@ -267,6 +334,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         handler=args.handler,
         handshake_timeout=args.handshake_timeout,
         min_tls_version=args.min_tls,
+        allow=AllowList(common_names=args.allow_cn, sans=args.allow_san, fingerprints=args.allow_fingerprint),
+        crl=args.crl,
+        idle_timeout=args.idle_timeout or None,
+        max_connections=args.max_connections,
+        shutdown_grace=args.shutdown_grace,
+        keylog=args.keylog,
     )
     # KeyboardInterrupt: Ctrl-C before our signal receiver was installed.
     with contextlib.suppress(KeyboardInterrupt):
@@ -275,15 +348,40 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve_until_signal(config: ServerConfig) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            addresses = await nursery.start(serve, config)
-            for address in addresses:
-                print(f"listening on {address}", flush=True)
-            async for signum in signals:
-                log.info("%s received, shutting down", signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
+    # SIGTERM/SIGINT: graceful stop; a second one: stop now.  SIGHUP: reload certificates.
+    shutdown = trio.Event()
+    reload_send, reload_receive = trio.open_memory_channel[None](1)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as outer:
+            outer.start_soon(_dispatch_signals, signals, shutdown, reload_send, outer.cancel_scope)
+            serving = functools.partial(
+                serve, config, shutdown_trigger=shutdown.wait, reload_trigger=reload_receive.receive
+            )
+            async with trio.open_nursery() as inner:
+                addresses = await inner.start(serving)
+                for address in addresses:
+                    print(f"listening on {address}", flush=True)
+            outer.cancel_scope.cancel()  # serve() has returned: stop listening for signals
+
+
+async def _dispatch_signals(
+    signals: AsyncIterator[int],
+    shutdown: trio.Event,
+    reload: trio.MemorySendChannel[None],
+    everything: trio.CancelScope,
+) -> None:
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            log.info("SIGHUP received, reloading certificates")
+            with contextlib.suppress(trio.WouldBlock):  # one reload already pending is enough
+                reload.send_nowait(None)
+        elif not shutdown.is_set():
+            log.info("%s received, shutting down", name)
+            shutdown.set()
+        else:
+            log.warning("%s received again, stopping now", name)
+            everything.cancel()
 
 
 # -- client ------------------------------------------------------------------------

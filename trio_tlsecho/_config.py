@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._exceptions import ConfigError
+from ._policy import AllowList
 
 if TYPE_CHECKING:
     from ._handlers import Handler
@@ -30,6 +31,12 @@ DEFAULT_HOST = "127.0.0.1"
 #: Seconds a peer gets to complete the TLS handshake.  Long enough for a slow
 #: link, short enough that a silent client does not pin a slot for minutes.
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+#: Seconds an established connection may move no bytes in either direction.
+#: stunnel's TIMEOUTidle is 12 h; five minutes keeps abandoned connections from
+#: piling up while leaving interactive protocols plenty of room.
+DEFAULT_IDLE_TIMEOUT = 300.0
+#: Seconds open connections get to finish after a graceful stop (SIGTERM).
+DEFAULT_SHUTDOWN_GRACE = 10.0
 
 _TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -130,6 +137,25 @@ def _check_timeout(_inst: object, attribute: attrs.Attribute[float], value: floa
         raise ConfigError(f"{attribute.name} must be a positive number of seconds, not {value!r}")
 
 
+def _check_optional_timeout(_inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None:
+        _check_timeout(_inst, attribute, value)
+
+
+def _check_grace(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ConfigError(f"{attribute.name} must be zero or a positive number of seconds, not {value!r}")
+
+
+def _check_max_connections(_inst: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"{attribute.name} must be a whole number of at least 1, not {value!r}")
+
+
+def _to_optional_path(value: str | Path | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
 def _to_tls_version(value: str | ssl.TLSVersion) -> ssl.TLSVersion:
     if isinstance(value, ssl.TLSVersion):
         if value not in _TLS_VERSIONS.values():
@@ -163,6 +189,18 @@ class ServerConfig:
     handler: str | Handler = attrs.field(default="echo", validator=_check_handler)
     handshake_timeout: float = attrs.field(default=DEFAULT_HANDSHAKE_TIMEOUT, validator=_check_timeout)
     min_tls_version: ssl.TLSVersion = attrs.field(default=ssl.TLSVersion.TLSv1_2, converter=_to_tls_version)
+    #: Client identities allowed in beyond "signed by our CA"; empty allows every one.
+    allow: AllowList = attrs.field(factory=AllowList, validator=attrs.validators.instance_of(AllowList))
+    #: A PEM certificate revocation list from our CA; revoked client certificates are refused.
+    crl: Path | None = attrs.field(default=None, converter=_to_optional_path)
+    #: Close established connections that move no bytes for this long; ``None``: never.
+    idle_timeout: float | None = attrs.field(default=DEFAULT_IDLE_TIMEOUT, validator=_check_optional_timeout)
+    #: Stop accepting while this many connections are open (backpressure); ``None``: no limit.
+    max_connections: int | None = attrs.field(default=None, validator=_check_max_connections)
+    #: After a graceful stop begins, how long open connections may go on before being cancelled.
+    shutdown_grace: float = attrs.field(default=DEFAULT_SHUTDOWN_GRACE, validator=_check_grace)
+    #: Write TLS secrets here (NSS key log format, for Wireshark).  Debugging only.
+    keylog: Path | None = attrs.field(default=None, converter=_to_optional_path)
 
 
 @attrs.frozen(kw_only=True)

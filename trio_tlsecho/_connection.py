@@ -1,10 +1,15 @@
-"""The life of one accepted connection: handshake, identity, handler, close.
+"""The life of one accepted connection: handshake, identity, policy, handler, close.
 
 Everything that can go wrong with one peer (a bad certificate, a silent client,
 a reset, a handler bug) is caught here and turned into one log line, because
 the listener's nursery must never see it: one connection's failure must not
 touch another.  ``trio.Cancelled`` and other ``BaseException``s are left alone so
 that shutdown still works.
+
+Timeouts: the handshake runs under one total deadline (a peer dribbling a byte
+a second gets no extension), and the established connection under an idle
+deadline that moves forward whenever bytes move in either direction, so a peer
+that stops reading is as idle as one that stops writing.
 """
 
 from __future__ import annotations
@@ -12,15 +17,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
+from typing import Any
 
 import attrs
 import trio
 
-from ._config import format_address
+from ._config import ServerConfig, format_address
 from ._handlers import Connection, Handler
 from ._tls import describe_tls_error, peer_identity
 
 log = logging.getLogger("trio_tlsecho")
+
+# How long we try to deliver a TLS alert to a peer we are refusing.  The peer may be
+# a scanner that never reads; it must not hold the slot.
+_ALERT_TIMEOUT = 1.0
 
 
 @attrs.define
@@ -30,6 +40,62 @@ class ConnectionCounts:
     active: int = 0
     total: int = 0
     handshake_failures: int = 0
+    refused: int = 0
+    idle_closed: int = 0
+
+
+@attrs.define(eq=False)
+class ServerState:
+    """What every connection of one ``serve()`` shares.  Mutable on purpose, and only here:
+    a reload swaps ``ssl_context`` for new connections; running ones keep theirs."""
+
+    config: ServerConfig
+    handler: Handler
+    ssl_context: ssl.SSLContext
+    counts: ConnectionCounts = attrs.Factory(ConnectionCounts)
+    #: Free connection slots when ``max_connections`` is set.
+    slots: trio.Semaphore | None = None
+
+
+class _IdleWatch(trio.abc.Stream):
+    """The TCP stream, pushing an idle deadline forward whenever bytes move.
+
+    Moving a cancel-scope deadline is a heap operation in trio, so it is done only
+    when the deadline would move by more than ``slack``: at most ~10 updates per
+    idle period however many small reads and writes there are.
+    """
+
+    def __init__(self, transport: trio.SocketStream) -> None:
+        self.transport = transport
+        self._scope: trio.CancelScope | None = None
+        self._idle = 0.0
+        self._slack = 0.0
+        self._deadline = 0.0
+
+    def watch(self, scope: trio.CancelScope, idle: float) -> None:
+        self._scope, self._idle, self._slack = scope, idle, min(1.0, idle / 10)
+        self._deadline = scope.deadline = trio.current_time() + idle
+
+    def _moved(self) -> None:
+        if self._scope is not None:
+            deadline = trio.current_time() + self._idle
+            if deadline - self._deadline > self._slack:
+                self._deadline = self._scope.deadline = deadline
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.transport.send_all(data)
+        self._moved()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.transport.receive_some(max_bytes)
+        self._moved()
+        return data
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
 
 
 def _peer_address(stream: trio.SocketStream) -> tuple[str, int]:
@@ -40,12 +106,7 @@ def _peer_address(stream: trio.SocketStream) -> tuple[str, int]:
     return (str(addr[0]), int(addr[1]))
 
 
-# How long we try to deliver a TLS alert to a peer we are refusing.  The peer may be
-# a scanner that never reads; it must not hold the slot.
-_ALERT_TIMEOUT = 1.0
-
-
-async def _send_alert(stream: trio.SSLStream[trio.SocketStream]) -> None:
+async def _send_alert(stream: trio.SSLStream[Any]) -> None:
     # trio's SSLStream marks itself broken on an SSLError without sending what
     # OpenSSL queued: the alert ("certificate required", "unknown ca") that tells the
     # peer *why*.  Without it a refused client sees only a closed connection.  The
@@ -59,19 +120,17 @@ async def _send_alert(stream: trio.SSLStream[trio.SocketStream]) -> None:
             await stream.transport_stream.send_all(outgoing.read())
 
 
-async def run_connection(
-    tcp: trio.SocketStream,
-    ssl_context: ssl.SSLContext,
-    handler: Handler,
-    handshake_timeout: float,
-    counts: ConnectionCounts,
-) -> None:
+async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
     """Serve one TCP connection; returns (never raises) when it is over."""
+    config, counts = server.config, server.counts
     peer = _peer_address(tcp)
     where = format_address(*peer)
-    stream = trio.SSLStream(tcp, ssl_context, server_side=True)
+    idle = _IdleWatch(tcp) if config.idle_timeout is not None else None
+    stream: trio.SSLStream[Any] = trio.SSLStream(
+        idle if idle is not None else tcp, server.ssl_context, server_side=True
+    )
     try:
-        with trio.move_on_after(handshake_timeout) as scope:
+        with trio.move_on_after(config.handshake_timeout) as scope:
             try:
                 await stream.do_handshake()
             except trio.BrokenResourceError as exc:
@@ -81,7 +140,7 @@ async def run_connection(
                 return
         if scope.cancelled_caught:
             counts.handshake_failures += 1
-            log.warning("%s: handshake timed out after %gs", where, handshake_timeout)
+            log.warning("%s: handshake timed out after %gs", where, config.handshake_timeout)
             return
         identity = peer_identity(stream)
         # CERT_REQUIRED makes OpenSSL fail the handshake without a certificate; this
@@ -89,6 +148,16 @@ async def run_connection(
         if identity is None:
             counts.handshake_failures += 1
             log.warning("%s: refused: no client certificate", where)
+            return
+        if not config.allow.permits(identity):
+            counts.refused += 1
+            log.warning(
+                "%s: refused: identity not allowed: subject=%s sans=%s sha256=%s",
+                where,
+                identity.subject,
+                ",".join(identity.sans) or "-",
+                identity.fingerprint_sha256,
+            )
             return
         cipher = stream.cipher()
         conn = Connection(
@@ -98,26 +167,37 @@ async def run_connection(
             tls_version=str(stream.version()),
             cipher=cipher[0] if cipher else "?",
         )
-        counts.active += 1
-        counts.total += 1
-        try:
-            log.info(
-                "%s: connected %s %s subject=%s issuer=%s sha256=%s; %d client%s connected",
-                where,
-                conn.tls_version,
-                conn.cipher,
-                identity.subject,
-                identity.issuer,
-                identity.fingerprint_sha256,
-                counts.active,
-                "" if counts.active == 1 else "s",
-            )
-            await handler(conn)
-        except trio.BrokenResourceError as exc:
-            log.info("%s: connection lost: %s", where, describe_tls_error(exc))
-        except Exception as exc:
-            log.error("%s: handler error: %s: %s", where, type(exc).__name__, exc)
-        finally:
-            counts.active -= 1
+        await _run_handler(conn, server, where, idle)
     finally:
         await trio.aclose_forcefully(stream)
+
+
+async def _run_handler(conn: Connection, server: ServerState, where: str, idle: _IdleWatch | None) -> None:
+    counts = server.counts
+    counts.active += 1
+    counts.total += 1
+    try:
+        log.info(
+            "%s: connected %s %s subject=%s issuer=%s sha256=%s; %d client%s connected",
+            where,
+            conn.tls_version,
+            conn.cipher,
+            conn.identity.subject,
+            conn.identity.issuer,
+            conn.identity.fingerprint_sha256,
+            counts.active,
+            "" if counts.active == 1 else "s",
+        )
+        with trio.CancelScope() as idle_scope:
+            if idle is not None and server.config.idle_timeout is not None:
+                idle.watch(idle_scope, server.config.idle_timeout)
+            await server.handler(conn)
+        if idle_scope.cancelled_caught:
+            counts.idle_closed += 1
+            log.info("%s: closed: idle for %gs", where, server.config.idle_timeout)
+    except trio.BrokenResourceError as exc:
+        log.info("%s: connection lost: %s", where, describe_tls_error(exc))
+    except Exception as exc:
+        log.error("%s: handler error: %s: %s", where, type(exc).__name__, exc)
+    finally:
+        counts.active -= 1

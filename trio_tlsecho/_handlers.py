@@ -25,7 +25,7 @@ class Connection:
     """One accepted, verified mutual-TLS connection."""
 
     #: The TLS stream; read and write plaintext with ``receive_some``/``send_all``.
-    stream: trio.SSLStream[trio.SocketStream]
+    stream: trio.SSLStream[trio.abc.Stream]
     #: ``(host, port)`` of the peer as the socket sees it.
     peer_address: tuple[str, int]
     #: The verified client certificate.

@@ -1,8 +1,8 @@
-"""``serve()``: bind every listener, then run each in a nursery of its own.
+"""``serve()``: bind every listener, run each in a nursery of its own, stop gracefully.
 
 Theory of operation
 -------------------
-``serve`` follows trio's ``serve_*`` contract: it never returns, and it calls
+``serve`` follows trio's ``serve_*`` contract: it calls
 ``task_status.started(addresses)`` only once *every* listener is bound, so a
 caller that asked for port 0 learns the real ports and can connect at once.
 All configuration is checked (certificate files loaded, handler resolved,
@@ -12,8 +12,24 @@ open.
 
 Each listener owns one nursery, and each accepted connection runs in the
 nursery of the listener that accepted it.  ``run_connection`` swallows every
-per-connection failure, so a nursery only ever ends by cancellation: shutting
-down is cancelling the scope around ``serve``.
+per-connection failure, so a nursery only ever ends by cancellation or by
+running out of connections after accepting has stopped.
+
+Two ways to stop:
+
+* Cancel the scope around ``serve``: everything stops now.  Without a
+  ``shutdown_trigger`` this is the only way, and ``serve`` never returns.
+* ``shutdown_trigger`` returns: every listener is closed at once (new clients
+  are refused, not queued), open connections get ``shutdown_grace`` seconds to
+  finish, the rest are cancelled, and ``serve`` returns.
+
+``reload_trigger`` is awaited in a loop; each time it returns, certificate,
+key, CA and CRL are read again and used for connections accepted from then on.
+A broken new file is logged and the previous context stays in force.
+
+Backpressure: with ``max_connections`` a listener takes a slot *before* it
+calls ``accept``, so at the limit the server stops accepting and the kernel's
+backlog holds new clients until a connection closes.
 """
 
 from __future__ import annotations
@@ -22,15 +38,13 @@ import contextlib
 import errno
 import logging
 import socket
-import ssl
-from typing import NoReturn
+from collections.abc import Awaitable, Callable
 
 import trio
 
 from ._config import Address, ServerConfig
-from ._connection import ConnectionCounts, run_connection
-from ._exceptions import ListenError
-from ._handlers import Handler
+from ._connection import ServerState, run_connection
+from ._exceptions import CertificateError, ListenError
 from ._registry import resolve_handler
 from ._tls import server_context
 
@@ -41,73 +55,147 @@ log = logging.getLogger("trio_tlsecho")
 _CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 _CAPACITY_PAUSE = 0.100
 
+Trigger = Callable[[], Awaitable[object]]
+
 
 async def serve(
     config: ServerConfig,
     *,
+    shutdown_trigger: Trigger | None = None,
+    reload_trigger: Trigger | None = None,
     task_status: trio.TaskStatus[list[Address]] = trio.TASK_STATUS_IGNORED,
-) -> NoReturn:
-    """Run a mutual-TLS server until cancelled.
+) -> None:
+    """Run a mutual-TLS server until cancelled, or until *shutdown_trigger* returns.
 
     Use as ``addresses = await nursery.start(serve, config)``: *addresses* are the
     bound ``Address``es, with real ports where port 0 was asked for.
     """
-    ssl_context = server_context(config)
     handler = config.handler
     if isinstance(handler, str):
         handler = resolve_handler(handler)
-    counts = ConnectionCounts()
+    state = ServerState(
+        config=config,
+        handler=handler,
+        ssl_context=server_context(config),
+        slots=trio.Semaphore(config.max_connections) if config.max_connections else None,
+    )
+    if config.keylog is not None:
+        log.warning(
+            "writing TLS session secrets to %s: anyone with that file can decrypt this traffic",
+            config.keylog,
+        )
+    listeners: list[_Listener] = []
     # An exit stack, not a loop of awaits: closing a listener inside a cancelled scope
     # raises Cancelled, which must not skip closing the ones after it.
     async with contextlib.AsyncExitStack() as stack:
-        listeners = await _bind(config.listen, stack)
+        for address in config.listen:
+            for socket_listener in await _open(address):
+                await stack.enter_async_context(socket_listener)
+                listeners.append(_Listener(socket_listener, state))
         async with trio.open_nursery() as nursery:
             for listener in listeners:
-                nursery.start_soon(
-                    _serve_listener,
-                    listener,
-                    ssl_context,
-                    handler,
-                    config.handshake_timeout,
-                    counts,
-                )
-            task_status.started([_bound_address(listener) for listener in listeners])
-    raise AssertionError("listeners only end by cancellation")  # pragma: no cover
+                nursery.start_soon(listener.run)
+            task_status.started([listener.address for listener in listeners])
+            async with trio.open_nursery() as control:
+                if reload_trigger is not None:
+                    control.start_soon(_reload_forever, reload_trigger, state)
+                if shutdown_trigger is None:
+                    await trio.sleep_forever()
+                else:
+                    await shutdown_trigger()
+                control.cancel_scope.cancel()
+            _begin_shutdown(listeners, state)
+    log.info("stopped")
 
 
-async def _serve_listener(
-    listener: trio.SocketListener,
-    ssl_context: ssl.SSLContext,
-    handler: Handler,
-    handshake_timeout: float,
-    counts: ConnectionCounts,
-) -> NoReturn:
-    async with trio.open_nursery() as connections:
+class _Listener:
+    """One listening socket and the nursery its connections run in."""
+
+    def __init__(self, socket_listener: trio.SocketListener, state: ServerState) -> None:
+        self.socket_listener = socket_listener
+        self.state = state
+        self.address = _bound_address(socket_listener)
+        self.accepting = trio.CancelScope()
+        self.connections: trio.CancelScope | None = None
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as connections:
+            self.connections = connections.cancel_scope
+            with self.accepting:
+                await self._accept_forever(connections)
+            # Stopped accepting: close the socket now so that new clients are
+            # refused at once instead of waiting in the backlog for a server that left.
+            await trio.aclose_forcefully(self.socket_listener)
+
+    async def _accept_forever(self, connections: trio.Nursery) -> None:
+        slots = self.state.slots
         while True:
+            if slots is not None:
+                if slots.value == 0:
+                    log.warning(
+                        "%s: %d connections open, the maximum: not accepting until one closes",
+                        self.address,
+                        self.state.config.max_connections,
+                    )
+                await slots.acquire()
             try:
-                tcp = await listener.accept()
+                tcp = await self.socket_listener.accept()
             except OSError as exc:
+                if slots is not None:
+                    slots.release()
                 if exc.errno not in _CAPACITY_ERRNOS:
                     raise
                 log.error(
-                    "accept on %s: %s; pausing %d ms",
-                    _bound_address(listener),
+                    "%s: accept failed: %s; pausing %d ms",
+                    self.address,
                     exc.strerror,
                     _CAPACITY_PAUSE * 1000,
                 )
                 await trio.sleep(_CAPACITY_PAUSE)
                 continue
-            connections.start_soon(run_connection, tcp, ssl_context, handler, handshake_timeout, counts)
+            except BaseException:
+                if slots is not None:
+                    slots.release()
+                raise
+            connections.start_soon(_run, tcp, self.state)
+
+    def stop(self, grace_deadline: float) -> None:
+        self.accepting.cancel()
+        if self.connections is not None:
+            self.connections.deadline = min(self.connections.deadline, grace_deadline)
 
 
-async def _bind(
-    addresses: tuple[Address, ...], stack: contextlib.AsyncExitStack
-) -> list[trio.SocketListener]:
-    bound: list[trio.SocketListener] = []
-    for address in addresses:
-        for listener in await _open(address):
-            bound.append(await stack.enter_async_context(listener))
-    return bound
+async def _run(tcp: trio.SocketStream, state: ServerState) -> None:
+    try:
+        await run_connection(tcp, state)
+    finally:
+        if state.slots is not None:
+            state.slots.release()
+
+
+def _begin_shutdown(listeners: list[_Listener], state: ServerState) -> None:
+    grace = state.config.shutdown_grace
+    log.info(
+        "shutting down: listeners closed; %d open connection%s get %gs to finish",
+        state.counts.active,
+        "" if state.counts.active == 1 else "s",
+        grace,
+    )
+    deadline = trio.current_time() + grace
+    for listener in listeners:
+        listener.stop(deadline)
+
+
+async def _reload_forever(trigger: Trigger, state: ServerState) -> None:
+    while True:
+        await trigger()
+        try:
+            state.ssl_context = server_context(state.config)
+        except CertificateError as exc:
+            log.error("reload failed, still using the previous certificates: %s", exc)
+        else:
+            crl = " and CRL" if state.config.crl is not None else ""
+            log.info("reloaded certificate, key, CA%s for new connections", crl)
 
 
 async def _open(address: Address) -> list[trio.SocketListener]:

@@ -42,6 +42,13 @@ def server_context(config: ServerConfig) -> ssl.SSLContext:
     ctx.num_tickets = 0
     _load_identity(ctx, config.tls)
     _load_ca(ctx, config.tls.ca)
+    if config.crl is not None:
+        _load_crl(ctx, config.crl)
+    if config.keylog is not None:
+        try:
+            ctx.keylog_filename = str(config.keylog)
+        except OSError as exc:
+            raise CertificateError(f"cannot write key log file {config.keylog}: {exc.strerror}") from None
     return ctx
 
 
@@ -97,6 +104,21 @@ def _load_ca(ctx: ssl.SSLContext, path: Path) -> None:
         ctx.load_verify_locations(cadata=data.decode("ascii", "replace"))
     except (ssl.SSLError, ValueError) as exc:
         raise CertificateError(f"cannot load CA file {path}: {_reason(exc)}") from None
+
+
+def _load_crl(ctx: ssl.SSLContext, path: Path) -> None:
+    data = _read(path, "CRL")
+    if b"-----BEGIN X509 CRL-----" not in data:
+        raise CertificateError(f"no PEM certificate revocation list in {path}")
+    try:
+        # cafile, not cadata: only the file loader reads CRLs as well as certificates.
+        ctx.load_verify_locations(cafile=str(path))
+    except (ssl.SSLError, ValueError) as exc:
+        raise CertificateError(f"cannot load CRL {path}: {_reason(exc)}") from None
+    # Leaf only: our PKI is one CA deep, and CHECK_CHAIN would demand a CRL for the
+    # root itself.  Note that OpenSSL then *requires* a current CRL for every client's
+    # issuer: an expired CRL refuses everyone, which is the safe way to fail.
+    ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
 
 
 def _reason(exc: BaseException) -> str:
@@ -186,6 +208,8 @@ _VERIFY_CODES = {
     9: "not yet valid",
     10: "expired",
     18: "self-signed, not issued by a trusted CA",
+    3: "no current CRL for its issuer",
+    12: "the CRL has expired",
     19: "not issued by a trusted CA",
     20: "not issued by a trusted CA",
     23: "revoked",

@@ -1,0 +1,89 @@
+"""Who may connect, beyond "signed by our CA": allow-lists of names and pins.
+
+Sans-io: a frozen allow-list and a pure ``permits(identity)``.  The checks run
+after the handshake, on the certificate OpenSSL already verified (chain,
+validity, revocation), so they only ever narrow what the CA admits.
+
+Matching is exact: no wildcards, no case folding for URIs (SPIFFE IDs are
+case-sensitive), lowercase for DNS names and fingerprints (both are defined
+case-insensitively).
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import attrs
+
+from ._exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from ._tls import PeerIdentity
+
+
+def _normalize_san(value: str) -> str:
+    kind, sep, rest = value.partition(":")
+    if sep and kind.upper() in ("DNS", "URI"):
+        kind, value = kind.upper(), rest
+    else:
+        kind = "URI" if "://" in value else "DNS"
+    if not value or any(c.isspace() for c in value):
+        raise ConfigError(f"bad --allow-san value {value!r}: expected DNS:NAME or URI:URI")
+    return f"{kind}:{value.lower() if kind == 'DNS' else value}"
+
+
+def _normalize_fingerprint(value: str) -> str:
+    hexed = value.replace(":", "").strip().lower()
+    if len(hexed) != 64 or not all(c in string.hexdigits for c in hexed):
+        raise ConfigError(f"bad SHA-256 fingerprint {value!r}: expected 64 hex digits (colons allowed)")
+    return hexed
+
+
+def _check_cns(_inst: object, _attr: attrs.Attribute[frozenset[str]], value: frozenset[str]) -> None:
+    if any(not cn or cn != cn.strip() for cn in value):
+        raise ConfigError("an allowed common name is empty or has surrounding spaces")
+
+
+def _cns(values: Iterable[str]) -> frozenset[str]:
+    return frozenset(values)
+
+
+def _sans(values: Iterable[str]) -> frozenset[str]:
+    return frozenset(_normalize_san(v) for v in values)
+
+
+def _fingerprints(values: Iterable[str]) -> frozenset[str]:
+    return frozenset(_normalize_fingerprint(v) for v in values)
+
+
+@attrs.frozen(kw_only=True)
+class AllowList:
+    """Client identities the server accepts; empty means any certificate our CA signed."""
+
+    common_names: frozenset[str] = attrs.field(default=frozenset(), converter=_cns, validator=_check_cns)
+    #: ``"DNS:name"`` or ``"URI:spiffe://trust-domain/path"``.
+    sans: frozenset[str] = attrs.field(default=frozenset(), converter=_sans)
+    #: SHA-256 of the DER certificate, hex (colons and case are ignored).
+    fingerprints: frozenset[str] = attrs.field(default=frozenset(), converter=_fingerprints)
+
+    @property
+    def restricts(self) -> bool:
+        return bool(self.common_names or self.sans or self.fingerprints)
+
+    def permits(self, identity: PeerIdentity) -> bool:
+        """Whether *identity* matches at least one entry (or there are no entries)."""
+        if not self.restricts:
+            return True
+        if identity.common_name is not None and identity.common_name in self.common_names:
+            return True
+        if identity.fingerprint_sha256 in self.fingerprints:
+            return True
+        return any(_peer_san(san) in self.sans for san in identity.sans)
+
+
+def _peer_san(san: str) -> str:
+    # PeerIdentity renders SANs the way getpeercert() names them ("DNS:x", "URI:x").
+    kind, _, value = san.partition(":")
+    return f"DNS:{value.lower()}" if kind == "DNS" else san
