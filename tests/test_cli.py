@@ -185,6 +185,9 @@ def _free_port() -> int:
         (["client", "--random", "0"], "must be at least 1"),
         (["client", "--message", "a", "--random", "3"], "not allowed with argument"),
         (["certs", "--days", "many"], "'many' is not a whole number"),
+        (["serve", "--max-connections", "0"], "must be at least 1"),
+        (["serve", "--idle-timeout", "soon"], "'soon' is not a number of seconds"),
+        (["serve", "--shutdown-grace", "-3"], "must be a positive number of seconds"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
 )
@@ -219,6 +222,11 @@ def test_startup_errors(
             ["--certs", "elsewhere", "--ca", "certs/ca.pem"],
             "certificate file not found: elsewhere/server.pem",
         ),
+        (["--allow-fingerprint", "abc"], "bad SHA-256 fingerprint 'abc': expected 64 hex digits"),
+        (["--allow-san", "DNS:"], "bad --allow-san value"),
+        (["--crl", "nope.pem"], "CRL file not found: nope.pem"),
+        (["--crl", "certs/ca.pem"], "no PEM certificate revocation list in certs/ca.pem"),
+        (["--keylog", "no/such/dir/keys.log"], "cannot write key log file no/such/dir/keys.log"),
     ]
     for extra, message in cases:
         assert main(["serve", *listen, *extra]) == 2, extra
@@ -283,3 +291,10 @@ def test_keys_from_certs_command_are_private(tmp_path: Path) -> None:
     assert _run("certs", "--out", "pki", cwd=tmp_path).returncode == 0
     for key in (tmp_path / "pki").glob("*.key"):
         assert os.stat(key).st_mode & 0o077 == 0
+
+
+def test_certs_revoke_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["certs", "--out", str(tmp_path), "--revoke", "client", "--force"]) == 2
+    assert "--revoke only updates the CRL" in _error_line(capsys)
+    assert main(["certs", "--out", str(tmp_path), "--revoke", "client"]) == 2
+    assert f"no CA in {tmp_path}: run 'certs' first" in _error_line(capsys)

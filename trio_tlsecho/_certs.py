@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
 import trustme
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -130,7 +132,9 @@ def _check_file_name(name: str) -> None:
 
 
 def _new_ca(now: dt.datetime) -> trustme.CA:
-    made = trustme.CA(organization_name=_ORG, organization_unit_name="development CA")
+    # A random suffix, as trustme does: two dev CAs must never share a name, or a
+    # client trusting both (say, during a CA rotation) could build the wrong chain.
+    made = trustme.CA(organization_name=_ORG, organization_unit_name=f"development CA {secrets.token_hex(4)}")
     # trustme's CA is valid until the year 3000; re-sign the same certificate (same key,
     # subject, extensions) with a bounded validity.  Leaves are then issued under it.
     key = serialization.load_pem_private_key(made.private_key_pem.bytes(), password=None)
@@ -234,8 +238,10 @@ def revoke(
             leaf = x509.load_pem_x509_certificate(leaf_path.read_bytes())
         except FileNotFoundError:
             raise CertificateError(f"cannot revoke {name!r}: no certificate {leaf_path}") from None
-        if leaf.issuer != ca_cert.subject:
-            raise CertificateError(f"cannot revoke {leaf_path}: it was not issued by {ca_path}")
+        try:
+            leaf.verify_directly_issued_by(ca_cert)
+        except (ValueError, TypeError, InvalidSignature):
+            raise CertificateError(f"cannot revoke {leaf_path}: it was not issued by {ca_path}") from None
         revoked.setdefault(
             leaf.serial_number,
             x509.RevokedCertificateBuilder().serial_number(leaf.serial_number).revocation_date(now).build(),

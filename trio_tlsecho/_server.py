@@ -176,9 +176,9 @@ async def _run(tcp: trio.SocketStream, state: ServerState) -> None:
 def _begin_shutdown(listeners: list[_Listener], state: ServerState) -> None:
     grace = state.config.shutdown_grace
     log.info(
-        "shutting down: listeners closed; %d open connection%s get %gs to finish",
+        "shutting down: listeners closed; %d open connection%s %gs to finish",
         state.counts.active,
-        "" if state.counts.active == 1 else "s",
+        " gets" if state.counts.active == 1 else "s get",
         grace,
     )
     deadline = trio.current_time() + grace

@@ -1,0 +1,169 @@
+"""Idle timeout, the connection limit (backpressure) and running out of file descriptors."""
+
+from __future__ import annotations
+
+import selectors
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+import pytest
+import trio
+import trio.testing
+
+from trio_tlsecho import ClientConfig, Connection, ServerConfig, echo, echo_once, open_client
+
+from .conftest import start_server
+
+
+async def test_idle_connection_is_closed(
+    nursery: trio.Nursery,
+    server_config: ServerConfig,
+    client_config: ClientConfig,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    [address] = await start_server(nursery, server_config, idle_timeout=30)
+    stream = await open_client(address, client_config)
+    start = trio.current_time()
+    # Activity keeps it open well past the idle timeout...
+    for _ in range(5):
+        await trio.sleep(20)  # virtual time: the peer's think time, not synchronisation
+        await stream.send_all(b"ping")
+        assert await stream.receive_some(10) == b"ping"
+    assert trio.current_time() - start >= 100
+    # ...and silence closes it (the fail_after only bounds a broken build's hang).
+    with trio.fail_after(1000), pytest.raises(trio.BrokenResourceError):
+        while await stream.receive_some(10):
+            pass
+        raise trio.BrokenResourceError  # a clean EOF counts as closed too
+    await trio.aclose_forcefully(stream)
+    assert "closed: idle for 30s" in caplog.text
+
+
+async def test_peer_that_stops_reading_is_idle_too(
+    nursery: trio.Nursery,
+    server_config: ServerConfig,
+    client_config: ClientConfig,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    [address] = await start_server(nursery, server_config, idle_timeout=30)
+    stream = await open_client(address, client_config)
+    sent = 0
+    # We write and never read: the server's echo blocks on send, socket buffers fill,
+    # and no byte moves until the idle timeout closes the connection.
+    with trio.fail_after(1000), pytest.raises(trio.BrokenResourceError):
+        for _ in range(100_000):  # bounded: ~6 GiB, far beyond any socket buffer
+            await stream.send_all(b"x" * 65536)
+            sent += 65536
+    await trio.aclose_forcefully(stream)
+    assert sent < 256 << 20  # the server stopped reading long before: no unbounded buffering
+    assert "closed: idle for 30s" in caplog.text
+
+
+async def test_max_connections_stops_accepting_until_one_closes(
+    nursery: trio.Nursery,
+    server_config: ServerConfig,
+    client_config: ClientConfig,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    open_now = 0
+    most = 0
+
+    async def counting_echo(conn: Connection) -> None:
+        nonlocal open_now, most
+        open_now += 1
+        most = max(most, open_now)
+        try:
+            await echo(conn)
+        finally:
+            open_now -= 1
+
+    [address] = await start_server(nursery, server_config, handler=counting_echo, max_connections=2)
+    first = await open_client(address, client_config)
+    second = await open_client(address, client_config)
+    third_done = trio.Event()
+
+    async def third() -> None:
+        result = await echo_once(address, client_config, b"third")
+        assert result.received == 5
+        third_done.set()
+
+    nursery.start_soon(third)
+    # Everyone is blocked: the third client waits for a ServerHello that the server,
+    # at its limit, will not send because it has not accepted the connection.
+    await trio.testing.wait_all_tasks_blocked()
+    assert not third_done.is_set()
+    assert "2 connections open, the maximum: not accepting until one closes" in caplog.text
+    await first.aclose()
+    with trio.fail_after(30):
+        await third_done.wait()
+    await second.aclose()
+    assert most == 2
+
+
+def _wait_for_line(stream: IO[str], text: str, timeout: float) -> str:
+    """Read lines until one contains *text*; '' if the stream ends or *timeout* passes."""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        while (left := deadline - time.monotonic()) > 0:
+            if not sel.select(left):
+                break
+            line = stream.readline()
+            if not line:
+                break
+            if text in line:
+                return line
+    return ""
+
+
+def test_running_out_of_file_descriptors_does_not_crash(tmp_path: Path, pki: Path) -> None:
+    shutil.copytree(pki, tmp_path / "certs")
+    limit = 64
+    launcher = (
+        "import resource, sys;"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit}));"
+        "from trio_tlsecho._cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", launcher, "serve", "--listen", "127.0.0.1:0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
+    flood: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        host, _, port = proc.stdout.readline().split()[-1].rpartition(":")
+        for _ in range(limit + 16):  # more connections than the server has descriptors
+            flood.append(socket.create_connection((host, int(port))))
+        line = _wait_for_line(proc.stderr, "accept failed", timeout=30)
+        assert "Too many open files; pausing 100 ms" in line
+        for sock in flood:
+            sock.close()
+        flood.clear()
+        ok = subprocess.run(
+            [sys.executable, "-m", "trio_tlsecho", "client", "--connect", f"{host}:{port}"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ok.returncode == 0, ok.stderr
+        assert proc.poll() is None  # still serving
+    finally:
+        for sock in flood:
+            sock.close()
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "Traceback" not in err

@@ -1,0 +1,216 @@
+"""Revocation (CRL) and reloading certificates, key, CA and CRL while serving."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+from cryptography import x509
+
+from trio_tlsecho import (
+    CertificateError,
+    ClientConfig,
+    ClientError,
+    ServerConfig,
+    TLSFiles,
+    echo_once,
+    make_dev_pki,
+    open_client,
+    serve,
+)
+from trio_tlsecho._certs import revoke
+
+
+@pytest.fixture
+def certs(tmp_path: Path, pki: Path) -> Path:
+    """A private copy of the PKI: these tests revoke and replace files."""
+    shutil.copytree(pki, tmp_path / "certs")
+    return tmp_path / "certs"
+
+
+def _serial(pem: Path) -> int:
+    return x509.load_pem_x509_certificate(pem.read_bytes()).serial_number
+
+
+def test_revoke_writes_a_crl_signed_by_the_ca(certs: Path) -> None:
+    crl_path = revoke(certs, ["alice"])
+    crl = x509.load_pem_x509_crl(crl_path.read_bytes())
+    ca = x509.load_pem_x509_certificate((certs / "ca.pem").read_bytes())
+    assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    assert [entry.serial_number for entry in crl] == [_serial(certs / "alice.pem")]
+    # Revoking more keeps what was revoked before, and numbers the new CRL.
+    revoke(certs, ["client"])
+    crl2 = x509.load_pem_x509_crl(crl_path.read_bytes())
+    assert {entry.serial_number for entry in crl2} == {
+        _serial(certs / "alice.pem"),
+        _serial(certs / "client.pem"),
+    }
+    number = crl2.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    assert number > crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+
+
+def test_revoke_unknown_name(certs: Path) -> None:
+    with pytest.raises(CertificateError, match=r"cannot revoke 'mallory': no certificate"):
+        revoke(certs, ["mallory"])
+
+
+def test_revoke_certificate_of_another_ca(certs: Path, other_pki: Path) -> None:
+    shutil.copy(other_pki / "client.pem", certs / "stranger.pem")
+    with pytest.raises(CertificateError, match="it was not issued by"):
+        revoke(certs, ["stranger"])
+
+
+def _config(certs: Path, **kw: object) -> ServerConfig:
+    return ServerConfig(tls=TLSFiles.from_dir(certs, "server"), listen=["127.0.0.1:0"], **kw)  # type: ignore[arg-type]
+
+
+async def test_revoked_client_is_refused(
+    nursery: trio.Nursery, certs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    revoke(certs, ["alice"])
+    [address] = await nursery.start(serve, _config(certs, crl=certs / "crl.pem"))
+    with pytest.raises(ClientError, match="revoked"):
+        await echo_once(address, ClientConfig(tls=TLSFiles.from_dir(certs, "alice")), b"alice")
+    assert "certificate verify failed: revoked" in caplog.text
+    assert (
+        await echo_once(address, ClientConfig(tls=TLSFiles.from_dir(certs, "client")), b"ok")
+    ).received == 2
+
+
+def test_crl_file_errors(certs: Path) -> None:
+    from trio_tlsecho import server_context
+
+    with pytest.raises(CertificateError, match="CRL file not found"):
+        server_context(_config(certs, crl=certs / "missing.pem"))
+    with pytest.raises(CertificateError, match="no PEM certificate revocation list"):
+        server_context(_config(certs, crl=certs / "ca.pem"))
+
+
+class Reloads:
+    """A reload trigger under the test's control.
+
+    ``reload()`` returns once the server has *finished* the reload: the channel has no
+    buffer, so the second send completes only when the server is back, waiting.
+    """
+
+    def __init__(self) -> None:
+        self.send, self.receive = trio.open_memory_channel[None](0)
+
+    async def reload(self) -> None:
+        await self.send.send(None)
+        await self.send.send(None)
+
+
+async def test_reload_swaps_certificates_for_new_connections_only(
+    nursery: trio.Nursery, certs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = ClientConfig(tls=TLSFiles.from_dir(certs, "client"))
+    reloads = Reloads()
+    [address] = await nursery.start(
+        lambda task_status: serve(
+            _config(certs), reload_trigger=reloads.receive.receive, task_status=task_status
+        )
+    )
+    before = await echo_once(address, client, b"before")
+    steady = await open_client(address, client)
+
+    # A new server certificate from the same CA, written where the server reads it.
+    fresh = tmp_path / "fresh"
+    make_dev_pki(fresh, server_names=["localhost", "127.0.0.1"])  # a new CA: trust it too
+    shutil.copy(fresh / "server.pem", certs / "server.pem")
+    shutil.copy(fresh / "server.key", certs / "server.key")
+    (certs / "ca.pem").write_bytes((certs / "ca.pem").read_bytes() + (fresh / "ca.pem").read_bytes())
+    await reloads.reload()
+    assert "reloaded certificate, key, CA for new connections" in caplog.text
+
+    new_client = ClientConfig(
+        tls=TLSFiles(cert=certs / "client.pem", key=certs / "client.key", ca=fresh / "ca.pem")
+    )
+    after = await echo_once(address, new_client, b"after")
+    assert after.server.fingerprint_sha256 != before.server.fingerprint_sha256
+    # The connection made before the reload goes on with what it had.
+    await steady.send_all(b"still")
+    assert await steady.receive_some(10) == b"still"
+    await steady.aclose()
+
+
+async def test_broken_reload_keeps_the_old_configuration(
+    nursery: trio.Nursery, certs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = ClientConfig(tls=TLSFiles.from_dir(certs, "client"))
+    reloads = Reloads()
+    [address] = await nursery.start(
+        lambda task_status: serve(
+            _config(certs), reload_trigger=reloads.receive.receive, task_status=task_status
+        )
+    )
+    before = await echo_once(address, client, b"before")
+    shutil.copy(certs / "client.key", certs / "server.key")  # a key that does not match
+    await reloads.reload()
+    [line] = [r.getMessage() for r in caplog.records if "reload failed" in r.getMessage()]
+    assert line.startswith("reload failed, still using the previous certificates: private key")
+    after = await echo_once(address, client, b"after")
+    assert after.server.fingerprint_sha256 == before.server.fingerprint_sha256
+
+
+async def test_reload_picks_up_a_new_crl(nursery: trio.Nursery, certs: Path) -> None:
+    alice = ClientConfig(tls=TLSFiles.from_dir(certs, "alice"))
+    reloads = Reloads()
+    [address] = await nursery.start(
+        lambda task_status: serve(
+            _config(certs, crl=certs / "crl.pem"),
+            reload_trigger=reloads.receive.receive,
+            task_status=task_status,
+        )
+    )
+    assert (await echo_once(address, alice, b"1")).received == 1  # the initial CRL is empty
+    revoke(certs, ["alice"])
+    await reloads.reload()
+    with pytest.raises(ClientError, match="revoked"):
+        await echo_once(address, alice, b"2")
+
+
+def test_sighup_reloads_and_revokes_via_cli(certs: Path, tmp_path: Path) -> None:
+    py = [sys.executable, "-m", "trio_tlsecho"]
+    proc = subprocess.Popen(
+        [*py, "serve", "--listen", "127.0.0.1:0", "--crl", "certs/crl.pem"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        address = proc.stdout.readline().split()[-1]
+        client = [
+            *py,
+            "client",
+            "--connect",
+            address,
+            "--cert",
+            "certs/alice.pem",
+            "--key",
+            "certs/alice.key",
+        ]
+        assert subprocess.run(client, cwd=tmp_path, capture_output=True, timeout=60).returncode == 0
+        revoked = subprocess.run(
+            [*py, "certs", "--revoke", "alice"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert revoked.stdout == "revoked alice: wrote certs/crl.pem\n"
+        proc.send_signal(signal.SIGHUP)
+        for line in proc.stderr:  # ends at EOF if the server dies: then the assert below fails
+            if "reloaded certificate" in line:
+                break
+        refused = subprocess.run(client, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1
+        assert "revoked" in refused.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+    assert proc.returncode == 0

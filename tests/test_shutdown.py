@@ -1,0 +1,143 @@
+"""Graceful shutdown, and the key log."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from trio_tlsecho import Address, ClientConfig, ClientError, ServerConfig, echo_once, open_client, serve
+
+PAYLOAD = os.urandom(8 << 20)
+
+
+async def _echo_in_flight(address: Address, client: ClientConfig, halfway: trio.Event) -> bytes:
+    """Echo PAYLOAD, setting *halfway* once the first echoed bytes are back."""
+    stream = await open_client(address, client)
+    received = bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream.send_all, PAYLOAD)
+        while len(received) < len(PAYLOAD):
+            chunk = await stream.receive_some(65536)
+            assert chunk, "server closed the connection mid-echo"
+            received += chunk
+            halfway.set()
+    await stream.aclose()
+    return bytes(received)
+
+
+async def test_graceful_shutdown_completes_echoes_in_flight(
+    server_config: ServerConfig, client_config: ClientConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    stop = trio.Event()
+    halfway = trio.Event()
+    results: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        [address] = await nursery.start(
+            lambda task_status: serve(server_config, shutdown_trigger=stop.wait, task_status=task_status)
+        )
+
+        async def client() -> None:
+            results.append(await _echo_in_flight(address, client_config, halfway))
+
+        nursery.start_soon(client)
+        await halfway.wait()
+        stop.set()
+        # The listener closes at once: a new client is refused while the old one finishes.
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(ClientError, match="connection refused"):
+            await echo_once(address, client_config, b"too late")
+    # serve() returned by itself once the last connection was done.
+    assert results == [PAYLOAD]
+    assert "shutting down: listeners closed; 1 open connection gets 10s to finish" in caplog.text
+    assert "stopped" in caplog.text
+
+
+async def test_grace_period_ends_lingering_connections(
+    server_config: ServerConfig, client_config: ClientConfig, autojump_clock: trio.testing.MockClock
+) -> None:
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        config = ServerConfig(
+            tls=server_config.tls, listen=["127.0.0.1:0"], shutdown_grace=7, idle_timeout=None
+        )
+        [address] = await nursery.start(
+            lambda task_status: serve(config, shutdown_trigger=stop.wait, task_status=task_status)
+        )
+        lingering = await open_client(address, client_config)
+        start = trio.current_time()
+        stop.set()
+        # The silent client is cut off when the grace period ends, not before.
+        with pytest.raises(trio.BrokenResourceError):
+            while await lingering.receive_some(10):
+                pass
+            raise trio.BrokenResourceError
+        assert trio.current_time() - start == pytest.approx(7, abs=0.5)
+        await trio.aclose_forcefully(lingering)
+
+
+def test_sigterm_lets_echoes_in_flight_finish(tmp_path: Path, pki: Path, client_config: ClientConfig) -> None:
+    shutil.copytree(pki, tmp_path / "certs")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trio_tlsecho", "serve", "--listen", "127.0.0.1:0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        address = Address.parse(proc.stdout.readline().split()[-1])
+
+        async def main() -> bytes:
+            halfway = trio.Event()
+            async with trio.open_nursery() as nursery:
+                result: list[bytes] = []
+
+                async def client() -> None:
+                    result.append(await _echo_in_flight(address, client_config, halfway))
+
+                nursery.start_soon(client)
+                await halfway.wait()
+                proc.send_signal(signal.SIGTERM)
+            return result[0]
+
+        assert trio.run(main) == PAYLOAD
+        _, err = proc.communicate(timeout=30)  # it stops by itself once the echo is done
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "SIGTERM received, shutting down" in err
+    assert "1 open connection gets 10s to finish" in err
+    assert "Traceback" not in err
+
+
+async def test_keylog_writes_secrets_and_warns(
+    nursery: trio.Nursery,
+    server_config: ServerConfig,
+    client_config: ClientConfig,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    keylog = tmp_path / "keys.log"
+    config = ServerConfig(tls=server_config.tls, listen=["127.0.0.1:0"], keylog=keylog)
+    [address] = await nursery.start(serve, config)
+    await echo_once(address, client_config, b"secret")
+    labels = {
+        line.split()[0] for line in keylog.read_text().splitlines() if line and not line.startswith("#")
+    }
+    assert {"CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0"} <= labels
+    assert f"writing TLS session secrets to {keylog}" in caplog.text
+
+
+def test_keylog_off_by_default(server_config: ServerConfig) -> None:
+    assert server_config.keylog is None
