@@ -90,6 +90,22 @@ async def test_rejects_expired_certificate(
     assert "certificate verify failed: expired" in caplog.text
 
 
+async def test_rejects_not_yet_valid_certificate(
+    server: Address,
+    client_config: ClientConfig,
+    pki: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    early = issue_client(
+        pki, tmp_path, "early", not_before=NOW + dt.timedelta(days=1), not_after=NOW + dt.timedelta(days=30)
+    )
+    with pytest.raises(ClientError, match="bad certificate|rejected"):
+        await echo_once(server, ClientConfig(tls=early), b"let me in")
+    await _assert_still_serves(server, client_config)
+    assert "certificate verify failed: not yet valid" in caplog.text
+
+
 async def test_rejects_plain_text_and_keeps_serving(
     server: Address, client_config: ClientConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
