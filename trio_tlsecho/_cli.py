@@ -206,6 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="pin a client certificate by its SHA-256 fingerprint (hex, colons optional)",
     )
+    g = p.add_argument_group("behind a load balancer")
+    g.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help="expect a PROXY protocol v1/v2 header (HAProxy send-proxy[-v2]) before TLS",
+    )
+    g.add_argument(
+        "--proxy-from",
+        metavar="CIDR",
+        action="append",
+        default=[],
+        help="accept PROXY headers only from these balancer addresses (repeatable)",
+    )
     _add_tls_flags(p, "server")
     p.add_argument(
         "--crl", metavar="FILE", type=Path, help="refuse client certificates revoked in this CRL (PEM)"
@@ -340,7 +353,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         shutdown_grace=args.shutdown_grace,
         keylog=args.keylog,
+        proxy_protocol=args.proxy_protocol,
+        proxy_from=args.proxy_from,
     )
+    if config.proxy_from and not config.proxy_protocol:
+        raise ConfigError("--proxy-from needs --proxy-protocol")
     # KeyboardInterrupt: Ctrl-C before our signal receiver was installed.
     with contextlib.suppress(KeyboardInterrupt):
         trio.run(_serve_until_signal, config)

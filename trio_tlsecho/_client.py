@@ -34,17 +34,26 @@ async def open_client(
     config: ClientConfig,
     *,
     ssl_context: ssl.SSLContext | None = None,
+    proxy_header: bytes | None = None,
 ) -> trio.SSLStream[trio.SocketStream]:
     """Connect, complete the handshake and return the stream; the caller closes it.
 
     Pass *ssl_context* (from :func:`client_context`) to reuse one across many
     connections, as a load generator should; otherwise one is built from *config*.
+    *proxy_header* (see ``encode_v1``/``encode_v2``) is sent before the handshake, as
+    a load balancer speaking the PROXY protocol would.
     """
     ctx = ssl_context if ssl_context is not None else client_context(config)
     try:
         tcp = await trio.open_tcp_stream(address.host, address.port)
     except OSError as exc:
         raise ClientError(f"cannot connect to {address}: {_os_reason(exc)}") from exc
+    if proxy_header:
+        try:
+            await tcp.send_all(proxy_header)
+        except trio.BrokenResourceError as exc:
+            await tcp.aclose()
+            raise ClientError(f"{address}: connection lost sending the PROXY header") from exc
     stream = trio.SSLStream(tcp, ctx, server_hostname=config.server_hostname or address.host)
     try:
         with trio.fail_after(config.handshake_timeout):
@@ -96,6 +105,7 @@ async def echo_once(
     payload: bytes,
     *,
     timeout: float = 30.0,
+    proxy_header: bytes | None = None,
 ) -> EchoResult:
     """Send *payload*, read back exactly as many bytes, and check them byte for byte.
 
@@ -105,7 +115,7 @@ async def echo_once(
     requested: list[bool] = []
     _watch_certificate_request(ctx, requested)
     t0 = time.perf_counter()
-    stream = await open_client(address, config, ssl_context=ctx)
+    stream = await open_client(address, config, ssl_context=ctx, proxy_header=proxy_header)
     t1 = time.perf_counter()
     received = bytearray()
     try:

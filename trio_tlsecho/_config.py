@@ -156,6 +156,21 @@ def _to_optional_path(value: str | Path | None) -> Path | None:
     return None if value is None else Path(value)
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _to_networks(values: Iterable[str | Network]) -> tuple[Network, ...]:
+    networks: list[Network] = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"bad network {value!r}: expected an address or CIDR, e.g. 10.0.0.0/8"
+            ) from None
+    return tuple(networks)
+
+
 def _to_tls_version(value: str | ssl.TLSVersion) -> ssl.TLSVersion:
     if isinstance(value, ssl.TLSVersion):
         if value not in _TLS_VERSIONS.values():
@@ -201,6 +216,10 @@ class ServerConfig:
     shutdown_grace: float = attrs.field(default=DEFAULT_SHUTDOWN_GRACE, validator=_check_grace)
     #: Write TLS secrets here (NSS key log format, for Wireshark).  Debugging only.
     keylog: Path | None = attrs.field(default=None, converter=_to_optional_path)
+    #: Expect a PROXY protocol header (v1 or v2) before the TLS handshake.
+    proxy_protocol: bool = False
+    #: Accept PROXY headers only from these networks (the balancers); empty: from anyone.
+    proxy_from: tuple[Network, ...] = attrs.field(default=(), converter=_to_networks)
 
 
 @attrs.frozen(kw_only=True)

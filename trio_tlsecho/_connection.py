@@ -15,6 +15,7 @@ that stops reading is as idle as one that stops writing.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import ssl
 from typing import Any
@@ -22,8 +23,9 @@ from typing import Any
 import attrs
 import trio
 
-from ._config import ServerConfig, format_address
+from ._config import Network, ServerConfig, format_address
 from ._handlers import Connection, Handler
+from ._proxy import ProxyProtocolError, read_header
 from ._tls import describe_tls_error, peer_identity
 
 log = logging.getLogger("trio_tlsecho")
@@ -130,7 +132,16 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
         idle if idle is not None else tcp, server.ssl_context, server_side=True
     )
     try:
+        # One deadline for the PROXY header and the handshake together: a peer gets
+        # handshake_timeout to become a verified client, however it spends it.
         with trio.move_on_after(config.handshake_timeout) as scope:
+            if config.proxy_protocol:
+                real = await _read_proxy_header(tcp, peer, where, config)
+                if real is None:
+                    counts.handshake_failures += 1
+                    return
+                if real != peer:
+                    peer, where = real, f"{format_address(*real)} (via {where})"
             try:
                 await stream.do_handshake()
             except trio.BrokenResourceError as exc:
@@ -140,7 +151,8 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
                 return
         if scope.cancelled_caught:
             counts.handshake_failures += 1
-            log.warning("%s: handshake timed out after %gs", where, config.handshake_timeout)
+            what = "PROXY header and handshake" if config.proxy_protocol else "handshake"
+            log.warning("%s: %s timed out after %gs", where, what, config.handshake_timeout)
             return
         identity = peer_identity(stream)
         # CERT_REQUIRED makes OpenSSL fail the handshake without a certificate; this
@@ -170,6 +182,34 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
         await _run_handler(conn, server, where, idle)
     finally:
         await trio.aclose_forcefully(stream)
+
+
+async def _read_proxy_header(
+    tcp: trio.SocketStream, peer: tuple[str, int], where: str, config: ServerConfig
+) -> tuple[str, int] | None:
+    """The client address the balancer reports, or ``None`` (logged) if refused."""
+    if config.proxy_from and not _address_in(peer[0], config.proxy_from):
+        log.warning("%s: refused: PROXY header not accepted from this address (--proxy-from)", where)
+        return None
+    try:
+        header = await read_header(tcp.socket)
+    except ProxyProtocolError as exc:
+        log.warning("%s: refused: %s", where, exc)
+        return None
+    except OSError as exc:
+        log.warning("%s: connection lost reading the PROXY header: %s", where, exc.strerror or exc)
+        return None
+    return header.source or peer
+
+
+def _address_in(host: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
 
 
 async def _run_handler(conn: Connection, server: ServerState, where: str, idle: _IdleWatch | None) -> None:
