@@ -25,6 +25,13 @@ from ._handlers import Connection as Connection
 from ._handlers import Handler as Handler
 from ._handlers import discard as discard
 from ._handlers import echo as echo
+from ._metrics import ServerMetrics as ServerMetrics
+from ._metrics import serve_metrics as serve_metrics
+from ._policy import AllowList as AllowList
+from ._proxy import ProxyHeader as ProxyHeader
+from ._proxy import ProxyProtocolError as ProxyProtocolError
+from ._proxy import encode_v1 as encode_proxy_v1
+from ._proxy import encode_v2 as encode_proxy_v2
 from ._registry import handler_names as handler_names
 from ._registry import resolve_handler as resolve_handler
 from ._server import serve as serve
@@ -34,6 +41,7 @@ from ._tls import server_context as server_context
 
 __all__ = [
     "Address",
+    "AllowList",
     "CertificateError",
     "ClientConfig",
     "ClientError",
@@ -46,7 +54,10 @@ __all__ = [
     "IssuedFiles",
     "ListenError",
     "PeerIdentity",
+    "ProxyHeader",
+    "ProxyProtocolError",
     "ServerConfig",
+    "ServerMetrics",
     "TLSEchoError",
     "TLSFiles",
     "__version__",
@@ -54,10 +65,13 @@ __all__ = [
     "discard",
     "echo",
     "echo_once",
+    "encode_proxy_v1",
+    "encode_proxy_v2",
     "handler_names",
     "make_dev_pki",
     "open_client",
     "resolve_handler",
     "serve",
+    "serve_metrics",
     "server_context",
 ]

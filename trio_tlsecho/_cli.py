@@ -34,6 +34,7 @@ from ._config import (
     TLSFiles,
 )
 from ._exceptions import ClientError, ConfigError, TLSEchoError
+from ._metrics import ServerMetrics, serve_metrics
 from ._policy import AllowList
 from ._server import serve
 
@@ -206,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="pin a client certificate by its SHA-256 fingerprint (hex, colons optional)",
     )
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        type=_address,
+        help="serve Prometheus metrics over plain HTTP at http://HOST:PORT/metrics (off by default)",
+    )
     g = p.add_argument_group("behind a load balancer")
     g.add_argument(
         "--proxy-protocol",
@@ -360,20 +367,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError("--proxy-from needs --proxy-protocol")
     # KeyboardInterrupt: Ctrl-C before our signal receiver was installed.
     with contextlib.suppress(KeyboardInterrupt):
-        trio.run(_serve_until_signal, config)
+        trio.run(_serve_until_signal, config, args.metrics)
     return 0
 
 
-async def _serve_until_signal(config: ServerConfig) -> None:
+async def _serve_until_signal(config: ServerConfig, metrics_address: Address | None = None) -> None:
     # SIGTERM/SIGINT: graceful stop; a second one: stop now.  SIGHUP: reload certificates.
     shutdown = trio.Event()
     reload_send, reload_receive = trio.open_memory_channel[None](1)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as outer:
             outer.start_soon(_dispatch_signals, signals, shutdown, reload_send, outer.cancel_scope)
+            metrics = ServerMetrics()
             serving = functools.partial(
-                serve, config, shutdown_trigger=shutdown.wait, reload_trigger=reload_receive.receive
+                serve,
+                config,
+                shutdown_trigger=shutdown.wait,
+                reload_trigger=reload_receive.receive,
+                metrics=metrics,
             )
+            if metrics_address is not None:
+                bound = await outer.start(serve_metrics, metrics, metrics_address)
+                print(f"metrics on http://{bound}/metrics", flush=True)
             async with trio.open_nursery() as inner:
                 addresses = await inner.start(serving)
                 for address in addresses:

@@ -25,25 +25,15 @@ import trio
 
 from ._config import Network, ServerConfig, format_address
 from ._handlers import Connection, Handler
+from ._metrics import ServerMetrics
 from ._proxy import ProxyProtocolError, read_header
-from ._tls import describe_tls_error, peer_identity
+from ._tls import classify_tls_error, describe_tls_error, peer_identity
 
 log = logging.getLogger("trio_tlsecho")
 
 # How long we try to deliver a TLS alert to a peer we are refusing.  The peer may be
 # a scanner that never reads; it must not hold the slot.
 _ALERT_TIMEOUT = 1.0
-
-
-@attrs.define
-class ConnectionCounts:
-    """Live counters for one server (all its listeners): the "N clients connected" view."""
-
-    active: int = 0
-    total: int = 0
-    handshake_failures: int = 0
-    refused: int = 0
-    idle_closed: int = 0
 
 
 @attrs.define(eq=False)
@@ -54,21 +44,22 @@ class ServerState:
     config: ServerConfig
     handler: Handler
     ssl_context: ssl.SSLContext
-    counts: ConnectionCounts = attrs.Factory(ConnectionCounts)
+    metrics: ServerMetrics = attrs.Factory(ServerMetrics)
     #: Free connection slots when ``max_connections`` is set.
     slots: trio.Semaphore | None = None
 
 
-class _IdleWatch(trio.abc.Stream):
-    """The TCP stream, pushing an idle deadline forward whenever bytes move.
+class _Meter(trio.abc.Stream):
+    """The TCP stream under TLS: counts wire bytes, and pushes the idle deadline forward.
 
     Moving a cancel-scope deadline is a heap operation in trio, so it is done only
     when the deadline would move by more than ``slack``: at most ~10 updates per
     idle period however many small reads and writes there are.
     """
 
-    def __init__(self, transport: trio.SocketStream) -> None:
+    def __init__(self, transport: trio.SocketStream, metrics: ServerMetrics) -> None:
         self.transport = transport
+        self._metrics = metrics
         self._scope: trio.CancelScope | None = None
         self._idle = 0.0
         self._slack = 0.0
@@ -86,6 +77,7 @@ class _IdleWatch(trio.abc.Stream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self.transport.send_all(data)
+        self._metrics.bytes_sent += len(data)
         self._moved()
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -93,6 +85,7 @@ class _IdleWatch(trio.abc.Stream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         data = await self.transport.receive_some(max_bytes)
+        self._metrics.bytes_received += len(data)
         self._moved()
         return data
 
@@ -124,13 +117,12 @@ async def _send_alert(stream: trio.SSLStream[Any]) -> None:
 
 async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
     """Serve one TCP connection; returns (never raises) when it is over."""
-    config, counts = server.config, server.counts
+    config, metrics = server.config, server.metrics
+    started = trio.current_time()
     peer = _peer_address(tcp)
     where = format_address(*peer)
-    idle = _IdleWatch(tcp) if config.idle_timeout is not None else None
-    stream: trio.SSLStream[Any] = trio.SSLStream(
-        idle if idle is not None else tcp, server.ssl_context, server_side=True
-    )
+    meter = _Meter(tcp, metrics)
+    stream: trio.SSLStream[Any] = trio.SSLStream(meter, server.ssl_context, server_side=True)
     try:
         # One deadline for the PROXY header and the handshake together: a peer gets
         # handshake_timeout to become a verified client, however it spends it.
@@ -138,19 +130,19 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
             if config.proxy_protocol:
                 real = await _read_proxy_header(tcp, peer, where, config)
                 if real is None:
-                    counts.handshake_failures += 1
+                    metrics.handshakes["proxy_header"] += 1
                     return
                 if real != peer:
                     peer, where = real, f"{format_address(*real)} (via {where})"
             try:
                 await stream.do_handshake()
             except trio.BrokenResourceError as exc:
-                counts.handshake_failures += 1
+                metrics.handshakes[classify_tls_error(exc)] += 1
                 log.warning("%s: handshake failed: %s", where, describe_tls_error(exc))
                 await _send_alert(stream)
                 return
         if scope.cancelled_caught:
-            counts.handshake_failures += 1
+            metrics.handshakes["timeout"] += 1
             what = "PROXY header and handshake" if config.proxy_protocol else "handshake"
             log.warning("%s: %s timed out after %gs", where, what, config.handshake_timeout)
             return
@@ -158,11 +150,11 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
         # CERT_REQUIRED makes OpenSSL fail the handshake without a certificate; this
         # guards against a context built elsewhere that forgot it.
         if identity is None:
-            counts.handshake_failures += 1
+            metrics.handshakes["no_cert"] += 1
             log.warning("%s: refused: no client certificate", where)
             return
         if not config.allow.permits(identity):
-            counts.refused += 1
+            metrics.handshakes["identity_refused"] += 1
             log.warning(
                 "%s: refused: identity not allowed: subject=%s sans=%s sha256=%s",
                 where,
@@ -171,6 +163,9 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
                 identity.fingerprint_sha256,
             )
             return
+        metrics.handshakes["ok"] += 1
+        verified = trio.current_time()
+        metrics.handshake_seconds.observe(verified - started)
         cipher = stream.cipher()
         conn = Connection(
             stream=stream,
@@ -179,7 +174,10 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
             tls_version=str(stream.version()),
             cipher=cipher[0] if cipher else "?",
         )
-        await _run_handler(conn, server, where, idle)
+        try:
+            await _run_handler(conn, server, where, meter)
+        finally:
+            metrics.connection_seconds.observe(trio.current_time() - verified)
     finally:
         await trio.aclose_forcefully(stream)
 
@@ -212,10 +210,10 @@ def _address_in(host: str, networks: tuple[Network, ...]) -> bool:
     return any(address in network for network in networks)
 
 
-async def _run_handler(conn: Connection, server: ServerState, where: str, idle: _IdleWatch | None) -> None:
-    counts = server.counts
-    counts.active += 1
-    counts.total += 1
+async def _run_handler(conn: Connection, server: ServerState, where: str, meter: _Meter) -> None:
+    metrics, idle_timeout = server.metrics, server.config.idle_timeout
+    metrics.connections_open += 1
+    metrics.connections_total += 1
     try:
         log.info(
             "%s: connected %s %s subject=%s issuer=%s sha256=%s; %d client%s connected",
@@ -225,19 +223,20 @@ async def _run_handler(conn: Connection, server: ServerState, where: str, idle: 
             conn.identity.subject,
             conn.identity.issuer,
             conn.identity.fingerprint_sha256,
-            counts.active,
-            "" if counts.active == 1 else "s",
+            metrics.connections_open,
+            "" if metrics.connections_open == 1 else "s",
         )
         with trio.CancelScope() as idle_scope:
-            if idle is not None and server.config.idle_timeout is not None:
-                idle.watch(idle_scope, server.config.idle_timeout)
+            if idle_timeout is not None:
+                meter.watch(idle_scope, idle_timeout)
             await server.handler(conn)
         if idle_scope.cancelled_caught:
-            counts.idle_closed += 1
-            log.info("%s: closed: idle for %gs", where, server.config.idle_timeout)
+            metrics.idle_closed += 1
+            log.info("%s: closed: idle for %gs", where, idle_timeout)
     except trio.BrokenResourceError as exc:
         log.info("%s: connection lost: %s", where, describe_tls_error(exc))
     except Exception as exc:
+        metrics.handler_errors += 1
         log.error("%s: handler error: %s: %s", where, type(exc).__name__, exc)
     finally:
-        counts.active -= 1
+        metrics.connections_open -= 1

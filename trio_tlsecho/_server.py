@@ -45,6 +45,7 @@ import trio
 from ._config import Address, ServerConfig
 from ._connection import ServerState, run_connection
 from ._exceptions import CertificateError, ListenError
+from ._metrics import ServerMetrics
 from ._registry import resolve_handler
 from ._tls import server_context
 
@@ -63,12 +64,14 @@ async def serve(
     *,
     shutdown_trigger: Trigger | None = None,
     reload_trigger: Trigger | None = None,
+    metrics: ServerMetrics | None = None,
     task_status: trio.TaskStatus[list[Address]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a mutual-TLS server until cancelled, or until *shutdown_trigger* returns.
 
     Use as ``addresses = await nursery.start(serve, config)``: *addresses* are the
-    bound ``Address``es, with real ports where port 0 was asked for.
+    bound ``Address``es, with real ports where port 0 was asked for.  Pass *metrics*
+    to read the server's counters (or serve them with :func:`serve_metrics`).
     """
     handler = config.handler
     if isinstance(handler, str):
@@ -77,6 +80,7 @@ async def serve(
         config=config,
         handler=handler,
         ssl_context=server_context(config),
+        metrics=metrics if metrics is not None else ServerMetrics(),
         slots=trio.Semaphore(config.max_connections) if config.max_connections else None,
     )
     if config.keylog is not None:
@@ -177,8 +181,8 @@ def _begin_shutdown(listeners: list[_Listener], state: ServerState) -> None:
     grace = state.config.shutdown_grace
     log.info(
         "shutting down: listeners closed; %d open connection%s %gs to finish",
-        state.counts.active,
-        " gets" if state.counts.active == 1 else "s get",
+        state.metrics.connections_open,
+        " gets" if state.metrics.connections_open == 1 else "s get",
         grace,
     )
     deadline = trio.current_time() + grace

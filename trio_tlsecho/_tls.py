@@ -202,6 +202,24 @@ def describe_tls_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def classify_tls_error(exc: BaseException) -> str:
+    """A short, fixed label for why a handshake failed (a metrics label, not prose)."""
+    cur: BaseException | None = exc
+    seen: set[int] = set()
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ssl.SSLCertVerificationError):
+            return _VERIFY_LABELS.get(cur.verify_code, "unknown_ca")
+        if isinstance(cur, ssl.SSLError):
+            if cur.reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+                return "no_cert"
+            return "protocol"
+        cur = cur.__cause__ or cur.__context__
+    return "protocol"
+
+
+_VERIFY_LABELS = {9: "not_yet_valid", 10: "expired", 23: "revoked"}
+
 # X509_V_ERR_* codes a server meets most, in words that say what to do about them.
 _VERIFY_CODES = {
     2: "not issued by a trusted CA",

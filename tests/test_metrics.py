@@ -1,0 +1,214 @@
+"""Server metrics: exact counters, reasons for refusals, the Prometheus endpoint."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import trio
+
+from trio_tlsecho import (
+    Address,
+    AllowList,
+    ClientConfig,
+    ClientError,
+    Connection,
+    ServerConfig,
+    ServerMetrics,
+    TLSFiles,
+    client_context,
+    echo_once,
+    serve,
+    serve_metrics,
+)
+from trio_tlsecho._metrics import HANDSHAKE_RESULTS, Histogram
+
+
+class CountingStream(trio.abc.Stream):
+    """The client's TCP stream, counting wire bytes as the server's meter does."""
+
+    def __init__(self, transport: trio.SocketStream) -> None:
+        self.transport = transport
+        self.sent = 0
+        self.received = 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.transport.send_all(data)
+        self.sent += len(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.transport.receive_some(max_bytes)
+        self.received += len(data)
+        return data
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+
+async def echo_exactly(conn: Connection) -> None:
+    """Echo one message (its length first, one byte) and hang up: the server closes first,
+    so every byte either side sent has been read by the other when the client sees EOF."""
+    want = (await conn.stream.receive_some(1))[0]
+    got = b""
+    while len(got) < want:
+        got += await conn.stream.receive_some(want - len(got))
+    await conn.stream.send_all(got)
+
+
+async def _one_exchange(address: Address, client: ClientConfig, payload: bytes) -> CountingStream:
+    tcp = await trio.open_tcp_stream(address.host, address.port)
+    counting = CountingStream(tcp)
+    stream = trio.SSLStream(counting, client_context(client), server_hostname="localhost")
+    await stream.send_all(bytes([len(payload)]) + payload)
+    got = b""
+    while len(got) < len(payload):
+        got += await stream.receive_some(1000)
+    assert got == payload
+    with pytest.raises(trio.BrokenResourceError):  # the server hung up without close_notify
+        await stream.receive_some(1000)
+    await trio.aclose_forcefully(stream)
+    return counting
+
+
+async def test_counters_are_exact(
+    nursery: trio.Nursery,
+    server_config: ServerConfig,
+    client_config: ClientConfig,
+    pki: Path,
+    other_pki: Path,
+) -> None:
+    metrics = ServerMetrics()
+    config = ServerConfig(
+        tls=server_config.tls,
+        listen=["127.0.0.1:0"],
+        handler=echo_exactly,
+        allow=AllowList(common_names=["client"]),
+    )
+    [address] = await nursery.start(
+        lambda task_status: serve(config, metrics=metrics, task_status=task_status)
+    )
+
+    clients = [await _one_exchange(address, client_config, bytes([i]) * (10 + i)) for i in range(7)]
+    assert metrics.bytes_received == sum(c.sent for c in clients)
+    assert metrics.bytes_sent == sum(c.received for c in clients)
+    assert metrics.connections_total == 7
+    assert metrics.connections_open == 0
+
+    # Refusals, each counted under its reason.
+    no_cert = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    with pytest.raises(ClientError):
+        tcp = await trio.open_tcp_stream(address.host, address.port)
+        stream = trio.SSLStream(tcp, no_cert, server_hostname="localhost")
+        try:
+            await stream.do_handshake()
+            await stream.send_all(b"x")
+            await stream.receive_some(1)
+        except trio.BrokenResourceError as exc:
+            raise ClientError("refused") from exc
+        finally:
+            await trio.aclose_forcefully(stream)
+    stranger = ClientConfig(
+        tls=TLSFiles(cert=other_pki / "client.pem", key=other_pki / "client.key", ca=pki / "ca.pem")
+    )
+    with pytest.raises(ClientError):
+        await echo_once(address, stranger, b"x")
+    with pytest.raises(ClientError):
+        await echo_once(address, ClientConfig(tls=TLSFiles.from_dir(pki, "alice")), b"x")
+
+    assert dict(metrics.handshakes) == {"ok": 7, "no_cert": 1, "unknown_ca": 1, "identity_refused": 1}
+    assert metrics.handshake_failures == 3
+    assert metrics.handshake_seconds.count == 7
+    assert metrics.connection_seconds.count == 7
+
+
+def test_histogram_buckets_are_cumulative() -> None:
+    h = Histogram((0.1, 1.0))
+    for value in (0.05, 0.1, 0.5, 5.0):
+        h.observe(value)
+    assert h.cumulative() == [("0.1", 2), ("1.0", 3), ("+Inf", 4)]
+    assert h.count == 4
+    assert h.total == pytest.approx(5.65)
+
+
+def test_render_has_every_series_from_the_start() -> None:
+    text = ServerMetrics().render().decode()
+    for result in HANDSHAKE_RESULTS:
+        assert f'tlsecho_handshakes_total{{result="{result}"}} 0.0' in text
+    for name in (
+        "tlsecho_connections_open 0.0",
+        "tlsecho_connections_total 0.0",
+        "tlsecho_received_bytes_total 0.0",
+        "tlsecho_sent_bytes_total 0.0",
+        "tlsecho_handler_errors_total 0.0",
+        'tlsecho_handshake_duration_seconds_bucket{le="+Inf"} 0.0',
+        "tlsecho_connection_duration_seconds_count 0.0",
+    ):
+        assert name in text
+
+
+async def _http(address: Address, request: bytes) -> bytes:
+    stream = await trio.open_tcp_stream(address.host, address.port)
+    async with stream:
+        await stream.send_all(request)
+        response = b""
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some(65536):
+                response += chunk
+    return response
+
+
+async def test_metrics_endpoint(nursery: trio.Nursery) -> None:
+    metrics = ServerMetrics()
+    metrics.handshakes["expired"] += 2
+    address = await nursery.start(serve_metrics, metrics, Address("127.0.0.1", 0))
+    ok = await _http(address, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, _, body = ok.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert b"Content-Type: text/plain; version=0.0.4" in head
+    assert b'tlsecho_handshakes_total{result="expired"} 2.0' in body
+    assert (await _http(address, b"GET /nope HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 404")
+    assert (await _http(address, b"POST /metrics HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 405")
+    assert await _http(address, b"\x16\x03\x01" + b"x" * 9000) == b""  # garbage: closed, no crash
+    assert (await _http(address, b"GET / HTTP/1.0\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
+
+
+def test_cli_metrics(tmp_path: Path, pki: Path) -> None:
+    shutil.copytree(pki, tmp_path / "certs")
+    py = [sys.executable, "-m", "trio_tlsecho"]
+    proc = subprocess.Popen(
+        [*py, "serve", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        metrics_line = proc.stdout.readline()
+        assert metrics_line.startswith("metrics on http://127.0.0.1:")
+        url = metrics_line.split()[-1]
+        address = proc.stdout.readline().split()[-1]
+        for _ in range(3):
+            done = subprocess.run(
+                [*py, "client", "--connect", address], cwd=tmp_path, capture_output=True, timeout=60
+            )
+            assert done.returncode == 0
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        assert "tlsecho_connections_total 3.0" in text
+        assert 'tlsecho_handshakes_total{result="ok"} 3.0' in text
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(url.replace("/metrics", "/other"), timeout=10)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
