@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from cryptography import x509
 
 from trio_tlsecho import (
@@ -92,18 +93,14 @@ def test_crl_file_errors(certs: Path) -> None:
 
 
 class Reloads:
-    """A reload trigger under the test's control.
-
-    ``reload()`` returns once the server has *finished* the reload: the channel has no
-    buffer, so the second send completes only when the server is back, waiting.
-    """
+    """A reload trigger under the test's control; ``reload()`` returns once it is done."""
 
     def __init__(self) -> None:
         self.send, self.receive = trio.open_memory_channel[None](0)
 
     async def reload(self) -> None:
-        await self.send.send(None)
-        await self.send.send(None)
+        await self.send.send(None)  # returns once the server has taken it...
+        await trio.testing.wait_all_tasks_blocked()  # ...and this once it is waiting again
 
 
 async def test_reload_swaps_certificates_for_new_connections_only(
