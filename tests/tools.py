@@ -1,0 +1,22 @@
+"""Finding the Debian tools some integration tests drive (HAProxy, testssl.sh).
+
+Locally a missing tool skips its test with the command that installs it; in CI
+(``CI`` set, where ``.ci/run`` installs them) a missing tool fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def require_tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    message = f"{name} is not installed: apt-get install {package}"
+    if os.environ.get("CI"):
+        pytest.fail(message + " (CI must install it: see .ci/run)")
+    pytest.skip(message)
