@@ -2,12 +2,14 @@
 
 Theory of operation
 -------------------
-Everything is counted in plain ints on the one trio thread: exact, and cheap on
-the per-connection path (``prometheus_client``'s own ``Counter.inc`` takes a
-lock per call).  ``prometheus_client`` is used for what it is good at: turning
-those numbers into correct exposition text at scrape time, through a custom
-collector on a registry of our own (never the process-global one: two servers
-in one process must not share counters).
+Everything is counted in int64 slots on the one trio thread: exact, and cheap
+on the per-connection path (``prometheus_client``'s own ``Counter.inc`` takes a
+lock per call).  The slots can be shared memory, which is how a supervisor sums
+its workers without losing what a crashed worker had counted.
+``prometheus_client`` is used for what it is good at: turning those numbers
+into correct exposition text at scrape time, through a custom collector on a
+registry of our own (never the process-global one: two servers in one process
+must not share counters).
 
 Byte counters are *wire* bytes (TLS records included), counted on the TCP
 stream under TLS: what the network carries, and what the peer's TCP stream
@@ -18,11 +20,9 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, MutableMapping
 from typing import NoReturn
 
-import attrs
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -51,24 +51,53 @@ HANDSHAKE_RESULTS = (
 )
 
 
-@attrs.define
+_SCALARS = (
+    "connections_open",
+    "connections_total",
+    "bytes_received",
+    "bytes_sent",
+    "handler_errors",
+    "idle_closed",
+)
+_RESULTS_AT = len(_SCALARS)
+_HANDSHAKE_HIST_AT = _RESULTS_AT + len(HANDSHAKE_RESULTS)
+_CONNECTION_HIST_AT = _HANDSHAKE_HIST_AT + len(HANDSHAKE_BUCKETS) + 2
+#: How many int64 slots one server's metrics take (see :class:`ServerMetrics`).
+SLOTS = _CONNECTION_HIST_AT + len(CONNECTION_BUCKETS) + 2
+
+
+def _new_slots(n: int = SLOTS) -> memoryview:
+    return memoryview(bytearray(8 * n)).cast("q")
+
+
 class Histogram:
-    """Cumulative-on-read histogram with fixed upper bounds (seconds)."""
+    """Fixed upper bounds (seconds), counts per bucket and the sum, in int64 slots.
 
-    bounds: tuple[float, ...]
-    counts: list[int] = attrs.field(init=False)
-    total: float = 0.0
+    The sum is kept in whole nanoseconds so that every slot is an integer and a
+    histogram can live in shared memory beside the counters.
+    """
 
-    def __attrs_post_init__(self) -> None:
-        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+    def __init__(self, bounds: tuple[float, ...], slots: memoryview | None = None, at: int = 0) -> None:
+        self.bounds = bounds
+        self._slots = slots if slots is not None else _new_slots(len(bounds) + 2)
+        self._at = at
+        self._sum_at = at + len(bounds) + 1
 
     def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
+        self._slots[self._at + bisect.bisect_left(self.bounds, value)] += 1
+        self._slots[self._sum_at] += round(value * 1e9)
+
+    @property
+    def counts(self) -> list[int]:
+        return list(self._slots[self._at : self._sum_at])
 
     @property
     def count(self) -> int:
         return sum(self.counts)
+
+    @property
+    def total(self) -> float:
+        return self._slots[self._sum_at] / 1e9
 
     def cumulative(self) -> list[tuple[str, float]]:
         running = 0
@@ -79,19 +108,72 @@ class Histogram:
         return out
 
 
-@attrs.define(eq=False)
-class ServerMetrics(Collector):
-    """What one server has done, live.  Pass one to :func:`serve` to read it (or scrape it)."""
+class _Results(MutableMapping[str, int]):
+    """Handshake counts by result, over the slots."""
 
-    connections_open: int = 0
-    connections_total: int = 0
-    handshakes: Counter[str] = attrs.Factory(Counter)
-    bytes_received: int = 0
-    bytes_sent: int = 0
-    handler_errors: int = 0
-    idle_closed: int = 0
-    handshake_seconds: Histogram = attrs.Factory(lambda: Histogram(HANDSHAKE_BUCKETS))
-    connection_seconds: Histogram = attrs.Factory(lambda: Histogram(CONNECTION_BUCKETS))
+    def __init__(self, slots: memoryview) -> None:
+        self._slots = slots
+
+    def __getitem__(self, result: str) -> int:
+        return int(self._slots[_RESULTS_AT + HANDSHAKE_RESULTS.index(result)])
+
+    def __setitem__(self, result: str, value: int) -> None:
+        self._slots[_RESULTS_AT + HANDSHAKE_RESULTS.index(result)] = value
+
+    def __delitem__(self, result: str) -> None:
+        raise TypeError("handshake results cannot be removed")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(HANDSHAKE_RESULTS)
+
+    def __len__(self) -> int:
+        return len(HANDSHAKE_RESULTS)
+
+
+class _Scalar:
+    """A counter attribute stored in the slots."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __get__(self, instance: ServerMetrics, owner: object) -> int:
+        return int(instance.slots[self.index])
+
+    def __set__(self, instance: ServerMetrics, value: int) -> None:
+        instance.slots[self.index] = value
+
+
+class ServerMetrics(Collector):
+    """What one server has done, live.  Pass one to :func:`serve` to read it (or scrape it).
+
+    Every number is an int64 in ``slots``: by default private memory, or a region of
+    shared memory that a supervisor reads (``serve --workers``), so that counts are
+    written through and survive a worker that crashes.
+    """
+
+    connections_open = _Scalar(0)
+    connections_total = _Scalar(1)
+    bytes_received = _Scalar(2)
+    bytes_sent = _Scalar(3)
+    handler_errors = _Scalar(4)
+    idle_closed = _Scalar(5)
+
+    def __init__(self, slots: memoryview | None = None) -> None:
+        self.slots = slots if slots is not None else _new_slots()
+        if len(self.slots) != SLOTS:
+            raise ValueError(f"metrics need {SLOTS} int64 slots, got {len(self.slots)}")
+        self.handshakes = _Results(self.slots)
+        self.handshake_seconds = Histogram(HANDSHAKE_BUCKETS, self.slots, _HANDSHAKE_HIST_AT)
+        self.connection_seconds = Histogram(CONNECTION_BUCKETS, self.slots, _CONNECTION_HIST_AT)
+
+    @classmethod
+    def total(cls, parts: Iterable[ServerMetrics]) -> ServerMetrics:
+        """A new, private sum of *parts* (the workers of one server)."""
+        summed = cls()
+        for part in parts:
+            for i in range(SLOTS):
+                summed.slots[i] += part.slots[i]
+        return summed
 
     @property
     def handshake_failures(self) -> int:
@@ -107,8 +189,8 @@ class ServerMetrics(Collector):
         handshakes = CounterMetricFamily(
             "tlsecho_handshakes", "TLS handshakes by result (ok, or why refused)", labels=["result"]
         )
-        for result in (*HANDSHAKE_RESULTS, *sorted(set(self.handshakes) - set(HANDSHAKE_RESULTS))):
-            handshakes.add_metric([result], self.handshakes[result])
+        for result, count in self.handshakes.items():
+            handshakes.add_metric([result], count)
         yield handshakes
         yield CounterMetricFamily(
             "tlsecho_received_bytes", "Bytes received on the wire (TLS records)", self.bytes_received
@@ -134,9 +216,14 @@ class ServerMetrics(Collector):
 
     def render(self) -> bytes:
         """The Prometheus text exposition of these metrics."""
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(self)
-        return generate_latest(registry)
+        return render(self)
+
+
+def render(collector: Collector) -> bytes:
+    """Prometheus text for *collector*, through a registry of its own (never the global one)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return generate_latest(registry)
 
 
 # -- HTTP --------------------------------------------------------------------------
@@ -147,7 +234,7 @@ _CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
 async def serve_metrics(
-    metrics: ServerMetrics,
+    metrics: Collector,
     address: Address,
     *,
     task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
@@ -172,7 +259,7 @@ async def serve_metrics(
             nursery.start_soon(_answer, stream, metrics)
 
 
-async def _answer(stream: trio.SocketStream, metrics: ServerMetrics) -> None:
+async def _answer(stream: trio.SocketStream, metrics: Collector) -> None:
     async with stream:
         with trio.move_on_after(_REQUEST_TIMEOUT):
             try:
@@ -189,7 +276,7 @@ async def _answer(stream: trio.SocketStream, metrics: ServerMetrics) -> None:
                 elif path not in (b"/metrics", b"/"):
                     await stream.send_all(_response(b"404 Not Found", b"try /metrics\n"))
                 else:
-                    body = metrics.render()
+                    body = render(metrics)
                     await stream.send_all(
                         _response(b"200 OK", body if method == b"GET" else b"", _CONTENT_TYPE, len(body))
                     )
