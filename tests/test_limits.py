@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import selectors
 import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import IO
 
 import pytest
 import trio
@@ -18,6 +15,7 @@ import trio.testing
 from trio_tlsecho import ClientConfig, Connection, ServerConfig, echo, echo_once, open_client
 
 from .conftest import start_server
+from .tools import Lines
 
 
 async def test_idle_connection_is_closed(
@@ -107,22 +105,6 @@ async def test_max_connections_stops_accepting_until_one_closes(
     assert most == 2
 
 
-def _wait_for_line(stream: IO[str], text: str, timeout: float) -> str:
-    """Read lines until one contains *text*; '' if the stream ends or *timeout* passes."""
-    deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as sel:
-        sel.register(stream, selectors.EVENT_READ)
-        while (left := deadline - time.monotonic()) > 0:
-            if not sel.select(left):
-                break
-            line = stream.readline()
-            if not line:
-                break
-            if text in line:
-                return line
-    return ""
-
-
 def test_running_out_of_file_descriptors_does_not_crash(tmp_path: Path, pki: Path) -> None:
     shutil.copytree(pki, tmp_path / "certs")
     limit = 64
@@ -137,7 +119,6 @@ def test_running_out_of_file_descriptors_does_not_crash(tmp_path: Path, pki: Pat
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        bufsize=1,
     )
     flood: list[socket.socket] = []
     try:
@@ -146,7 +127,7 @@ def test_running_out_of_file_descriptors_does_not_crash(tmp_path: Path, pki: Pat
         host, _, port = proc.stdout.readline().split()[-1].rpartition(":")
         for _ in range(limit + 16):  # more connections than the server has descriptors
             flood.append(socket.create_connection((host, int(port))))
-        line = _wait_for_line(proc.stderr, "accept failed", timeout=30)
+        line = Lines(proc.stderr).wait_for("accept failed")
         assert "Too many open files; pausing 100 ms" in line
         for sock in flood:
             sock.close()

@@ -11,9 +11,8 @@ import contextlib
 import functools
 import logging
 import os
-import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -34,9 +33,9 @@ from ._config import (
     TLSFiles,
 )
 from ._exceptions import ClientError, ConfigError, TLSEchoError
-from ._metrics import ServerMetrics, serve_metrics
 from ._policy import AllowList
-from ._server import serve
+from ._process import serve_until_signalled
+from ._workers import supervise
 
 PROG = "trio-tlsecho"
 DEFAULT_CERTS_DIR = Path("certs")
@@ -208,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="pin a client certificate by its SHA-256 fingerprint (hex, colons optional)",
     )
     p.add_argument(
+        "--workers",
+        metavar="N",
+        type=_positive_int,
+        default=1,
+        help="run N server processes sharing the ports (SO_REUSEPORT) under one supervisor (default: 1)",
+    )
+    p.add_argument(
         "--metrics",
         metavar="HOST:PORT",
         type=_address,
@@ -367,53 +373,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError("--proxy-from needs --proxy-protocol")
     # KeyboardInterrupt: Ctrl-C before our signal receiver was installed.
     with contextlib.suppress(KeyboardInterrupt):
-        trio.run(_serve_until_signal, config, args.metrics)
+        if args.workers > 1:
+            run = functools.partial(
+                supervise,
+                config,
+                args.workers,
+                on_started=_print_addresses,
+                metrics_address=args.metrics,
+                log_level=args.log_level.upper(),
+            )
+        else:
+            run = functools.partial(
+                serve_until_signalled, config, on_started=_print_addresses, metrics_address=args.metrics
+            )
+        trio.run(run)
     return 0
 
 
-async def _serve_until_signal(config: ServerConfig, metrics_address: Address | None = None) -> None:
-    # SIGTERM/SIGINT: graceful stop; a second one: stop now.  SIGHUP: reload certificates.
-    shutdown = trio.Event()
-    reload_send, reload_receive = trio.open_memory_channel[None](1)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        async with trio.open_nursery() as outer:
-            outer.start_soon(_dispatch_signals, signals, shutdown, reload_send, outer.cancel_scope)
-            metrics = ServerMetrics()
-            serving = functools.partial(
-                serve,
-                config,
-                shutdown_trigger=shutdown.wait,
-                reload_trigger=reload_receive.receive,
-                metrics=metrics,
-            )
-            if metrics_address is not None:
-                bound = await outer.start(serve_metrics, metrics, metrics_address)
-                print(f"metrics on http://{bound}/metrics", flush=True)
-            async with trio.open_nursery() as inner:
-                addresses = await inner.start(serving)
-                for address in addresses:
-                    print(f"listening on {address}", flush=True)
-            outer.cancel_scope.cancel()  # serve() has returned: stop listening for signals
-
-
-async def _dispatch_signals(
-    signals: AsyncIterator[int],
-    shutdown: trio.Event,
-    reload: trio.MemorySendChannel[None],
-    everything: trio.CancelScope,
-) -> None:
-    async for signum in signals:
-        name = signal.Signals(signum).name
-        if signum == signal.SIGHUP:
-            log.info("SIGHUP received, reloading certificates")
-            with contextlib.suppress(trio.WouldBlock):  # one reload already pending is enough
-                reload.send_nowait(None)
-        elif not shutdown.is_set():
-            log.info("%s received, shutting down", name)
-            shutdown.set()
-        else:
-            log.warning("%s received again, stopping now", name)
-            everything.cancel()
+def _print_addresses(addresses: list[Address]) -> None:
+    for address in addresses:
+        print(f"listening on {address}", flush=True)
 
 
 # -- client ------------------------------------------------------------------------

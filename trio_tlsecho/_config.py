@@ -216,6 +216,9 @@ class ServerConfig:
     shutdown_grace: float = attrs.field(default=DEFAULT_SHUTDOWN_GRACE, validator=_check_grace)
     #: Write TLS secrets here (NSS key log format, for Wireshark).  Debugging only.
     keylog: Path | None = attrs.field(default=None, converter=_to_optional_path)
+    #: Bind listeners with SO_REUSEPORT, so that several processes share a port and
+    #: the kernel spreads connections among them (``serve --workers``).
+    reuse_port: bool = False
     #: Expect a PROXY protocol header (v1 or v2) before the TLS handshake.
     proxy_protocol: bool = False
     #: Accept PROXY headers only from these networks (the balancers); empty: from anyone.

@@ -93,7 +93,7 @@ async def serve(
     # raises Cancelled, which must not skip closing the ones after it.
     async with contextlib.AsyncExitStack() as stack:
         for address in config.listen:
-            for socket_listener in await _open(address):
+            for socket_listener in await _open(address, reuse_port=config.reuse_port):
                 await stack.enter_async_context(socket_listener)
                 listeners.append(_Listener(socket_listener, state))
         async with trio.open_nursery() as nursery:
@@ -202,8 +202,10 @@ async def _reload_forever(trigger: Trigger, state: ServerState) -> None:
             log.info("reloaded certificate, key, CA%s for new connections", crl)
 
 
-async def _open(address: Address) -> list[trio.SocketListener]:
+async def _open(address: Address, *, reuse_port: bool = False) -> list[trio.SocketListener]:
     try:
+        if reuse_port:
+            return await open_reuse_port_listeners(address)
         return await trio.open_tcp_listeners(address.port, host=address.host)
     except socket.gaierror as exc:
         raise ListenError(f"cannot listen on {address}: unknown host ({exc.strerror})") from None
@@ -214,6 +216,47 @@ async def _open(address: Address) -> list[trio.SocketListener]:
         elif exc.errno == errno.EACCES:
             reason = "permission denied (ports below 1024 need privileges)"
         raise ListenError(f"cannot listen on {address}: {reason}") from None
+
+
+# Accept-queue length asked for; the kernel caps it at net.core.somaxconn.
+_BACKLOG = 4096
+
+
+async def open_reuse_port_listeners(address: Address) -> list[trio.SocketListener]:
+    """Like ``trio.open_tcp_listeners``, with SO_REUSEPORT set before ``bind``.
+
+    trio's helper sets only SO_REUSEADDR; sharing a port between processes needs the
+    option on every socket of the group, set before ``bind``.
+    """
+    return [trio.SocketListener(sock) for sock in await bind_reuse_port(address, listen=True)]
+
+
+async def bind_reuse_port(address: Address, *, listen: bool) -> list[trio.socket.SocketType]:
+    """Sockets bound with SO_REUSEPORT to every address *address* resolves to.
+
+    With ``listen=False`` a socket only holds the port (a supervisor's reservation):
+    it never joins the accept group, so the kernel hands it no connections.
+    """
+    infos = await trio.socket.getaddrinfo(
+        address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    bound: list[trio.socket.SocketType] = []
+    try:
+        for family, type_, proto, _, sockaddr in infos:
+            sock = trio.socket.socket(family, type_, proto)
+            bound.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            await sock.bind(sockaddr)
+            if listen:
+                sock.listen(_BACKLOG)
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
 
 
 def _bound_address(listener: trio.SocketListener) -> Address:

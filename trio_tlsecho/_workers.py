@@ -1,0 +1,272 @@
+"""``serve --workers N``: N server processes sharing ports, and the supervisor that keeps them.
+
+Theory of operation
+-------------------
+Python runs one thread of Python at a time, so using every core means
+processes.  Each worker is a whole server (its own trio loop, listeners and
+nurseries) whose listeners are bound with SO_REUSEPORT to the same addresses;
+the kernel spreads new connections across them.  Nothing is shared between
+workers but the listening port and a block of shared memory for metrics.
+
+The supervisor (this module, in the parent process):
+
+* checks the configuration once (certificates, handler) so that a mistake is
+  one line from one process, not N;
+* resolves port 0 by binding the port itself, with SO_REUSEPORT but without
+  ``listen``: that reservation holds the port for the workers (and for workers
+  restarted later) while never receiving connections itself;
+* starts the workers (``spawn``: no fork of a running trio loop), waits until
+  each has bound its listeners, and only then reports the addresses;
+* restarts a worker that exits while it should be running (with a pause if it
+  keeps dying at once);
+* forwards SIGTERM (graceful stop; a second one stops at once) and SIGHUP
+  (reload) to every worker, and exits 0 once they have all stopped.
+
+Workers ignore SIGINT: Ctrl-C in a terminal reaches the whole process group,
+and only the supervisor should decide what it means.
+
+Metrics: each worker writes its counters straight into its own slice of shared
+memory (see :mod:`._metrics`); the supervisor sums the slices when scraped.  A
+restarted worker takes over its predecessor's slice and keeps counting from
+there, so a crash loses no counter (``connections_open`` starts from zero,
+since the dead worker's connections are gone).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from multiprocessing.shared_memory import SharedMemory
+from typing import Any
+
+import attrs
+import trio
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from ._config import Address, ServerConfig
+from ._exceptions import TLSEchoError
+from ._metrics import SLOTS, ServerMetrics, serve_metrics
+from ._process import serve_until_signalled
+from ._registry import resolve_handler
+from ._server import bind_reuse_port
+from ._tls import server_context
+
+log = logging.getLogger("trio_tlsecho")
+
+#: A worker that dies sooner than this after starting is restarted only after a pause,
+#: so that a worker that cannot run does not spin the CPU restarting.
+_QUICK_DEATH = 1.0
+_RESTART_PAUSE = 1.0
+_STARTUP_TIMEOUT = 60.0
+
+
+class _Summed(Collector):
+    """Every worker's metrics, added up at scrape time."""
+
+    def __init__(self, parts: list[ServerMetrics]) -> None:
+        self.parts = parts
+
+    def collect(self) -> Iterator[Metric]:
+        return ServerMetrics.total(self.parts).collect()
+
+
+@attrs.define(eq=False)
+class _Worker:
+    index: int
+    process: Any = None  # multiprocessing.Process (spawn context): untyped in typeshed
+    started_at: float = 0.0
+
+
+async def supervise(
+    config: ServerConfig,
+    workers: int,
+    *,
+    on_started: Callable[[list[Address]], None],
+    metrics_address: Address | None = None,
+    log_level: str = "INFO",
+) -> None:
+    """Run *workers* server processes until a stop signal, then stop them gracefully."""
+    if not isinstance(config.handler, str):
+        raise TLSEchoError("workers need the handler by name or module:attr (each process imports it)")
+    # Fail fast, once, in the supervisor: the workers would all fail the same way.
+    server_context(config)
+    resolve_handler(config.handler)
+
+    reservations: list[trio.socket.SocketType] = []
+    shm = SharedMemory(create=True, size=8 * SLOTS * workers)
+    try:
+        listen: list[Address] = []
+        for address in config.listen:
+            held = await bind_reuse_port(address, listen=False)
+            reservations += held
+            port = address.port or held[0].getsockname()[1]
+            listen.append(Address(address.host, port))
+        worker_config = attrs.evolve(config, listen=listen, reuse_port=True)
+        assert shm.buf is not None
+        slots = shm.buf.cast("q")
+        metrics = [ServerMetrics(slots[i * SLOTS : (i + 1) * SLOTS]) for i in range(workers)]
+        try:
+            await _run(worker_config, metrics, shm.name, on_started, metrics_address, log_level)
+        finally:
+            for part in metrics:
+                part.slots.release()
+            slots.release()
+    finally:
+        for sock in reservations:
+            sock.close()
+        shm.close()
+        shm.unlink()
+
+
+async def _run(
+    config: ServerConfig,
+    metrics: list[ServerMetrics],
+    shm_name: str,
+    on_started: Callable[[list[Address]], None],
+    metrics_address: Address | None,
+    log_level: str,
+) -> None:
+    context = multiprocessing.get_context("spawn")
+    workers = [_Worker(i) for i in range(len(metrics))]
+    stopping = trio.Event()
+
+    def start(worker: _Worker) -> multiprocessing.connection.Connection:
+        receive, send = context.Pipe(duplex=False)
+        worker.process = context.Process(
+            target=_worker_main,
+            args=(config, worker.index, len(metrics), shm_name, send, log_level),
+            name=f"trio-tlsecho-worker-{worker.index}",
+        )
+        worker.process.start()
+        send.close()
+        worker.started_at = time.monotonic()
+        return receive
+
+    async def wait_ready(worker: _Worker, ready: multiprocessing.connection.Connection) -> list[Address]:
+        with ready, trio.fail_after(_STARTUP_TIMEOUT):
+            await trio.lowlevel.wait_readable(ready.fileno())
+            try:
+                addresses: list[Address] = ready.recv()
+            except EOFError:
+                raise TLSEchoError(
+                    f"worker {worker.index} exited while starting (see its error above)"
+                ) from None
+        return addresses
+
+    async def keep(worker: _Worker) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(worker.process.sentinel)
+            worker.process.join()
+            code = worker.process.exitcode
+            if stopping.is_set():
+                return
+            quick = time.monotonic() - worker.started_at < _QUICK_DEATH
+            log.error(
+                "worker %d (pid %d) exited with %s; restarting it%s",
+                worker.index,
+                worker.process.pid,
+                f"signal {-code}" if code < 0 else f"status {code}",
+                f" in {_RESTART_PAUSE:g}s" if quick else "",
+            )
+            if quick:
+                await trio.sleep(_RESTART_PAUSE)
+            if stopping.is_set():
+                return
+            ready = start(worker)
+            try:
+                await wait_ready(worker, ready)
+            except TLSEchoError as exc:
+                log.error("%s", exc)
+            else:
+                log.info("worker %d restarted: pid %d", worker.index, worker.process.pid)
+
+    async def relay(signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                log.info("SIGHUP received, reloading certificates in every worker")
+            elif stopping.is_set():
+                log.warning("%s received again, stopping workers now", signal.Signals(signum).name)
+                signum = signal.SIGTERM
+            else:
+                log.info("%s received, stopping workers gracefully", signal.Signals(signum).name)
+                stopping.set()
+                signum = signal.SIGTERM
+            signal_all(signum)
+
+    def signal_all(signum: int) -> None:
+        for worker in workers:
+            if worker.process is not None and worker.process.exitcode is None:
+                os.kill(worker.process.pid, signum)
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        try:
+            readies = [start(worker) for worker in workers]
+            addresses = [await wait_ready(w, r) for w, r in zip(workers, readies, strict=True)]
+        except BaseException:
+            signal_all(signal.SIGKILL)
+            raise
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(relay, signals)
+            if metrics_address is not None:
+                bound = await nursery.start(serve_metrics, _Summed(metrics), metrics_address)
+                print(f"metrics on http://{bound}/metrics", flush=True)
+            on_started(addresses[0])
+            log.info(
+                "%d workers serving: pids %s", len(workers), ", ".join(str(w.process.pid) for w in workers)
+            )
+            # Keepers return only once stopping and their worker has exited.
+            async with trio.open_nursery() as keepers:
+                for worker in workers:
+                    keepers.start_soon(keep, worker)
+            nursery.cancel_scope.cancel()  # every worker is gone: stop relaying signals
+        log.info("all workers stopped")
+
+
+def _worker_main(
+    config: ServerConfig,
+    index: int,
+    count: int,
+    shm_name: str,
+    ready: multiprocessing.connection.Connection,
+    log_level: str,
+) -> None:
+    """A worker process: one server, reporting its addresses once bound."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [worker {index}] %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(log_level)
+    log.propagate = False
+    # Attaching registers the name with the resource tracker again (Python < 3.13);
+    # the tracker is the supervisor's, shared, and the supervisor unlinks the segment.
+    shm = SharedMemory(name=shm_name)
+    assert shm.buf is not None
+    slots = shm.buf.cast("q")[index * SLOTS : (index + 1) * SLOTS]
+    metrics = ServerMetrics(slots)
+    metrics.connections_open = 0  # a predecessor's connections died with it
+
+    def started(addresses: list[Address]) -> None:
+        ready.send(addresses)
+        ready.close()
+
+    run = functools.partial(
+        serve_until_signalled, config, on_started=started, metrics=metrics, stop_signals=(signal.SIGTERM,)
+    )
+    try:
+        trio.run(run)
+    except TLSEchoError as exc:
+        print(f"trio-tlsecho: worker {index}: error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    finally:
+        # Every view of the segment must go before it can be closed.
+        del run, metrics
+        slots.release()
+        shm.close()
