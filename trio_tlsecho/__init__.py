@@ -25,6 +25,9 @@ from ._handlers import Connection as Connection
 from ._handlers import Handler as Handler
 from ._handlers import discard as discard
 from ._handlers import echo as echo
+from ._loadgen import LoadConfig as LoadConfig
+from ._loadgen import SizeRange as SizeRange
+from ._loadgen import run_load as run_load
 from ._metrics import ServerMetrics as ServerMetrics
 from ._metrics import serve_metrics as serve_metrics
 from ._policy import AllowList as AllowList
@@ -35,6 +38,7 @@ from ._proxy import encode_v2 as encode_proxy_v2
 from ._registry import handler_names as handler_names
 from ._registry import resolve_handler as resolve_handler
 from ._server import serve as serve
+from ._stats import LoadReport as LoadReport
 from ._tls import PeerIdentity as PeerIdentity
 from ._tls import client_context as client_context
 from ._tls import server_context as server_context
@@ -53,11 +57,14 @@ __all__ = [
     "HandlerNotFoundError",
     "IssuedFiles",
     "ListenError",
+    "LoadConfig",
+    "LoadReport",
     "PeerIdentity",
     "ProxyHeader",
     "ProxyProtocolError",
     "ServerConfig",
     "ServerMetrics",
+    "SizeRange",
     "TLSEchoError",
     "TLSFiles",
     "__version__",
@@ -71,6 +78,7 @@ __all__ = [
     "make_dev_pki",
     "open_client",
     "resolve_handler",
+    "run_load",
     "serve",
     "serve_metrics",
     "server_context",

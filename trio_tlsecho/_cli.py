@@ -14,12 +14,25 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
 
 import trio
 
 from . import __version__
 from ._certs import DEFAULT_DAYS, DEFAULT_SERVER_NAMES, has_certificates, make_dev_pki, revoke
+from ._cli_common import (
+    DEFAULT_CERTS_DIR,
+    PROG,
+    Parser,
+    add_tls_flags,
+    explicit_files,
+    positive_int,
+    require_files,
+    seconds,
+    seconds_or_off,
+    tls_files,
+)
+from ._cli_common import address as address_type
+from ._cli_loadgen import add_loadgen_parser
 from ._client import EchoResult, echo_once
 from ._config import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -30,91 +43,20 @@ from ._config import (
     Address,
     ClientConfig,
     ServerConfig,
-    TLSFiles,
 )
 from ._exceptions import ClientError, ConfigError, TLSEchoError
 from ._policy import AllowList
 from ._process import serve_until_signalled
 from ._workers import supervise
 
-PROG = "trio-tlsecho"
-DEFAULT_CERTS_DIR = Path("certs")
 #: The seed workload: 5 KiB and 35 bytes, enough to span several TCP segments.
 DEFAULT_RANDOM_SIZE = 5 * 1024 + 35
 
 log = logging.getLogger("trio_tlsecho")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line (``prog: error: ...``), not usage + error."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
-    return value
-
-
-def _seconds_or_off(text: str) -> float:
-    return 0.0 if text.strip() in ("0", "0.0") else _seconds(text)
-
-
-def _address(text: str) -> Address:
-    try:
-        return Address.parse(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _add_tls_flags(p: argparse.ArgumentParser, who: str) -> None:
-    g = p.add_argument_group("certificates")
-    g.add_argument(
-        "--certs",
-        metavar="DIR",
-        type=Path,
-        default=DEFAULT_CERTS_DIR,
-        help=f"directory made by 'certs': uses {who}.pem, {who}.key, ca.pem (default: ./certs)",
-    )
-    g.add_argument("--cert", metavar="FILE", type=Path, help=f"{who} certificate chain (PEM)")
-    g.add_argument("--key", metavar="FILE", type=Path, help="its private key (PEM)")
-    g.add_argument("--ca", metavar="FILE", type=Path, help="CA that signs the peers (PEM)")
-
-
-def _tls_files(args: argparse.Namespace, who: str) -> TLSFiles:
-    if (args.cert is None) != (args.key is None):
-        missing = "--key" if args.key is None else "--cert"
-        raise ConfigError(f"--cert and --key go together: {missing} is missing")
-    base = TLSFiles.from_dir(args.certs, who)
-    return TLSFiles(
-        cert=args.cert or base.cert,
-        key=args.key or base.key,
-        ca=args.ca or base.ca,
-    )
-
-
-def _explicit_files(args: argparse.Namespace) -> bool:
-    return any(x is not None for x in (args.cert, args.key, args.ca))
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Mutual-TLS echo server, client and tools on trio.")
+    parser = Parser(prog=PROG, description="Mutual-TLS echo server, client and tools on trio.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--log-level",
@@ -122,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="log verbosity on stderr (default: info)",
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     p = sub.add_parser("certs", help="make a development CA, server and client certificates")
     p.add_argument("--out", metavar="DIR", type=Path, default=DEFAULT_CERTS_DIR, help="default: ./certs")
@@ -138,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="client name, repeatable; the first is written as client.pem (default: client)",
     )
-    p.add_argument("--days", type=_positive_int, default=DEFAULT_DAYS, help="leaf validity (default: 365)")
+    p.add_argument("--days", type=positive_int, default=DEFAULT_DAYS, help="leaf validity (default: 365)")
     p.add_argument("--force", action="store_true", help="make a new CA even if DIR has one")
     p.add_argument(
         "--revoke",
@@ -152,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--listen",
         metavar="HOST:PORT",
-        type=_address,
+        type=address_type,
         action="append",
         help=f"address to listen on, repeatable; [::1]:PORT for IPv6, port 0 picks one"
         f" (default: {DEFAULT_HOST}:{DEFAULT_PORT})",
@@ -161,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--handshake-timeout",
         metavar="SECONDS",
-        type=_seconds,
+        type=seconds,
         default=DEFAULT_HANDSHAKE_TIMEOUT,
         help=f"drop peers that have not finished TLS by then (default: {DEFAULT_HANDSHAKE_TIMEOUT:g})",
     )
@@ -171,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--idle-timeout",
         metavar="SECONDS",
-        type=_seconds_or_off,
+        type=seconds_or_off,
         default=DEFAULT_IDLE_TIMEOUT,
         help="close connections that move no bytes for this long; 0: never"
         f" (default: {DEFAULT_IDLE_TIMEOUT:g})",
@@ -179,13 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-connections",
         metavar="N",
-        type=_positive_int,
+        type=positive_int,
         help="stop accepting while N connections are open (default: no limit)",
     )
     p.add_argument(
         "--shutdown-grace",
         metavar="SECONDS",
-        type=_seconds_or_off,
+        type=seconds_or_off,
         default=DEFAULT_SHUTDOWN_GRACE,
         help="on SIGTERM/SIGINT, how long open connections may finish"
         f" (default: {DEFAULT_SHUTDOWN_GRACE:g}; a second signal stops at once)",
@@ -209,14 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers",
         metavar="N",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         help="run N server processes sharing the ports (SO_REUSEPORT) under one supervisor (default: 1)",
     )
     p.add_argument(
         "--metrics",
         metavar="HOST:PORT",
-        type=_address,
+        type=address_type,
         help="serve Prometheus metrics over plain HTTP at http://HOST:PORT/metrics (off by default)",
     )
     g = p.add_argument_group("behind a load balancer")
@@ -232,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="accept PROXY headers only from these balancer addresses (repeatable)",
     )
-    _add_tls_flags(p, "server")
+    add_tls_flags(p, "server")
     p.add_argument(
         "--crl", metavar="FILE", type=Path, help="refuse client certificates revoked in this CRL (PEM)"
     )
@@ -248,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--connect",
         metavar="HOST:PORT",
-        type=_address,
+        type=address_type,
         default=Address(DEFAULT_HOST, DEFAULT_PORT),
         help=f"server address (default: {DEFAULT_HOST}:{DEFAULT_PORT})",
     )
@@ -257,17 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument(
         "--random",
         metavar="N",
-        type=_positive_int,
+        type=positive_int,
         help=f"send N random bytes (default: {DEFAULT_RANDOM_SIZE})",
     )
     p.add_argument(
         "--server-name", metavar="NAME", help="name to verify in the server certificate (default: the host)"
     )
     p.add_argument(
-        "--timeout", metavar="SECONDS", type=_seconds, default=30.0, help="for the whole echo (default: 30)"
+        "--timeout", metavar="SECONDS", type=seconds, default=30.0, help="for the whole echo (default: 30)"
     )
-    _add_tls_flags(p, "client")
+    add_tls_flags(p, "client")
     p.set_defaults(func=_cmd_client)
+
+    add_loadgen_parser(sub)
 
     p = sub.add_parser("demo", help="serve on a free port and run verified clients against it")
     p.add_argument("--certs", metavar="DIR", type=Path, default=DEFAULT_CERTS_DIR, help="default: ./certs")
@@ -352,10 +296,10 @@ def _ensure_dev_certs(directory: Path) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    if not _explicit_files(args):
+    if not explicit_files(args):
         _ensure_dev_certs(args.certs)
     config = ServerConfig(
-        tls=_tls_files(args, "server"),
+        tls=tls_files(args, "server"),
         listen=args.listen or (Address(DEFAULT_HOST, DEFAULT_PORT),),
         handler=args.handler,
         handshake_timeout=args.handshake_timeout,
@@ -404,8 +348,8 @@ def _cmd_client(args: argparse.Namespace) -> int:
     )
     if not payload:
         raise ConfigError("--message is empty: nothing to echo")
-    config = ClientConfig(tls=_tls_files(args, "client"), server_hostname=args.server_name)
-    _require_files(config.tls, args)
+    config = ClientConfig(tls=tls_files(args, "client"), server_hostname=args.server_name)
+    require_files(config.tls, args)
     result = trio.run(_echo, args.connect, config, payload, args.timeout)
     _print_result(result)
     return 0
@@ -413,15 +357,6 @@ def _cmd_client(args: argparse.Namespace) -> int:
 
 async def _echo(address: Address, config: ClientConfig, payload: bytes, timeout: float) -> EchoResult:
     return await echo_once(address, config, payload, timeout=timeout)
-
-
-def _require_files(tls: TLSFiles, args: argparse.Namespace) -> None:
-    # The one mistake every new user makes: running the client before any certs exist.
-    if not _explicit_files(args) and not has_certificates(args.certs):
-        raise ConfigError(
-            f"no certificates in {args.certs}: run '{PROG} certs' (or start 'serve' once), "
-            "or pass --cert/--key/--ca"
-        )
 
 
 def _print_result(r: EchoResult) -> None:

@@ -1,0 +1,398 @@
+"""The load generator: sans-io pieces by plain calls, behaviour against real loopback servers."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import itertools
+import json
+import math
+import socket
+import ssl
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from trio_tlsecho import Address, ClientConfig, ClientError, ConfigError, Connection, ServerConfig, TLSFiles
+from trio_tlsecho._cli_loadgen import add_loadgen_parser, describe, verdict
+from trio_tlsecho._loadgen import (
+    LoadConfig,
+    OpenLoopSchedule,
+    Progress,
+    SizeRange,
+    _config_from_wire,
+    _config_to_wire,
+    classify_error,
+    run_load,
+    split,
+)
+from trio_tlsecho._stats import ERROR_KINDS, ErrorKind, LoadReport
+
+from .conftest import start_server
+
+# -- handlers the servers under test run ------------------------------------------------
+
+#: Per-echo delay of the slow server.  Long next to a loopback round trip (~0.1 ms), so
+#: queueing behind it dominates whatever else the machine is doing.
+SLOW_DELAY = 0.020
+
+
+async def corrupting_echo(conn: Connection) -> None:
+    """Echo with the first byte of every chunk flipped: the same length, different bytes."""
+    while data := await conn.stream.receive_some(65536):
+        await conn.stream.send_all(bytes([data[0] ^ 0xFF]) + data[1:])
+
+
+async def slow_echo(conn: Connection) -> None:
+    """Echo, but serve at most one message per SLOW_DELAY (simulated work, not synchronisation)."""
+    while data := await conn.stream.receive_some(65536):
+        await trio.sleep(SLOW_DELAY)
+        await conn.stream.send_all(data)
+
+
+async def silent(conn: Connection) -> None:
+    """Read one message and never answer."""
+    await conn.stream.receive_some(65536)
+    await trio.sleep_forever()
+
+
+async def hang_up(conn: Connection) -> None:
+    """Read one message and close without answering."""
+    await conn.stream.receive_some(65536)
+
+
+def load_config(address: Address, client_config: ClientConfig, **kw: object) -> LoadConfig:
+    return LoadConfig(address=address, client=client_config, **kw)  # type: ignore[arg-type]
+
+
+def run_cli(argv: list[str]) -> int:
+    """``loadgen`` as the CLI runs it (its own ``trio.run``: call it in a thread)."""
+    parser = argparse.ArgumentParser(prog="trio-tlsecho")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_loadgen_parser(sub)
+    args = parser.parse_args(["loadgen", *argv])
+    status: int = args.func(args)
+    return status
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+# -- sans-io ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "low", "high"),
+    [("1-100", 1, 100), ("65536", 65536, 65536), ("256k", 262144, 262144), ("1k-1m", 1024, 1048576)],
+)
+def test_size_range_parses(text: str, low: int, high: int) -> None:
+    assert SizeRange.parse(text) == SizeRange(low, high)
+
+
+@pytest.mark.parametrize("text", ["0", "100-1", "x", "1-", "-5", "99m"])
+def test_size_range_rejects(text: str) -> None:
+    with pytest.raises(ConfigError):
+        SizeRange.parse(text)
+
+
+def test_load_config_defaults_to_ten_seconds(client_config: ClientConfig) -> None:
+    config = load_config(Address("127.0.0.1", 1), client_config)
+    assert (config.duration, config.requests, config.clients) == (10.0, None, 64)
+    assert load_config(Address("127.0.0.1", 1), client_config, requests=5).duration is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"clients": 0}, "clients"),
+        ({"requests": 5, "duration": 1.0}, "not both"),
+        ({"requests": 0}, "requests"),
+        ({"duration": math.nan}, "duration"),
+        ({"rate": -1.0}, "rate"),
+        ({"warmup": -1.0}, "warmup"),
+        ({"timeout": 0}, "timeout"),
+        ({"clients": 2, "workers": 3}, "workers"),
+        ({"sizes": "0-5"}, "sizes"),
+    ],
+)
+def test_load_config_rejects(client_config: ClientConfig, changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(Address("127.0.0.1", 1), client_config, **changes)
+
+
+def test_load_config_survives_the_trip_to_a_worker(client_config: ClientConfig) -> None:
+    config = load_config(
+        Address("::1", 9), client_config, clients=6, requests=7, sizes="3-9", rate=12.5, warmup=1.0
+    )
+    assert _config_from_wire(json.loads(json.dumps(_config_to_wire(config)))) == config
+
+
+def test_split_is_exact() -> None:
+    assert split(10, 3) == [4, 3, 3]
+    assert split(2, 4) == [1, 1, 0, 0]
+    assert sum(split(1001, 7)) == 1001
+
+
+def test_open_loop_schedule_spreads_sends_evenly() -> None:
+    # 4 clients sharing 100 round trips/s: together, one send every 10 ms.
+    schedules = [OpenLoopSchedule.for_client(5.0, index=i, clients=4, rate=100.0) for i in range(4)]
+    times = sorted(s.due(k) for s in schedules for k in range(25))
+    assert times[0] == 5.0
+    assert all(b - a == pytest.approx(0.01) for a, b in itertools.pairwise(times))
+    assert schedules[1].due(3) == pytest.approx(5.0 + 0.01 + 3 * 0.04)
+
+
+def _wrapped(cause: BaseException) -> BaseException:
+    try:
+        try:
+            raise cause
+        except BaseException as inner:
+            raise trio.BrokenResourceError from inner
+    except trio.BrokenResourceError as outer:
+        return outer
+
+
+def test_classify_error() -> None:
+    refused = OSError("all attempts to connect failed")
+    refused.__cause__ = ExceptionGroup("x", [ConnectionRefusedError(errno.ECONNREFUSED, "refused")])
+    alert = ssl.SSLError(1, "alert")
+    alert.reason = "TLSV1_ALERT_UNKNOWN_CA"
+    eof = ssl.SSLError(1, "eof")
+    eof.reason = "UNEXPECTED_EOF_WHILE_READING"
+    assert classify_error(ClientError("x"), during_handshake=True) is ErrorKind.REFUSED
+    assert classify_error(_wrapped(refused), during_handshake=True) is ErrorKind.REFUSED
+    assert classify_error(_wrapped(alert)) is ErrorKind.TLS_REJECTED
+    assert classify_error(_wrapped(ssl.SSLCertVerificationError(1, "bad"))) is ErrorKind.TLS_REJECTED
+    assert classify_error(_wrapped(ConnectionResetError())) is ErrorKind.RESET
+    assert classify_error(_wrapped(BrokenPipeError())) is ErrorKind.RESET
+    assert classify_error(trio.TooSlowError()) is ErrorKind.TIMEOUT
+    assert classify_error(_wrapped(eof)) is ErrorKind.SHORT_READ
+    assert classify_error(_wrapped(eof), during_handshake=True) is ErrorKind.TLS_REJECTED
+    assert classify_error(ValueError("a bug")) is None
+
+
+def test_verdict() -> None:
+    assert verdict(LoadReport(clients=1, seconds=1.0, round_trips=1)) is None
+    assert "2 echoes differed" in str(verdict(LoadReport(clients=1, seconds=1.0, mismatches=2)))
+    failed = verdict(LoadReport(clients=1, seconds=1.0, errors={"refused": 3}))
+    assert failed == "no round trip succeeded (refused 3)"
+
+
+def test_describe(client_config: ClientConfig) -> None:
+    config = load_config(Address("127.0.0.1", 1), client_config, rate=50.0, workers=2, requests=9)
+    assert describe(config) == (
+        "loadgen 127.0.0.1:1: 64 clients, 1-100 bytes, open loop at 50 round trips/s,"
+        " persistent connections, 9 requests, 2 workers"
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--size", "0"], ["--duration", "1", "--requests", "2"], ["--rate", "0"], ["--warmup", "-1"]],
+)
+def test_cli_rejects_bad_flags(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        run_cli(argv)
+    assert info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_cli_without_certificates_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no certificates"):
+        run_cli(["--certs", str(tmp_path), "--requests", "1"])
+
+
+# -- against real servers -----------------------------------------------------------------
+
+
+async def test_counters_add_up(server: Address, client_config: ClientConfig) -> None:
+    report = await run_load(load_config(server, client_config, clients=4, requests=200))
+    assert report.round_trips == 200
+    assert report.write_ops == 200
+    assert report.read_ops >= 200
+    assert report.bytes_sent == report.bytes_received
+    assert 200 <= report.bytes_sent <= 200 * 100
+    assert report.mismatches == 0
+    assert report.error_count == 0
+    assert report.latency_histogram().count == 200
+    assert report.handshake_histogram().count == 4  # one per client: connections persist
+    assert report.clients == 4
+
+
+async def test_large_messages_take_several_reads(server: Address, client_config: ClientConfig) -> None:
+    report = await run_load(load_config(server, client_config, clients=2, requests=6, sizes="256k"))
+    assert report.round_trips == 6
+    assert report.bytes_sent == report.bytes_received == 6 * 256 * 1024
+    # At most 16 KiB of plaintext per TLS record, and one record per read at most.
+    assert report.read_ops >= 6 * 16
+
+
+async def test_duration_is_the_measured_window(server: Address, client_config: ClientConfig) -> None:
+    report = await run_load(load_config(server, client_config, clients=8, duration=0.5))
+    assert report.seconds == pytest.approx(0.5)
+    assert report.round_trips > 0
+    assert report.bytes_sent == report.bytes_received
+    assert report.error_count == report.mismatches == 0
+
+
+async def test_warmup_rounds_are_not_counted(
+    nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    echoed = 0
+
+    async def counting_echo(conn: Connection) -> None:
+        nonlocal echoed
+        while data := await conn.stream.receive_some(65536):
+            echoed += 1
+            await conn.stream.send_all(data)
+
+    [address] = await start_server(nursery, server_config, handler=counting_echo)
+    report = await run_load(load_config(address, client_config, clients=2, requests=50, warmup=0.2))
+    assert report.round_trips == 50
+    assert echoed > 50  # the server also saw the warm-up rounds
+
+
+async def test_new_connection_per_request_measures_handshakes(
+    server: Address, client_config: ClientConfig
+) -> None:
+    config = load_config(server, client_config, clients=2, requests=20, new_connection_per_request=True)
+    report = await run_load(config)
+    assert report.round_trips == 20
+    assert report.handshake_histogram().count == 20
+    assert report.error_count == 0
+
+
+async def test_open_loop_counts_queueing_that_closed_loop_hides(
+    nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    [address] = await start_server(nursery, server_config, handler=slow_echo)
+    base = load_config(address, client_config, clients=1, duration=1.0)
+    closed = await run_load(base)
+    # Four times what the server can do: each send is due 5 ms after the last, each
+    # takes 20 ms, so the k-th is late by about 15 ms * k: queueing, not service time.
+    opened = await run_load(attrs.evolve(base, rate=4 / SLOW_DELAY))
+    delay_us = SLOW_DELAY * 1e6
+    closed_p = closed.to_json()["latency_us"]
+    open_p = opened.to_json()["latency_us"]
+    assert closed_p["p50"] >= delay_us  # service time is in both...
+    assert open_p["p50"] >= 5 * delay_us  # ...queueing only in the open loop
+    assert open_p["p50"] > closed_p["p50"]
+    assert opened.error_count == closed.error_count == 0
+
+
+async def test_open_loop_sends_at_the_rate_asked(server: Address, client_config: ClientConfig) -> None:
+    report = await run_load(load_config(server, client_config, clients=2, requests=30, rate=300.0))
+    assert report.round_trips == 30
+    assert report.error_count == 0
+
+
+async def test_workers_merge_exactly(server: Address, client_config: ClientConfig) -> None:
+    report = await run_load(load_config(server, client_config, clients=4, requests=101, workers=2))
+    assert report.clients == 4
+    assert report.round_trips == report.write_ops == 101
+    assert report.latency_histogram().count == 101
+    assert report.handshake_histogram().count == 4
+    assert report.bytes_sent == report.bytes_received
+    assert report.error_count == report.mismatches == 0
+
+
+async def test_progress_is_reported(server: Address, client_config: ClientConfig) -> None:
+    seen: list[Progress] = []
+    await run_load(load_config(server, client_config, clients=2, duration=1.5), progress=seen.append)
+    assert seen
+    assert seen[-1].round_trips > 0
+
+
+async def test_rejected_certificate_is_counted_by_kind(server: Address, pki: Path, other_pki: Path) -> None:
+    stranger = ClientConfig(
+        tls=TLSFiles(cert=other_pki / "client.pem", key=other_pki / "client.key", ca=pki / "ca.pem")
+    )
+    report = await run_load(load_config(server, stranger, clients=2, requests=6))
+    assert report.round_trips == 0
+    assert report.errors["tls_rejected"] >= 1
+    assert report.error_count >= 6
+
+
+async def test_untrusted_server_is_tls_rejected(server: Address, pki: Path, other_pki: Path) -> None:
+    suspicious = ClientConfig(
+        tls=TLSFiles(cert=pki / "client.pem", key=pki / "client.key", ca=other_pki / "ca.pem")
+    )
+    report = await run_load(load_config(server, suspicious, clients=1, requests=3))
+    # Three measured attempts, and the connection the client made before the start.
+    assert report.errors == dict.fromkeys(ERROR_KINDS, 0) | {"tls_rejected": 4}
+
+
+async def test_refused(client_config: ClientConfig) -> None:
+    address = Address("127.0.0.1", closed_port())
+    report = await run_load(load_config(address, client_config, clients=1, requests=3))
+    assert report.errors["refused"] == 4
+    assert report.round_trips == 0
+
+
+async def test_timeout(
+    nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    [address] = await start_server(nursery, server_config, handler=silent)
+    report = await run_load(load_config(address, client_config, clients=1, requests=2, timeout=0.2))
+    assert report.errors["timeout"] == 2
+    assert report.round_trips == 0
+
+
+async def test_short_read(
+    nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    [address] = await start_server(nursery, server_config, handler=hang_up)
+    report = await run_load(load_config(address, client_config, clients=1, requests=3))
+    assert report.errors["short_read"] == 3
+    assert report.bytes_received == 0
+    assert report.write_ops == 3
+
+
+async def test_cli_detects_a_corrupting_server(
+    nursery: trio.Nursery,
+    server_config: ServerConfig,
+    pki: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    [address] = await start_server(nursery, server_config, handler=corrupting_echo)
+    out = tmp_path / "run.json"
+    argv = ["--connect", str(address), "--certs", str(pki), "--clients", "2", "--requests", "10"]
+    status = await trio.to_thread.run_sync(run_cli, [*argv, "--json", str(out)])
+    assert status == 1
+    data = json.loads(out.read_text())
+    assert data["mismatches"] == 10
+    assert data["round_trips"] == 0
+    assert "10 echoes differed from what was sent" in capsys.readouterr().err
+
+
+async def test_cli_json_has_every_key(server: Address, pki: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run.json"
+    argv = ["--connect", str(server), "--certs", str(pki), "--clients", "3", "--requests", "30"]
+    assert await trio.to_thread.run_sync(run_cli, [*argv, "--size", "100", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert set(data) == {
+        "clients",
+        "seconds",
+        "round_trips",
+        "round_trips_per_sec",
+        "read_ops",
+        "write_ops",
+        "bytes_sent",
+        "bytes_received",
+        "mb_per_sec",
+        "errors",
+        "mismatches",
+        "latency_us",
+        "handshake_us",
+    }
+    assert set(data["errors"]) == set(ERROR_KINDS)
+    assert set(data["latency_us"]) == {"p50", "p90", "p99", "p999", "max"}
+    assert set(data["handshake_us"]) == {"p50", "p90", "p99", "max"}
+    assert (data["clients"], data["round_trips"], data["bytes_sent"]) == (3, 30, 3000)

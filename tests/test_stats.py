@@ -1,0 +1,177 @@
+"""Statistics are sans-io: recorder, frozen report, exact merge, JSON and text, by plain calls."""
+
+from __future__ import annotations
+
+import random
+
+import attrs
+import pytest
+
+from trio_tlsecho._stats import (
+    ERROR_KINDS,
+    HIGHEST_US,
+    ErrorKind,
+    Histogram,
+    LoadReport,
+    Recorder,
+    format_progress,
+    format_report,
+    merge,
+)
+
+JSON_KEYS = {
+    "clients",
+    "seconds",
+    "round_trips",
+    "round_trips_per_sec",
+    "read_ops",
+    "write_ops",
+    "bytes_sent",
+    "bytes_received",
+    "mb_per_sec",
+    "errors",
+    "mismatches",
+    "latency_us",
+    "handshake_us",
+}
+
+
+def test_histogram_percentiles_within_three_significant_digits() -> None:
+    h = Histogram()
+    for v in range(1, 10_001):
+        h.record(v)
+    assert h.count == 10_000
+    assert h.max == pytest.approx(10_000, rel=1e-3)
+    p = h.percentiles([50.0, 99.0, 99.9])
+    assert p[50.0] == pytest.approx(5_000, rel=1e-3)
+    assert p[99.0] == pytest.approx(9_900, rel=1e-3)
+    assert p[99.9] == pytest.approx(9_990, rel=1e-3)
+
+
+def test_histogram_clamps_out_of_range_values_instead_of_dropping_them() -> None:
+    h = Histogram()
+    h.record(0)
+    h.record(-5)
+    h.record(HIGHEST_US * 10)
+    assert h.count == 3
+    assert h.max == pytest.approx(HIGHEST_US, rel=1e-3)
+
+
+def test_empty_histogram_reports_zeros() -> None:
+    h = Histogram()
+    assert h.count == 0
+    assert h.max == 0
+    assert h.percentiles([50.0, 99.9]) == {50.0: 0, 99.9: 0}
+
+
+def test_histogram_encoding_round_trips() -> None:
+    h = Histogram()
+    for v in (3, 300, 30_000):
+        h.record(v)
+    back = Histogram.decode(h.encode())
+    assert back.count == 3
+    assert back.percentiles([50.0]) == h.percentiles([50.0])
+
+
+def test_recorder_counts_and_report() -> None:
+    rec = Recorder()
+    rec.io(sent=10, received=10, reads=2, writes=1)
+    rec.round_trip(150)
+    rec.io(sent=5, received=5, reads=1, writes=1)
+    rec.mismatch()
+    rec.error(ErrorKind.RESET)
+    rec.handshake_done(2_000)
+    report = rec.report(clients=3, seconds=2.0)
+    assert (report.round_trips, report.read_ops, report.write_ops) == (1, 3, 2)
+    assert (report.bytes_sent, report.bytes_received) == (15, 15)
+    assert report.mismatches == 1
+    assert report.errors["reset"] == 1
+    assert report.error_count == 1
+    assert report.round_trips_per_sec == 0.5
+    assert report.mb_per_sec == pytest.approx(15 / 1e6 / 2.0)
+    assert report.latency_histogram().count == 1
+    assert report.handshake_histogram().count == 1
+
+
+def test_report_is_frozen_and_lists_every_error_kind() -> None:
+    report = Recorder().report(clients=1, seconds=1.0)
+    assert set(report.errors) == set(ERROR_KINDS)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        report.round_trips = 5  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        report.errors["reset"] = 1  # type: ignore[index]
+
+
+def test_report_rejects_unknown_error_kinds() -> None:
+    with pytest.raises(ValueError, match="unknown error kinds"):
+        LoadReport(clients=1, seconds=1.0, errors={"gremlins": 1})
+
+
+def test_merge_is_exact() -> None:
+    # Two workers' reports merge into exactly what one recorder of everything holds.
+    rng = random.Random(7)
+    values = [rng.randint(1, 5_000_000) for _ in range(5_000)]
+    whole, parts = Recorder(), [Recorder(), Recorder()]
+    for i, v in enumerate(values):
+        for rec in (whole, parts[i % 2]):
+            rec.io(sent=v % 100, received=v % 100, reads=1, writes=1)
+            rec.round_trip(v)
+            if v % 7 == 0:
+                rec.error(ErrorKind.TIMEOUT)
+    for rec in (whole, parts[0]):
+        rec.handshake_done(1234)
+    merged = merge([parts[0].report(clients=2, seconds=1.5), parts[1].report(clients=3, seconds=2.0)])
+    expected = whole.report(clients=5, seconds=2.0)
+    assert merged.to_json() == expected.to_json()
+    assert merged.latency_histogram().count == len(values)
+
+
+def test_merge_of_nothing_is_an_error() -> None:
+    with pytest.raises(ValueError, match="nothing to merge"):
+        merge([])
+
+
+def test_json_has_exactly_the_documented_keys() -> None:
+    rec = Recorder()
+    rec.round_trip(100)
+    data = rec.report(clients=1, seconds=1.0).to_json()
+    assert set(data) == JSON_KEYS
+    assert set(data["errors"]) == set(ERROR_KINDS)
+    assert set(data["latency_us"]) == {"p50", "p90", "p99", "p999", "max"}
+    assert set(data["handshake_us"]) == {"p50", "p90", "p99", "max"}
+    assert data["latency_us"]["max"] == pytest.approx(100, rel=1e-3)
+
+
+def test_wire_format_keeps_histograms() -> None:
+    rec = Recorder()
+    rec.round_trip(42)
+    rec.handshake_done(4200)
+    rec.error(ErrorKind.SHORT_READ)
+    report = rec.report(clients=2, seconds=0.5)
+    assert LoadReport.from_wire(report.to_wire()) == report
+
+
+def test_zero_seconds_gives_zero_rates_not_division_errors() -> None:
+    report = LoadReport(clients=1, seconds=0.0, round_trips=3, bytes_received=9)
+    assert report.round_trips_per_sec == 0.0
+    assert report.mb_per_sec == 0.0
+
+
+def test_format_report_shows_rates_percentiles_and_errors() -> None:
+    rec = Recorder()
+    for v in (100, 200, 300):
+        rec.round_trip(v)
+    rec.error(ErrorKind.REFUSED)
+    text = format_report(rec.report(clients=4, seconds=1.0), title="a title")
+    assert text.splitlines()[0] == "a title"
+    assert "3.0/s" in text
+    assert "p50 200" in text
+    assert "refused 1" in text
+
+
+def test_format_progress() -> None:
+    line = format_progress(elapsed=2.0, round_trips=1000, errors=3, mismatches=0)
+    assert "500/s" in line
+    assert "errors 3" in line
+    assert "MISMATCH" not in line
+    assert "MISMATCHES 2" in format_progress(elapsed=1.0, round_trips=1, errors=0, mismatches=2)

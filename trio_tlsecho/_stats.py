@@ -1,0 +1,329 @@
+"""Load statistics, sans-io: a recorder for the hot path, a frozen report, an exact merge.
+
+Theory of operation
+-------------------
+Latencies are integers in microseconds recorded in an HdrHistogram (1 µs to 60 s,
+3 significant digits: every value is kept to within 0.1 %).  Histograms add exactly,
+so reports from several worker processes merge into the report one process would
+have made; percentiles are computed only from the merged histogram, never averaged.
+
+The :class:`Recorder` is the mutable side, written by client tasks: plain counters
+and two histograms, nothing else, because it runs once per round trip.  A
+:class:`LoadReport` is what comes out: frozen, with the histograms held in their
+standard compressed encoding (``HISTFAAA...``), which is both immutable and what
+worker processes send to their parent.
+
+What is counted:
+
+* ``round_trips``: echoes that came back complete and byte-for-byte equal.
+* ``read_ops`` / ``write_ops``: ``receive_some`` calls that returned data and
+  ``send_all`` calls; ``bytes_sent`` / ``bytes_received``: plaintext bytes.  These
+  count every exchange that was measured, including mismatched and failed ones, so
+  a clean run has ``bytes_sent == bytes_received`` and ``write_ops == round_trips``.
+* ``mismatches``: echoes of the right length with different bytes.
+* ``errors``: by kind (:data:`ERROR_KINDS`); each ends the connection it happened on.
+"""
+
+from __future__ import annotations
+
+import enum
+import types
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+# hdrhistogram ships no type information; everything it returns is wrapped below.
+from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped, unused-ignore]
+
+LOWEST_US = 1
+#: Anything slower is recorded as 60 s: a load test that sees minute-long round trips
+#: has an answer already.
+HIGHEST_US = 60_000_000
+SIGNIFICANT_DIGITS = 3
+
+#: Percentiles reported for round trips (``p999`` is the 99.9th) and handshakes.
+LATENCY_PERCENTILES: Mapping[str, float] = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
+HANDSHAKE_PERCENTILES: Mapping[str, float] = {"p50": 50.0, "p90": 90.0, "p99": 99.0}
+
+
+class ErrorKind(enum.StrEnum):
+    """Why an exchange failed; each ends the connection."""
+
+    #: The TCP connection could not be opened.
+    REFUSED = "refused"
+    #: A TLS failure: the server rejected our certificate, or we rejected its.
+    TLS_REJECTED = "tls_rejected"
+    #: The peer reset the connection (RST, broken pipe).
+    RESET = "reset"
+    #: No handshake or no complete echo within the timeout.
+    TIMEOUT = "timeout"
+    #: The server closed the connection before the whole echo came back.
+    SHORT_READ = "short_read"
+
+
+ERROR_KINDS: tuple[str, ...] = tuple(kind.value for kind in ErrorKind)
+
+
+class Histogram:
+    """A typed face on ``hdrh``'s HdrHistogram, in microseconds, clamped to its range."""
+
+    __slots__ = ("_h",)
+
+    def __init__(self, hdr: Any = None) -> None:
+        self._h: Any = hdr if hdr is not None else HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+
+    def record(self, value_us: int) -> None:
+        # Clamped, not dropped: a value outside the range is still one observation.
+        self._h.record_value(min(max(value_us, LOWEST_US), HIGHEST_US))
+
+    def add(self, other: Histogram) -> None:
+        self._h.add(other._h)
+
+    @property
+    def count(self) -> int:
+        return int(self._h.get_total_count())
+
+    @property
+    def max(self) -> int:
+        return int(self._h.get_max_value()) if self.count else 0
+
+    def percentiles(self, wanted: Iterable[float]) -> dict[float, int]:
+        """Value at each percentile (0 for an empty histogram), in one pass."""
+        wanted = list(wanted)
+        if not self.count:
+            return dict.fromkeys(wanted, 0)
+        found = self._h.get_percentile_to_value_dict(wanted)
+        # hdrh reports "highest equivalent value", which may exceed the true maximum.
+        return {p: min(int(found.get(p, self.max)), self.max) for p in wanted}
+
+    def encode(self) -> str:
+        return bytes(self._h.encode()).decode("ascii")
+
+    @classmethod
+    def decode(cls, text: str) -> Histogram:
+        return cls(HdrHistogram.decode(text.encode("ascii")))
+
+
+def _empty_encoded() -> str:
+    return Histogram().encode()
+
+
+def _to_errors(value: Mapping[str, int]) -> Mapping[str, int]:
+    unknown = set(value) - set(ERROR_KINDS)
+    if unknown:
+        raise ValueError(f"unknown error kinds: {sorted(unknown)}")
+    return types.MappingProxyType({kind: int(value.get(kind, 0)) for kind in ERROR_KINDS})
+
+
+@attrs.frozen(kw_only=True)
+class LoadReport:
+    """What a load run measured: counters and encoded histograms.  Merge with :func:`merge`."""
+
+    clients: int
+    #: Length of the measured window (after warm-up), in seconds.
+    seconds: float
+    round_trips: int = 0
+    read_ops: int = 0
+    write_ops: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    mismatches: int = 0
+    #: Count for every kind in :data:`ERROR_KINDS`, zeros included.
+    errors: Mapping[str, int] = attrs.field(factory=dict, converter=_to_errors)
+    #: Round-trip latency histogram (µs), HdrHistogram's compressed base64 encoding.
+    latency: str = attrs.field(factory=_empty_encoded)
+    #: Handshake latency histogram (µs), same encoding.
+    handshake: str = attrs.field(factory=_empty_encoded)
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    @property
+    def round_trips_per_sec(self) -> float:
+        return self.round_trips / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def mb_per_sec(self) -> float:
+        """Echoed payload (bytes received) per second, in 10^6 bytes."""
+        return self.bytes_received / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    def latency_histogram(self) -> Histogram:
+        return Histogram.decode(self.latency)
+
+    def handshake_histogram(self) -> Histogram:
+        return Histogram.decode(self.handshake)
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary object ``loadgen --json`` writes (its keys are a documented interface)."""
+        return {
+            "clients": self.clients,
+            "seconds": round(self.seconds, 6),
+            "round_trips": self.round_trips,
+            "round_trips_per_sec": round(self.round_trips_per_sec, 3),
+            "read_ops": self.read_ops,
+            "write_ops": self.write_ops,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "mb_per_sec": round(self.mb_per_sec, 6),
+            "errors": dict(self.errors),
+            "mismatches": self.mismatches,
+            "latency_us": _summary(self.latency_histogram(), LATENCY_PERCENTILES),
+            "handshake_us": _summary(self.handshake_histogram(), HANDSHAKE_PERCENTILES),
+        }
+
+    def to_wire(self) -> dict[str, Any]:
+        """Everything, histograms included: how a worker process hands its report over."""
+        return {
+            "clients": self.clients,
+            "seconds": self.seconds,
+            "round_trips": self.round_trips,
+            "read_ops": self.read_ops,
+            "write_ops": self.write_ops,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "mismatches": self.mismatches,
+            "errors": dict(self.errors),
+            "latency": self.latency,
+            "handshake": self.handshake,
+        }
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> LoadReport:
+        return cls(**data)
+
+
+def _summary(hist: Histogram, names: Mapping[str, float]) -> dict[str, int]:
+    values = hist.percentiles(names.values())
+    out = {name: values[p] for name, p in names.items()}
+    out["max"] = hist.max
+    return out
+
+
+def merge(reports: Sequence[LoadReport]) -> LoadReport:
+    """Exactly the report one process running all the clients would have made.
+
+    Counters and histograms add; clients add; the workers ran side by side, so the
+    window is the longest of theirs.
+    """
+    if not reports:
+        raise ValueError("nothing to merge")
+    latency, handshake = Histogram(), Histogram()
+    errors = dict.fromkeys(ERROR_KINDS, 0)
+    for r in reports:
+        latency.add(r.latency_histogram())
+        handshake.add(r.handshake_histogram())
+        for kind, n in r.errors.items():
+            errors[kind] += n
+    return LoadReport(
+        clients=sum(r.clients for r in reports),
+        seconds=max(r.seconds for r in reports),
+        round_trips=sum(r.round_trips for r in reports),
+        read_ops=sum(r.read_ops for r in reports),
+        write_ops=sum(r.write_ops for r in reports),
+        bytes_sent=sum(r.bytes_sent for r in reports),
+        bytes_received=sum(r.bytes_received for r in reports),
+        mismatches=sum(r.mismatches for r in reports),
+        errors=errors,
+        latency=latency.encode(),
+        handshake=handshake.encode(),
+    )
+
+
+@attrs.define
+class Recorder:
+    """The mutable counters client tasks write to; :meth:`report` freezes them."""
+
+    round_trips: int = 0
+    read_ops: int = 0
+    write_ops: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    mismatches: int = 0
+    errors: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(ERROR_KINDS, 0))
+    latency: Histogram = attrs.field(factory=Histogram)
+    handshake: Histogram = attrs.field(factory=Histogram)
+
+    def io(self, *, sent: int, received: int, reads: int, writes: int) -> None:
+        """The I/O of one measured exchange, whatever its outcome."""
+        self.bytes_sent += sent
+        self.bytes_received += received
+        self.read_ops += reads
+        self.write_ops += writes
+
+    def round_trip(self, latency_us: int) -> None:
+        """One verified echo."""
+        self.round_trips += 1
+        self.latency.record(latency_us)
+
+    def mismatch(self) -> None:
+        self.mismatches += 1
+
+    def error(self, kind: ErrorKind) -> None:
+        self.errors[kind] += 1
+
+    def handshake_done(self, latency_us: int) -> None:
+        self.handshake.record(latency_us)
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    def report(self, *, clients: int, seconds: float) -> LoadReport:
+        return LoadReport(
+            clients=clients,
+            seconds=seconds,
+            round_trips=self.round_trips,
+            read_ops=self.read_ops,
+            write_ops=self.write_ops,
+            bytes_sent=self.bytes_sent,
+            bytes_received=self.bytes_received,
+            mismatches=self.mismatches,
+            errors=self.errors,
+            latency=self.latency.encode(),
+            handshake=self.handshake.encode(),
+        )
+
+
+# -- text -------------------------------------------------------------------------
+
+
+def format_report(report: LoadReport, *, title: str | None = None) -> str:
+    """The table ``loadgen`` prints."""
+    summary = report.to_json()
+    lat, hs = summary["latency_us"], summary["handshake_us"]
+    errors = ", ".join(f"{kind} {n:,}" for kind, n in report.errors.items())
+    rows = [
+        ("clients", f"{report.clients:,}"),
+        ("seconds", f"{report.seconds:.2f}"),
+        ("round trips", f"{report.round_trips:,}  ({report.round_trips_per_sec:,.1f}/s)"),
+        ("throughput", f"{report.mb_per_sec:,.2f} MB/s echoed"),
+        (
+            "latency (µs)",
+            f"p50 {lat['p50']:,}  p90 {lat['p90']:,}  p99 {lat['p99']:,}"
+            f"  p99.9 {lat['p999']:,}  max {lat['max']:,}",
+        ),
+        (
+            "handshake (µs)",
+            f"p50 {hs['p50']:,}  p99 {hs['p99']:,}  max {hs['max']:,}"
+            f"  ({report.handshake_histogram().count:,} handshakes)",
+        ),
+        ("read / write ops", f"{report.read_ops:,} / {report.write_ops:,}"),
+        ("bytes sent / recv", f"{report.bytes_sent:,} / {report.bytes_received:,}"),
+        ("errors", f"{report.error_count:,}  ({errors})"),
+        ("mismatches", f"{report.mismatches:,}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = [title] if title else []
+    lines += [f"{name:<{width}}  {value}" for name, value in rows]
+    return "\n".join(lines)
+
+
+def format_progress(*, elapsed: float, round_trips: int, errors: int, mismatches: int) -> str:
+    """The one-line live display (``\\r``-rewritten on a terminal)."""
+    rate = round_trips / elapsed if elapsed > 0 else 0.0
+    line = f"{elapsed:6.1f}s  {round_trips:,} round trips  {rate:,.0f}/s  errors {errors:,}"
+    if mismatches:
+        line += f"  MISMATCHES {mismatches:,}"
+    return line
