@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from trio_tlsecho import Address, ClientConfig, open_client
+from trio_tlsecho import Address, ClientConfig, LoadConfig, open_client, run_load
 
 from .tools import require_tool
 
@@ -117,3 +117,21 @@ def test_behind_haproxy_logs_show_the_real_client(
     via_ports = {int(via) for per in seen for _, _, via in per}
     assert not via_ports & set(client_ports)
     assert {host for per in seen for host, _, _ in per} == {"127.0.0.1"}
+
+
+def test_load_generator_through_haproxy(
+    balanced: tuple[Address, list[Instance]], client_config: ClientConfig
+) -> None:
+    address, instances = balanced
+    config = LoadConfig(address=address, client=client_config, clients=8, requests=400, sizes="1-2000")
+    report = trio.run(run_load, config)
+    assert report.round_trips == 400
+    assert report.mismatches == 0
+    assert report.error_count == 0
+    logs = [inst.stop() for inst in instances]
+    pattern = re.compile(r"127\.0\.0\.1:(\d+) \(via 127\.0\.0\.1:(\d+)\): connected")
+    per_instance = [pattern.findall(log) for log in logs]
+    assert all(per_instance), "both instances served the load generator"
+    assert sum(map(len, per_instance)) == 8
+    for real, via in (pair for found in per_instance for pair in found):
+        assert real != via  # the load generator's own port, not HAProxy's

@@ -15,7 +15,16 @@ import attrs
 import pytest
 import trio
 
-from trio_tlsecho import Address, ClientConfig, ClientError, ConfigError, Connection, ServerConfig, TLSFiles
+from trio_tlsecho import (
+    Address,
+    ClientConfig,
+    ClientError,
+    ConfigError,
+    Connection,
+    ServerConfig,
+    TLSFiles,
+    echo,
+)
 from trio_tlsecho._cli_loadgen import add_loadgen_parser, describe, verdict
 from trio_tlsecho._loadgen import (
     LoadConfig,
@@ -396,3 +405,30 @@ async def test_cli_json_has_every_key(server: Address, pki: Path, tmp_path: Path
     assert set(data["latency_us"]) == {"p50", "p90", "p99", "p999", "max"}
     assert set(data["handshake_us"]) == {"p50", "p90", "p99", "max"}
     assert (data["clients"], data["round_trips"], data["bytes_sent"]) == (3, 30, 3000)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_proxy_protocol_header_reaches_the_server(
+    nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig, version: int
+) -> None:
+    peers: list[tuple[str, int]] = []
+
+    async def record(conn: Connection) -> None:
+        peers.append(conn.peer_address)
+        await echo(conn)
+
+    [address] = await start_server(nursery, server_config, handler=record, proxy_protocol=True)
+    config = LoadConfig(address=address, client=client_config, clients=4, requests=40, proxy_protocol=version)
+    report = await run_load(config)
+    assert report.round_trips == 40
+    assert len(peers) == 4
+    assert all(host == "127.0.0.1" and port > 0 for host, port in peers)
+
+
+async def test_proxy_header_to_a_server_not_expecting_it_fails(
+    server: Address, client_config: ClientConfig
+) -> None:
+    config = LoadConfig(address=server, client=client_config, clients=2, requests=4, proxy_protocol=2)
+    report = await run_load(config)
+    assert report.round_trips == 0
+    assert sum(report.errors.values()) > 0

@@ -142,6 +142,11 @@ def add_loadgen_parser(subparsers: SubParsers) -> None:
     p.add_argument(
         "--server-name", metavar="NAME", help="name to verify in the server certificate (default: the host)"
     )
+    p.add_argument(
+        "--proxy-protocol",
+        choices=["v1", "v2"],
+        help="send a PROXY protocol header before each handshake (for serve --proxy-protocol)",
+    )
     add_tls_flags(p, "client")
     p.set_defaults(func=_cmd_loadgen)
 
@@ -165,6 +170,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         ramp=args.ramp,
         workers=args.workers,
         timeout=args.timeout,
+        proxy_protocol=int(args.proxy_protocol[1]) if args.proxy_protocol else None,
     )
 
 

@@ -60,6 +60,7 @@ import trio
 
 from ._config import Address, ClientConfig, TLSFiles
 from ._exceptions import ClientError, ConfigError
+from ._proxy import encode_v1, encode_v2
 from ._stats import ErrorKind, LoadReport, Recorder, merge
 from ._tls import client_context
 
@@ -188,6 +189,9 @@ class LoadConfig:
     workers: int = attrs.field(default=1, validator=_count)
     #: Seconds one exchange (connecting included) may take before it counts as a timeout.
     timeout: float = attrs.field(default=10.0, validator=_number(positive=True, optional=False))
+    #: Send a PROXY protocol header of this version (1 or 2) before each handshake, as a
+    #: load balancer would, to exercise ``serve --proxy-protocol`` without one.
+    proxy_protocol: int | None = attrs.field(default=None, validator=attrs.validators.in_((None, 1, 2)))
 
     def __attrs_post_init__(self) -> None:
         if self.duration is not None and self.requests is not None:
@@ -307,6 +311,8 @@ class _Connection:
         raw = socket.socket(target.family, socket.SOCK_STREAM)
         try:
             await _connect(raw, target)
+            if target.proxy_protocol is not None:
+                _send_proxy_header(raw, target.proxy_protocol)
             sock = ctx.wrap_socket(raw, server_hostname=target.server_hostname, do_handshake_on_connect=False)
         except BaseException:
             raw.close()
@@ -362,6 +368,14 @@ class _Connection:
         self._sock.close()
 
 
+def _send_proxy_header(raw: socket.socket, version: int) -> None:
+    encode = encode_v1 if version == 1 else encode_v2
+    header = encode(raw.getsockname()[:2], raw.getpeername()[:2])
+    # A fresh connection's send buffer is empty: the header (at most 108 bytes) fits.
+    if raw.send(header) != len(header):
+        raise OSError(errno.EAGAIN, "could not send the PROXY header at once")
+
+
 async def _connect(raw: socket.socket, target: _Target) -> None:
     raw.setblocking(False)
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -382,6 +396,7 @@ class _Target:
     family: socket.AddressFamily
     sockaddr: tuple[Any, ...]
     server_hostname: str
+    proxy_protocol: int | None = None
 
     @classmethod
     async def resolve(cls, config: LoadConfig) -> _Target:
@@ -391,7 +406,8 @@ class _Target:
         except socket.gaierror as exc:
             raise ClientError(f"cannot connect to {address}: unknown host ({exc.strerror})") from None
         family, _type, _proto, _name, sockaddr = infos[0]
-        return cls(address, family, tuple(sockaddr), config.client.server_hostname or address.host)
+        hostname = config.client.server_hostname or address.host
+        return cls(address, family, tuple(sockaddr), hostname, config.proxy_protocol)
 
 
 # -- one process's share of the clients -------------------------------------------
@@ -758,6 +774,7 @@ def _config_to_wire(config: LoadConfig) -> dict[str, Any]:
         "warmup": config.warmup,
         "ramp": config.ramp,
         "timeout": config.timeout,
+        "proxy_protocol": config.proxy_protocol,
     }
 
 
