@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from trio_tlsecho import (
     Address,
@@ -267,3 +268,21 @@ async def test_cancelling_the_nursery_stops_the_server(
         nursery.cancel_scope.cancel()
     with pytest.raises(ClientError, match="connection refused"):
         await echo_once(address, client_config, b"after")
+
+
+async def test_connect_and_close_is_not_a_warning(
+    server: Address, client_config: ClientConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="trio_tlsecho")
+
+    def probes() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "handshake failed" in r.getMessage()]
+
+    # What a load balancer's TCP health check or a port scan looks like.
+    probe = await trio.open_tcp_stream(server.host, server.port)
+    await probe.aclose()
+    with trio.fail_after(10):
+        while not probes():
+            await trio.testing.wait_all_tasks_blocked()
+    assert [r.levelno for r in probes()] == [logging.DEBUG]
+    await _assert_still_serves(server, client_config)

@@ -64,6 +64,8 @@ class _Meter(trio.abc.Stream):
         self._idle = 0.0
         self._slack = 0.0
         self._deadline = 0.0
+        #: Bytes received on this connection: none at all means a port probe.
+        self.received = 0
 
     def watch(self, scope: trio.CancelScope, idle: float) -> None:
         self._scope, self._idle, self._slack = scope, idle, min(1.0, idle / 10)
@@ -85,6 +87,7 @@ class _Meter(trio.abc.Stream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         data = await self.transport.receive_some(max_bytes)
+        self.received += len(data)
         self._metrics.bytes_received += len(data)
         self._moved()
         return data
@@ -138,7 +141,10 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
                 await stream.do_handshake()
             except trio.BrokenResourceError as exc:
                 metrics.handshakes[classify_tls_error(exc)] += 1
-                log.warning("%s: handshake failed: %s", where, describe_tls_error(exc))
+                # Connect-and-close with no byte of TLS is a balancer's health check or a
+                # port scan: worth a count, not a warning every few seconds.
+                level = logging.DEBUG if meter.received == 0 else logging.WARNING
+                log.log(level, "%s: handshake failed: %s", where, describe_tls_error(exc))
                 await _send_alert(stream)
                 return
         if scope.cancelled_caught:
