@@ -55,13 +55,7 @@ def balanced(tmp_path: Path, pki: Path) -> Iterator[tuple[Address, list[Instance
             frontend.listen(64)
             port = frontend.getsockname()[1]
             config = tmp_path / "haproxy.cfg"
-            config.write_text(
-                "global\n  maxconn 256\n"
-                "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n"
-                f"frontend tls\n  bind fd@{frontend.fileno()}\n  default_backend echo\n"
-                "backend echo\n  balance roundrobin\n"
-                + "".join(f"  server s{i} {inst.address} send-proxy-v2\n" for i, inst in enumerate(instances))
-            )
+            config.write_text(_readme_config(frontend.fileno(), [inst.address for inst in instances]))
             fds = [frontend.fileno()]
             check = subprocess.run(
                 [haproxy, "-c", "-f", str(config)], capture_output=True, text=True, timeout=30, pass_fds=fds
@@ -76,6 +70,25 @@ def balanced(tmp_path: Path, pki: Path) -> Iterator[tuple[Address, list[Instance
         # HAProxy holds the frontend socket now; ours is closed.
         cleanup.callback(lambda: (proc.terminate(), proc.communicate(timeout=30)))
         yield Address("127.0.0.1", port), instances
+
+
+def _readme_config(fd: int, backends: list[str]) -> str:
+    """The README's HAProxy configuration, with our frontend socket and instances in it."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme[readme.index("<!-- haproxy-config") :]
+    start = block.index("```\n") + 4
+    text = block[start : block.index("\n```", start)]
+    servers = iter(backends)
+    lines = []
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] == ["bind"]:
+            line = f"    bind fd@{fd}"
+        elif words[:1] == ["server"]:
+            line = " ".join(["   ", *words[:2], next(servers), *words[3:]])
+        lines.append(line)
+    assert next(servers, None) is None, "the README's backend lists as many servers as we start"
+    return "\n".join(lines) + "\n"
 
 
 def _kill(instances: list[Instance]) -> None:
