@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from trio_tlsecho import (
     Address,
@@ -213,3 +214,31 @@ def test_cli_metrics(tmp_path: Path, pki: Path) -> None:
         proc.terminate()
         proc.communicate(timeout=30)
     assert proc.returncode == 0
+
+
+async def test_metrics_match_a_load_run(
+    nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    from trio_tlsecho import LoadConfig, run_load
+
+    metrics = ServerMetrics()
+    [address] = await nursery.start(
+        lambda task_status: serve(server_config, metrics=metrics, task_status=task_status)
+    )
+    config = LoadConfig(
+        address=address, client=client_config, clients=4, requests=60, new_connection_per_request=True
+    )
+    report = await run_load(config)
+    assert report.round_trips == 60
+    assert report.error_count == 0
+    # Each round trip was one connection and one handshake, and the server saw exactly those.
+    with trio.fail_after(10):
+        while metrics.connections_open:  # the last closes are still being processed
+            await trio.testing.wait_all_tasks_blocked()
+    assert metrics.connections_total == 60
+    assert metrics.handshakes["ok"] == 60
+    assert metrics.handshake_failures == 0
+    assert metrics.handshake_seconds.count == metrics.connection_seconds.count == 60
+    # Wire bytes carry the echoed payload plus TLS framing and handshakes.
+    assert metrics.bytes_received > report.bytes_sent
+    assert metrics.bytes_sent > report.bytes_received
