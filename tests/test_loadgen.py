@@ -432,3 +432,31 @@ async def test_proxy_header_to_a_server_not_expecting_it_fails(
     report = await run_load(config)
     assert report.round_trips == 0
     assert sum(report.errors.values()) > 0
+
+
+@pytest.mark.parametrize("tickets", [True, False])
+async def test_resume_uses_session_tickets_when_the_server_issues_them(
+    nursery: trio.Nursery,
+    server_config: ServerConfig,
+    client_config: ClientConfig,
+    caplog: pytest.LogCaptureFixture,
+    tickets: bool,
+) -> None:
+    [address] = await start_server(nursery, server_config, session_tickets=tickets)
+    config = LoadConfig(
+        address=address,
+        client=client_config,
+        clients=2,
+        requests=20,
+        new_connection_per_request=True,
+        resume=True,
+    )
+    report = await run_load(config)
+    assert report.round_trips == 20
+    assert report.error_count == 0
+    # Each client's first handshake is a full one; every later one can resume.
+    assert report.resumed == (18 if tickets else 0)
+    resumed_lines = [r for r in caplog.records if " resumed subject=" in r.getMessage()]
+    assert len(resumed_lines) == report.resumed
+    # A resumed session still carries the verified client certificate.
+    assert all("CN=client" in r.getMessage() for r in resumed_lines)

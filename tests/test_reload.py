@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -211,3 +212,32 @@ def test_sighup_reloads_and_revokes_via_cli(certs: Path, tmp_path: Path) -> None
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=15)
     assert proc.returncode == 0
+
+
+async def test_reload_ends_outstanding_session_tickets(nursery: trio.Nursery, certs: Path) -> None:
+    from trio_tlsecho import LoadConfig, client_context
+    from trio_tlsecho._loadgen import _Connection, _Target
+
+    reloads = Reloads()
+    config = _config(certs, session_tickets=True)
+    [address] = await nursery.start(
+        lambda task_status: serve(config, reload_trigger=reloads.receive.receive, task_status=task_status)
+    )
+    client = ClientConfig(tls=TLSFiles.from_dir(certs, "client"))
+    target = await _Target.resolve(LoadConfig(address=address, client=client, requests=1))
+    ctx = client_context(client)
+
+    async def connect(session: ssl.SSLSession | None) -> tuple[bool, ssl.SSLSession | None]:
+        conn = await _Connection.open(target, ctx, session)
+        await conn.send_all(memoryview(b"x"))
+        assert await conn.receive_into(memoryview(bytearray(1))) == 1  # the ticket came before the echo
+        resumed, session = conn.resumed, conn.session
+        conn.close()
+        return resumed, session
+
+    _, session = await connect(None)
+    resumed, session = await connect(session)
+    assert resumed  # tickets work...
+    await reloads.reload()
+    resumed, _ = await connect(session)
+    assert not resumed  # ...until a reload: a revoked client cannot ride an old ticket

@@ -161,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=address_type,
         help="serve Prometheus metrics over plain HTTP at http://HOST:PORT/metrics (off by default)",
     )
+    p.add_argument(
+        "--session-tickets",
+        action="store_true",
+        help="let returning clients resume TLS sessions (abbreviated handshakes; see README)",
+    )
     g = p.add_argument_group("behind a load balancer")
     g.add_argument(
         "--proxy-protocol",
@@ -311,6 +316,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         shutdown_grace=args.shutdown_grace,
         keylog=args.keylog,
         proxy_protocol=args.proxy_protocol,
+        session_tickets=args.session_tickets,
         proxy_from=args.proxy_from,
     )
     if config.proxy_from and not config.proxy_protocol:

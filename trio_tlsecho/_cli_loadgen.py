@@ -143,6 +143,11 @@ def add_loadgen_parser(subparsers: SubParsers) -> None:
         "--server-name", metavar="NAME", help="name to verify in the server certificate (default: the host)"
     )
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="resume the previous TLS session on each reconnect (serve --session-tickets)",
+    )
+    p.add_argument(
         "--proxy-protocol",
         choices=["v1", "v2"],
         help="send a PROXY protocol header before each handshake (for serve --proxy-protocol)",
@@ -171,6 +176,7 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
         workers=args.workers,
         timeout=args.timeout,
         proxy_protocol=int(args.proxy_protocol[1]) if args.proxy_protocol else None,
+        resume=args.resume,
     )
 
 

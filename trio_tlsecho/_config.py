@@ -216,6 +216,10 @@ class ServerConfig:
     shutdown_grace: float = attrs.field(default=DEFAULT_SHUTDOWN_GRACE, validator=_check_grace)
     #: Write TLS secrets here (NSS key log format, for Wireshark).  Debugging only.
     keylog: Path | None = attrs.field(default=None, converter=_to_optional_path)
+    #: Issue TLS session tickets so that returning clients resume with an abbreviated
+    #: handshake.  Off by default: a resumed session skips certificate verification,
+    #: so a revocation takes effect for it only when the ticket keys change (reload).
+    session_tickets: bool = False
     #: Bind listeners with SO_REUSEPORT, so that several processes share a port and
     #: the kernel spreads connections among them (``serve --workers``).
     reuse_port: bool = False

@@ -222,10 +222,11 @@ async def _run_handler(conn: Connection, server: ServerState, where: str, meter:
     metrics.connections_total += 1
     try:
         log.info(
-            "%s: connected %s %s subject=%s issuer=%s sha256=%s; %d client%s connected",
+            "%s: connected %s %s%s subject=%s issuer=%s sha256=%s; %d client%s connected",
             where,
             conn.tls_version,
             conn.cipher,
+            " resumed" if conn.stream.session_reused else "",
             conn.identity.subject,
             conn.identity.issuer,
             conn.identity.fingerprint_sha256,

@@ -189,6 +189,9 @@ class LoadConfig:
     workers: int = attrs.field(default=1, validator=_count)
     #: Seconds one exchange (connecting included) may take before it counts as a timeout.
     timeout: float = attrs.field(default=10.0, validator=_number(positive=True, optional=False))
+    #: Offer the previous connection's TLS session on every reconnect (abbreviated
+    #: handshakes, if the server issues tickets: ``serve --session-tickets``).
+    resume: bool = False
     #: Send a PROXY protocol header of this version (1 or 2) before each handshake, as a
     #: load balancer would, to exercise ``serve --proxy-protocol`` without one.
     proxy_protocol: int | None = attrs.field(default=None, validator=attrs.validators.in_((None, 1, 2)))
@@ -307,13 +310,17 @@ class _Connection:
         self.waits = 0
 
     @classmethod
-    async def open(cls, target: _Target, ctx: ssl.SSLContext) -> _Connection:
+    async def open(
+        cls, target: _Target, ctx: ssl.SSLContext, session: ssl.SSLSession | None = None
+    ) -> _Connection:
         raw = socket.socket(target.family, socket.SOCK_STREAM)
         try:
             await _connect(raw, target)
             if target.proxy_protocol is not None:
                 _send_proxy_header(raw, target.proxy_protocol)
-            sock = ctx.wrap_socket(raw, server_hostname=target.server_hostname, do_handshake_on_connect=False)
+            sock = ctx.wrap_socket(
+                raw, server_hostname=target.server_hostname, do_handshake_on_connect=False, session=session
+            )
         except BaseException:
             raw.close()
             raise
@@ -354,6 +361,15 @@ class _Connection:
             except ssl.SSLWantWriteError:
                 self.waits += 1
                 await trio.lowlevel.wait_writable(sock)
+
+    @property
+    def session(self) -> ssl.SSLSession | None:
+        """The TLS session to resume later (with TLS 1.3, known once a ticket was read)."""
+        return self._sock.session
+
+    @property
+    def resumed(self) -> bool:
+        return bool(self._sock.session_reused)
 
     def close(self) -> None:
         """Close now, with a close_notify if it can go out without waiting."""
@@ -484,6 +500,7 @@ class _Client:
         self.local_index = local_index
         self.rng = random.Random(self.index)
         self.conn: _Connection | None = None
+        self.session: ssl.SSLSession | None = None
         self.buffer = memoryview(bytearray(min(run.config.sizes.high, 65536)))
         self.schedule: OpenLoopSchedule | None = None
         self.k = 0
@@ -565,9 +582,9 @@ class _Client:
 
     async def _connect(self, began: float, *, counting: bool) -> None:
         run = self.run
-        self.conn = await _Connection.open(run.target, run.ssl_context)
+        self.conn = await _Connection.open(run.target, run.ssl_context, self.session)
         if counting:
-            run.recorder.handshake_done(int((_now() - began) * 1e6))
+            run.recorder.handshake_done(int((_now() - began) * 1e6), resumed=self.conn.resumed)
 
     def _failed(self, exc: BaseException, *, during_handshake: bool, counting: bool) -> None:
         kind = classify_error(exc, during_handshake=during_handshake)
@@ -648,6 +665,8 @@ class _Client:
     async def _close(self) -> None:
         if self.conn is not None:
             conn, self.conn = self.conn, None
+            if self.run.config.resume:
+                self.session = conn.session
             conn.close()
         await trio.lowlevel.checkpoint()
 
@@ -775,6 +794,7 @@ def _config_to_wire(config: LoadConfig) -> dict[str, Any]:
         "ramp": config.ramp,
         "timeout": config.timeout,
         "proxy_protocol": config.proxy_protocol,
+        "resume": config.resume,
     }
 
 

@@ -129,6 +129,8 @@ class LoadReport:
     bytes_sent: int = 0
     bytes_received: int = 0
     mismatches: int = 0
+    #: Handshakes that resumed an earlier TLS session (``loadgen --resume``).
+    resumed: int = 0
     #: Count for every kind in :data:`ERROR_KINDS`, zeros included.
     errors: Mapping[str, int] = attrs.field(factory=dict, converter=_to_errors)
     #: Round-trip latency histogram (µs), HdrHistogram's compressed base64 encoding.
@@ -171,6 +173,7 @@ class LoadReport:
             "mismatches": self.mismatches,
             "latency_us": _summary(self.latency_histogram(), LATENCY_PERCENTILES),
             "handshake_us": _summary(self.handshake_histogram(), HANDSHAKE_PERCENTILES),
+            "handshakes_resumed": self.resumed,
         }
 
     def to_wire(self) -> dict[str, Any]:
@@ -184,6 +187,7 @@ class LoadReport:
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
             "mismatches": self.mismatches,
+            "resumed": self.resumed,
             "errors": dict(self.errors),
             "latency": self.latency,
             "handshake": self.handshake,
@@ -225,6 +229,7 @@ def merge(reports: Sequence[LoadReport]) -> LoadReport:
         bytes_sent=sum(r.bytes_sent for r in reports),
         bytes_received=sum(r.bytes_received for r in reports),
         mismatches=sum(r.mismatches for r in reports),
+        resumed=sum(r.resumed for r in reports),
         errors=errors,
         latency=latency.encode(),
         handshake=handshake.encode(),
@@ -241,6 +246,7 @@ class Recorder:
     bytes_sent: int = 0
     bytes_received: int = 0
     mismatches: int = 0
+    resumed: int = 0
     errors: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(ERROR_KINDS, 0))
     latency: Histogram = attrs.field(factory=Histogram)
     handshake: Histogram = attrs.field(factory=Histogram)
@@ -263,8 +269,9 @@ class Recorder:
     def error(self, kind: ErrorKind) -> None:
         self.errors[kind] += 1
 
-    def handshake_done(self, latency_us: int) -> None:
+    def handshake_done(self, latency_us: int, *, resumed: bool = False) -> None:
         self.handshake.record(latency_us)
+        self.resumed += resumed
 
     @property
     def error_count(self) -> int:
@@ -280,6 +287,7 @@ class Recorder:
             bytes_sent=self.bytes_sent,
             bytes_received=self.bytes_received,
             mismatches=self.mismatches,
+            resumed=self.resumed,
             errors=self.errors,
             latency=self.latency.encode(),
             handshake=self.handshake.encode(),
@@ -307,7 +315,7 @@ def format_report(report: LoadReport, *, title: str | None = None) -> str:
         (
             "handshake (µs)",
             f"p50 {hs['p50']:,}  p99 {hs['p99']:,}  max {hs['max']:,}"
-            f"  ({report.handshake_histogram().count:,} handshakes)",
+            f"  ({report.handshake_histogram().count:,} handshakes, {report.resumed:,} resumed)",
         ),
         ("read / write ops", f"{report.read_ops:,} / {report.write_ops:,}"),
         ("bytes sent / recv", f"{report.bytes_sent:,} / {report.bytes_received:,}"),

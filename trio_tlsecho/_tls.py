@@ -11,9 +11,11 @@ Errors from OpenSSL are terse (``[X509: KEY_VALUES_MISMATCH]``).  Loading is
 split into steps (read the file, load the chain, load the CA) so that each
 failure can be reported as one line naming the file and what is wrong with it.
 
-TLS 1.3 session tickets are switched off (``num_tickets = 0``): nobody here
-resumes sessions yet, and tickets sent right after the handshake are what
-turned a clean close into a reset in trio #819 / openssl #7948.
+Session tickets are off unless asked for (``session_tickets``): tickets sent
+right after the handshake are what turned a clean close into a reset in trio
+#819 / openssl #7948, and a resumed session is not verified again.  When on,
+OpenSSL's ticket keys live in the context, so a reload (a new context) also
+ends every outstanding ticket: a CRL reload then applies to everyone.
 """
 
 from __future__ import annotations
@@ -39,7 +41,11 @@ def server_context(config: ServerConfig) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _apply_policy(ctx, config.min_tls_version)
     ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.num_tickets = 0
+    if config.session_tickets:
+        ctx.num_tickets = 1
+    else:
+        ctx.num_tickets = 0  # TLS 1.3
+        ctx.options |= ssl.OP_NO_TICKET  # TLS 1.2
     _load_identity(ctx, config.tls)
     _load_ca(ctx, config.tls.ca)
     if config.crl is not None:
