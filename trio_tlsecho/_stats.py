@@ -158,8 +158,12 @@ class LoadReport:
         return Histogram.decode(self.handshake)
 
     def to_json(self) -> dict[str, Any]:
-        """The summary object ``loadgen --json`` writes (its keys are a documented interface)."""
-        return {
+        """The summary object ``loadgen --json`` writes (its keys are a documented interface).
+
+        ``handshakes_resumed`` is added only when a session was resumed (``--resume``),
+        so that the object of every other run is exactly the documented one.
+        """
+        summary = {
             "clients": self.clients,
             "seconds": round(self.seconds, 6),
             "round_trips": self.round_trips,
@@ -173,8 +177,10 @@ class LoadReport:
             "mismatches": self.mismatches,
             "latency_us": _summary(self.latency_histogram(), LATENCY_PERCENTILES),
             "handshake_us": _summary(self.handshake_histogram(), HANDSHAKE_PERCENTILES),
-            "handshakes_resumed": self.resumed,
         }
+        if self.resumed:
+            summary["handshakes_resumed"] = self.resumed
+        return summary
 
     def to_wire(self) -> dict[str, Any]:
         """Everything, histograms included: how a worker process hands its report over."""
