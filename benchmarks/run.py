@@ -44,8 +44,7 @@ from typing import Any
 
 import trio
 
-from trio_tlsecho import Address, ClientConfig, TLSFiles, make_dev_pki, open_client
-from trio_tlsecho._loadgen import LoadConfig, run_load
+from trio_tlsecho import Address, ClientConfig, LoadConfig, TLSFiles, make_dev_pki, open_client, run_load
 from trio_tlsecho._stats import Histogram, LoadReport, merge
 from trio_tlsecho._tls import client_context
 

@@ -26,17 +26,9 @@ from trio_tlsecho import (
     echo,
 )
 from trio_tlsecho._cli_loadgen import add_loadgen_parser, describe, verdict
-from trio_tlsecho._loadgen import (
-    LoadConfig,
-    OpenLoopSchedule,
-    Progress,
-    SizeRange,
-    _config_from_wire,
-    _config_to_wire,
-    classify_error,
-    run_load,
-    split,
-)
+from trio_tlsecho._loadconfig import LoadConfig, OpenLoopSchedule, Progress, SizeRange, classify_error, split
+from trio_tlsecho._loadgen import run_load
+from trio_tlsecho._loadworkers import _config_from_wire, _config_to_wire
 from trio_tlsecho._stats import ERROR_KINDS, ErrorKind, LoadReport
 
 from .conftest import start_server

@@ -216,7 +216,7 @@ def test_sighup_reloads_and_revokes_via_cli(certs: Path, tmp_path: Path) -> None
 
 async def test_reload_ends_outstanding_session_tickets(nursery: trio.Nursery, certs: Path) -> None:
     from trio_tlsecho import LoadConfig, client_context
-    from trio_tlsecho._loadgen import _Connection, _Target
+    from trio_tlsecho._loadclient import _Connection, _Target
 
     reloads = Reloads()
     config = _config(certs, session_tickets=True)

@@ -25,8 +25,8 @@ from ._handlers import Connection as Connection
 from ._handlers import Handler as Handler
 from ._handlers import discard as discard
 from ._handlers import echo as echo
-from ._loadgen import LoadConfig as LoadConfig
-from ._loadgen import SizeRange as SizeRange
+from ._loadconfig import LoadConfig as LoadConfig
+from ._loadconfig import SizeRange as SizeRange
 from ._loadgen import run_load as run_load
 from ._metrics import ServerMetrics as ServerMetrics
 from ._metrics import serve_metrics as serve_metrics

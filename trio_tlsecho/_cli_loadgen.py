@@ -19,7 +19,8 @@ import trio
 from ._cli_common import PROG, add_tls_flags, address, positive_int, require_files, seconds, tls_files
 from ._config import DEFAULT_HOST, DEFAULT_PORT, Address, ClientConfig
 from ._exceptions import ConfigError
-from ._loadgen import LoadConfig, Progress, SizeRange, run_load
+from ._loadconfig import LoadConfig, Progress, SizeRange
+from ._loadgen import run_load
 from ._stats import LoadReport, format_progress, format_report
 
 if TYPE_CHECKING:
