@@ -7,9 +7,10 @@ touch another.  ``trio.Cancelled`` and other ``BaseException``s are left alone s
 that shutdown still works.
 
 Timeouts: the handshake runs under one total deadline (a peer dribbling a byte
-a second gets no extension), and the established connection under an idle
-deadline that moves forward whenever bytes move in either direction, so a peer
-that stops reading is as idle as one that stops writing.
+a second gets no extension); the established connection is watched by the
+server's :class:`~._meter.Liveness`, which cancels it once no byte has moved in
+either direction for the idle timeout, so a peer that stops reading is as idle
+as one that stops writing.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import trio
 
 from ._config import Network, ServerConfig, format_address
 from ._handlers import Connection, Handler
+from ._meter import Liveness, Meter
 from ._metrics import ServerMetrics
 from ._proxy import ProxyProtocolError, read_header
 from ._tls import classify_tls_error, describe_tls_error, peer_identity
@@ -47,53 +49,10 @@ class ServerState:
     metrics: ServerMetrics = attrs.Factory(ServerMetrics)
     #: Free connection slots when ``max_connections`` is set.
     slots: trio.Semaphore | None = None
+    liveness: Liveness = attrs.field(init=False)
 
-
-class _Meter(trio.abc.Stream):
-    """The TCP stream under TLS: counts wire bytes, and pushes the idle deadline forward.
-
-    Moving a cancel-scope deadline is a heap operation in trio, so it is done only
-    when the deadline would move by more than ``slack``: at most ~10 updates per
-    idle period however many small reads and writes there are.
-    """
-
-    def __init__(self, transport: trio.SocketStream, metrics: ServerMetrics) -> None:
-        self.transport = transport
-        self._metrics = metrics
-        self._scope: trio.CancelScope | None = None
-        self._idle = 0.0
-        self._slack = 0.0
-        self._deadline = 0.0
-        #: Bytes received on this connection: none at all means a port probe.
-        self.received = 0
-
-    def watch(self, scope: trio.CancelScope, idle: float) -> None:
-        self._scope, self._idle, self._slack = scope, idle, min(1.0, idle / 10)
-        self._deadline = scope.deadline = trio.current_time() + idle
-
-    def _moved(self) -> None:
-        if self._scope is not None:
-            deadline = trio.current_time() + self._idle
-            if deadline - self._deadline > self._slack:
-                self._deadline = self._scope.deadline = deadline
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.transport.send_all(data)
-        self._metrics.bytes_sent += len(data)
-        self._moved()
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.transport.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        data = await self.transport.receive_some(max_bytes)
-        self.received += len(data)
-        self._metrics.bytes_received += len(data)
-        self._moved()
-        return data
-
-    async def aclose(self) -> None:
-        await self.transport.aclose()
+    def __attrs_post_init__(self) -> None:
+        self.liveness = Liveness(self.metrics, self.config.idle_timeout)
 
 
 def _peer_address(stream: trio.SocketStream) -> tuple[str, int]:
@@ -124,7 +83,7 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
     started = trio.current_time()
     peer = _peer_address(tcp)
     where = format_address(*peer)
-    meter = _Meter(tcp, metrics)
+    meter = Meter(tcp)
     stream: trio.SSLStream[Any] = trio.SSLStream(meter, server.ssl_context, server_side=True)
     try:
         # One deadline for the PROXY header and the handshake together: a peer gets
@@ -185,6 +144,7 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
         finally:
             metrics.connection_seconds.observe(trio.current_time() - verified)
     finally:
+        server.liveness.forget(meter)  # before closing: the peer's EOF means "counted"
         await trio.aclose_forcefully(stream)
 
 
@@ -216,7 +176,7 @@ def _address_in(host: str, networks: tuple[Network, ...]) -> bool:
     return any(address in network for network in networks)
 
 
-async def _run_handler(conn: Connection, server: ServerState, where: str, meter: _Meter) -> None:
+async def _run_handler(conn: Connection, server: ServerState, where: str, meter: Meter) -> None:
     metrics, idle_timeout = server.metrics, server.config.idle_timeout
     metrics.connections_open += 1
     metrics.connections_total += 1
@@ -234,8 +194,7 @@ async def _run_handler(conn: Connection, server: ServerState, where: str, meter:
             "" if metrics.connections_open == 1 else "s",
         )
         with trio.CancelScope() as idle_scope:
-            if idle_timeout is not None:
-                meter.watch(idle_scope, idle_timeout)
+            server.liveness.watch(meter, idle_scope, trio.current_time())
             await server.handler(conn)
         if idle_scope.cancelled_caught:
             metrics.idle_closed += 1

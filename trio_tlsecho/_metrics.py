@@ -13,7 +13,8 @@ must not share counters).
 
 Byte counters are *wire* bytes (TLS records included), counted on the TCP
 stream under TLS: what the network carries, and what the peer's TCP stream
-counts too.
+counts too.  They reach these slots once a second and when a connection ends
+(:mod:`._meter`), which keeps the per-read cost to one integer addition.
 """
 
 from __future__ import annotations

@@ -101,6 +101,7 @@ async def serve(
                 nursery.start_soon(listener.run)
             task_status.started([listener.address for listener in listeners])
             async with trio.open_nursery() as control:
+                control.start_soon(state.liveness.run)
                 if reload_trigger is not None:
                     control.start_soon(_reload_forever, reload_trigger, state)
                 if shutdown_trigger is None:

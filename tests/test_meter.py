@@ -1,0 +1,83 @@
+"""Liveness: byte counts flushed to the metrics, idle connections cancelled (sans-io sweeps)."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from trio_tlsecho import ServerMetrics
+from trio_tlsecho._meter import Liveness, Meter
+
+
+def _meter() -> Meter:
+    send, _ = trio.testing.memory_stream_pair()
+    return Meter(send)
+
+
+async def test_sweep_flushes_bytes_and_cancels_only_the_idle() -> None:
+    metrics = ServerMetrics()
+    live = Liveness(metrics, idle_timeout=30)
+    assert live.period == 1.0
+    busy, quiet = _meter(), _meter()
+    busy_scope, quiet_scope = trio.CancelScope(), trio.CancelScope()
+    live.watch(busy, busy_scope, now=0)
+    live.watch(quiet, quiet_scope, now=0)
+    for second in range(1, 31):
+        busy.received += 10
+        busy.sent += 5
+        live.sweep(now=second)
+    assert (metrics.bytes_received, metrics.bytes_sent) == (300, 150)
+    assert quiet_scope.cancel_called  # 30 s without a byte
+    assert not busy_scope.cancel_called
+
+
+async def test_writes_alone_keep_a_connection_alive() -> None:
+    live = Liveness(ServerMetrics(), idle_timeout=10)
+    assert live.period == 1.0
+    meter, scope = _meter(), trio.CancelScope()
+    live.watch(meter, scope, now=0)
+    for second in range(1, 50):
+        meter.sent += 1
+        live.sweep(now=second)
+    assert not scope.cancel_called
+
+
+async def test_forget_counts_the_last_bytes_and_stops_watching() -> None:
+    metrics = ServerMetrics()
+    live = Liveness(metrics, idle_timeout=None)
+    meter = _meter()
+    meter.received = 7  # the handshake, before the connection was watched
+    live.watch(meter, None, now=0)
+    live.sweep(now=1)
+    meter.received += 3
+    meter.sent += 4
+    live.forget(meter)
+    assert (metrics.bytes_received, metrics.bytes_sent) == (10, 4)
+    assert len(live) == 0
+    unwatched = _meter()
+    unwatched.received = 5  # refused during the handshake: never watched
+    live.forget(unwatched)
+    assert metrics.bytes_received == 15
+
+
+async def test_no_idle_timeout_never_cancels() -> None:
+    live = Liveness(ServerMetrics(), idle_timeout=None)
+    scope = trio.CancelScope()
+    live.watch(_meter(), scope, now=0)
+    live.sweep(now=10**9)
+    assert not scope.cancel_called
+
+
+async def test_short_timeouts_sweep_more_often() -> None:
+    assert Liveness(ServerMetrics(), idle_timeout=2).period == 0.2
+
+
+async def test_meter_counts_what_moves() -> None:
+    a, b = trio.testing.memory_stream_pair()
+    meter = Meter(a)
+    await meter.send_all(b"hello")
+    assert await b.receive_some(10) == b"hello"
+    await b.send_all(b"abc")
+    assert await meter.receive_some(10) == b"abc"
+    assert (meter.sent, meter.received) == (5, 3)
+    await meter.aclose()

@@ -1,0 +1,114 @@
+"""Byte counts and idle timeouts for live connections, swept once a period.
+
+Theory of operation
+-------------------
+The per-operation path must stay as cheap as possible: a :class:`Meter` (the
+TCP stream under TLS) only adds the length of what moved to two plain ints.
+Everything else happens in :class:`Liveness`, one task per server that wakes
+every ``period`` seconds and, for each watched connection,
+
+* adds the bytes moved since the last sweep to the server's metrics (and a
+  connection's last bytes when it ends, so the totals are exact), and
+* cancels the handler of a connection that has moved no byte, in either
+  direction, for ``idle_timeout`` seconds.
+
+Moving a cancel-scope deadline on every read and write was the alternative; it
+is a heap operation in trio, and it cost more than the whole meter does now.
+The price is granularity: a connection is closed between ``idle_timeout`` and
+``idle_timeout + period`` after its last byte, and ``period`` is at most a
+tenth of the timeout.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NoReturn
+
+import attrs
+import trio
+
+from ._metrics import ServerMetrics
+
+
+class Meter(trio.abc.Stream):
+    """A stream that counts the bytes moving through it, and nothing more."""
+
+    __slots__ = ("received", "sent", "transport")
+
+    def __init__(self, transport: trio.abc.Stream) -> None:
+        self.transport = transport
+        self.received = 0
+        self.sent = 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.transport.send_all(data)
+        self.sent += len(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.transport.receive_some(max_bytes)
+        self.received += len(data)
+        return data
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+
+@attrs.define(eq=False)
+class _Watched:
+    scope: trio.CancelScope | None
+    last_moved: float
+    received: int = 0  # what has been added to the metrics so far
+    sent: int = 0
+
+
+class Liveness:
+    """The live connections of one server: their byte counts and their idleness."""
+
+    def __init__(self, metrics: ServerMetrics, idle_timeout: float | None) -> None:
+        self.metrics = metrics
+        self.idle_timeout = idle_timeout
+        self.period = min(1.0, idle_timeout / 10) if idle_timeout is not None else 1.0
+        self._watched: dict[Meter, _Watched] = {}
+
+    def __len__(self) -> int:
+        return len(self._watched)
+
+    def watch(self, meter: Meter, scope: trio.CancelScope | None, now: float) -> None:
+        """Count *meter*'s bytes; cancel *scope* if it idles (``None``: count only)."""
+        watched = self._watched.get(meter)
+        if watched is None:
+            self._watched[meter] = _Watched(scope, now)
+        else:
+            watched.scope, watched.last_moved = scope, now
+
+    def forget(self, meter: Meter) -> None:
+        """The connection is over: count its last bytes and stop watching it."""
+        watched = self._watched.pop(meter, None) or _Watched(None, 0.0)
+        self._flush(meter, watched)
+
+    def sweep(self, now: float) -> None:
+        """Flush byte counts, and cancel connections idle for ``idle_timeout``."""
+        idle = self.idle_timeout if self.idle_timeout is not None else math.inf
+        for meter, watched in self._watched.items():
+            if self._flush(meter, watched):
+                watched.last_moved = now
+            elif watched.scope is not None and now - watched.last_moved >= idle:
+                watched.scope.cancel()
+
+    def _flush(self, meter: Meter, watched: _Watched) -> bool:
+        received, sent = meter.received - watched.received, meter.sent - watched.sent
+        if not (received or sent):
+            return False
+        self.metrics.bytes_received += received
+        self.metrics.bytes_sent += sent
+        watched.received, watched.sent = meter.received, meter.sent
+        return True
+
+    async def run(self) -> NoReturn:
+        """Sweep every ``period`` seconds, until cancelled."""
+        while True:
+            await trio.sleep(self.period)
+            self.sweep(trio.current_time())
