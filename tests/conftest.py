@@ -31,9 +31,10 @@ def other_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-@pytest.fixture
-def server_config(pki: Path) -> ServerConfig:
-    return ServerConfig(tls=TLSFiles.from_dir(pki, "server"), listen=["127.0.0.1:0"])
+@pytest.fixture(params=["trio", "socket"])
+def server_config(pki: Path, request: pytest.FixtureRequest) -> ServerConfig:
+    """A server on 127.0.0.1:0, once with each TLS engine: every test that uses it runs twice."""
+    return ServerConfig(tls=TLSFiles.from_dir(pki, "server"), listen=["127.0.0.1:0"], engine=request.param)
 
 
 @pytest.fixture

@@ -23,41 +23,16 @@ from trio_tlsecho import (
     ServerConfig,
     ServerMetrics,
     TLSFiles,
-    client_context,
     echo_once,
+    open_client,
     serve,
     serve_metrics,
 )
 from trio_tlsecho._metrics import HANDSHAKE_RESULTS, Histogram
 
 
-class CountingStream(trio.abc.Stream):
-    """The client's TCP stream, counting wire bytes as the server's meter does."""
-
-    def __init__(self, transport: trio.SocketStream) -> None:
-        self.transport = transport
-        self.sent = 0
-        self.received = 0
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.transport.send_all(data)
-        self.sent += len(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.transport.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        data = await self.transport.receive_some(max_bytes)
-        self.received += len(data)
-        return data
-
-    async def aclose(self) -> None:
-        await self.transport.aclose()
-
-
 async def echo_exactly(conn: Connection) -> None:
-    """Echo one message (its length first, one byte) and hang up: the server closes first,
-    so every byte either side sent has been read by the other when the client sees EOF."""
+    """Echo one message (its length first, one byte) and hang up."""
     want = (await conn.stream.receive_some(1))[0]
     got = b""
     while len(got) < want:
@@ -65,10 +40,8 @@ async def echo_exactly(conn: Connection) -> None:
     await conn.stream.send_all(got)
 
 
-async def _one_exchange(address: Address, client: ClientConfig, payload: bytes) -> CountingStream:
-    tcp = await trio.open_tcp_stream(address.host, address.port)
-    counting = CountingStream(tcp)
-    stream = trio.SSLStream(counting, client_context(client), server_hostname="localhost")
+async def _one_exchange(address: Address, client: ClientConfig, payload: bytes) -> None:
+    stream = await open_client(address, client)
     await stream.send_all(bytes([len(payload)]) + payload)
     got = b""
     while len(got) < len(payload):
@@ -77,7 +50,6 @@ async def _one_exchange(address: Address, client: ClientConfig, payload: bytes) 
     with pytest.raises(trio.BrokenResourceError):  # the server hung up without close_notify
         await stream.receive_some(1000)
     await trio.aclose_forcefully(stream)
-    return counting
 
 
 async def test_counters_are_exact(
@@ -98,9 +70,11 @@ async def test_counters_are_exact(
         lambda task_status: serve(config, metrics=metrics, task_status=task_status)
     )
 
-    clients = [await _one_exchange(address, client_config, bytes([i]) * (10 + i)) for i in range(7)]
-    assert metrics.bytes_received == sum(c.sent for c in clients)
-    assert metrics.bytes_sent == sum(c.received for c in clients)
+    for i in range(7):
+        await _one_exchange(address, client_config, bytes([i]) * (10 + i))
+    # Application bytes: each client sent a length byte and its payload, and got the payload.
+    assert metrics.bytes_received == sum(1 + 10 + i for i in range(7))
+    assert metrics.bytes_sent == sum(10 + i for i in range(7))
     assert metrics.connections_total == 7
     assert metrics.connections_open == 0
 
@@ -239,6 +213,5 @@ async def test_metrics_match_a_load_run(
     assert metrics.handshakes["ok"] == 60
     assert metrics.handshake_failures == 0
     assert metrics.handshake_seconds.count == metrics.connection_seconds.count == 60
-    # Wire bytes carry the echoed payload plus TLS framing and handshakes.
-    assert metrics.bytes_received > report.bytes_sent
-    assert metrics.bytes_sent > report.bytes_received
+    assert metrics.bytes_received == report.bytes_sent
+    assert metrics.bytes_sent == report.bytes_received

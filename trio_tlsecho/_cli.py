@@ -40,6 +40,7 @@ from ._config import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_PORT,
     DEFAULT_SHUTDOWN_GRACE,
+    ENGINES,
     Address,
     ClientConfig,
     ServerConfig,
@@ -160,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         type=address_type,
         help="serve Prometheus metrics over plain HTTP at http://HOST:PORT/metrics (off by default)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="trio",
+        help="TLS engine: trio's SSLStream, or OpenSSL on a non-blocking socket (faster) (default: trio)",
     )
     p.add_argument(
         "--session-tickets",
@@ -317,6 +324,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         keylog=args.keylog,
         proxy_protocol=args.proxy_protocol,
         session_tickets=args.session_tickets,
+        engine=args.engine,
         proxy_from=args.proxy_from,
     )
     if config.proxy_from and not config.proxy_protocol:

@@ -54,6 +54,15 @@ def _check_port(_inst: object, attribute: attrs.Attribute[int], value: int) -> N
 def _check_host(_inst: object, _attribute: attrs.Attribute[str], value: str) -> None:
     if not isinstance(value, str) or not value or any(c.isspace() for c in value):
         raise ConfigError(f"host must be a non-empty name or address, not {value!r}")
+    try:
+        ipaddress.ip_address(value.partition("%")[0])
+    except ValueError:
+        # What the resolver will be asked for: a name IDNA cannot encode (an empty
+        # label, a label over 63 characters) would fail there with a UnicodeError.
+        try:
+            value.encode("idna")
+        except UnicodeError as exc:
+            raise ConfigError(f"bad host name {value!r}: {exc}") from None
 
 
 @attrs.frozen
@@ -80,7 +89,8 @@ class Address:
             host, port = default_host, text
         else:
             raise ConfigError(f"bad address {text!r}: expected HOST:PORT")
-        if not port.isdigit():
+        # isdigit() alone admits "²" and other digits int() refuses.
+        if not (port.isascii() and port.isdigit()):
             raise ConfigError(f"bad address {text!r}: port {port!r} is not a number")
         if not host:
             raise ConfigError(f"bad address {text!r}: host is empty")
@@ -171,6 +181,14 @@ def _to_networks(values: Iterable[str | Network]) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+ENGINES = ("trio", "socket")
+
+
+def _check_engine(_inst: object, _attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {value!r}")
+
+
 def _to_tls_version(value: str | ssl.TLSVersion) -> ssl.TLSVersion:
     if isinstance(value, ssl.TLSVersion):
         if value not in _TLS_VERSIONS.values():
@@ -216,6 +234,9 @@ class ServerConfig:
     shutdown_grace: float = attrs.field(default=DEFAULT_SHUTDOWN_GRACE, validator=_check_grace)
     #: Write TLS secrets here (NSS key log format, for Wireshark).  Debugging only.
     keylog: Path | None = attrs.field(default=None, converter=_to_optional_path)
+    #: The TLS engine: ``"trio"`` (``trio.SSLStream``) or ``"socket"`` (OpenSSL driving a
+    #: non-blocking socket itself, see ``_sslsocket``; less Python per operation).
+    engine: str = attrs.field(default="trio", validator=_check_engine)
     #: Issue TLS session tickets so that returning clients resume with an abbreviated
     #: handshake.  Off by default: a resumed session skips certificate verification,
     #: so a revocation takes effect for it only when the ticket keys change (reload).

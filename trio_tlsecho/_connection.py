@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import socket
 import ssl
 from typing import Any
 
@@ -29,6 +30,7 @@ from ._handlers import Connection, Handler
 from ._meter import Liveness, Meter
 from ._metrics import ServerMetrics
 from ._proxy import ProxyProtocolError, read_header
+from ._sslsocket import SSLSocketStream
 from ._tls import classify_tls_error, describe_tls_error, peer_identity
 
 log = logging.getLogger("trio_tlsecho")
@@ -63,12 +65,15 @@ def _peer_address(stream: trio.SocketStream) -> tuple[str, int]:
     return (str(addr[0]), int(addr[1]))
 
 
-async def _send_alert(stream: trio.SSLStream[Any]) -> None:
+async def _send_alert(stream: trio.SSLStream[Any] | SSLSocketStream) -> None:
     # trio's SSLStream marks itself broken on an SSLError without sending what
     # OpenSSL queued: the alert ("certificate required", "unknown ca") that tells the
     # peer *why*.  Without it a refused client sees only a closed connection.  The
     # queue is SSLStream's private outgoing MemoryBIO, so read it defensively: if a
     # future trio renames it, we lose the alert, not the connection handling.
+    # (The socket engine needs none of this: OpenSSL writes its alerts to the socket.)
+    if not isinstance(stream, trio.SSLStream):
+        return
     outgoing = getattr(stream, "_outgoing", None)
     if not isinstance(outgoing, ssl.MemoryBIO) or not outgoing.pending:
         return
@@ -77,14 +82,49 @@ async def _send_alert(stream: trio.SSLStream[Any]) -> None:
             await stream.transport_stream.send_all(outgoing.read())
 
 
+# After refusing a peer: how long, and how much, we read what it still sends.
+_LINGER_TIMEOUT = 1.0
+_LINGER_BYTES = 256 * 1024
+
+
+async def _linger(stream: trio.SSLStream[Any] | SSLSocketStream) -> None:
+    # Closing a socket with unread bytes in it makes the kernel send a reset, and a
+    # reset can overtake the alert we just sent: a refused client then reads
+    # "connection reset" instead of "certificate required".  So: FIN after the alert,
+    # and read (bounded) until the peer closes too.  Sockets below TLS, either engine.
+    with trio.move_on_after(_LINGER_TIMEOUT):
+        with contextlib.suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            if isinstance(stream, trio.SSLStream):
+                tcp = stream.transport_stream.socket
+                tcp.shutdown(socket.SHUT_WR)
+                drained = 0
+                while drained < _LINGER_BYTES and (data := await tcp.recv(65536)):
+                    drained += len(data)
+            else:
+                raw = stream.socket  # the handshake failed: plain socket calls from here
+                socket.socket.shutdown(raw, socket.SHUT_WR)
+                drained = 0
+                while drained < _LINGER_BYTES:
+                    await trio.lowlevel.wait_readable(raw)
+                    try:
+                        data = socket.socket.recv(raw, 65536)
+                    except BlockingIOError:
+                        continue
+                    if not data:
+                        break
+                    drained += len(data)
+
+
 async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
     """Serve one TCP connection; returns (never raises) when it is over."""
     config, metrics = server.config, server.metrics
     started = trio.current_time()
     peer = _peer_address(tcp)
     where = format_address(*peer)
-    meter = Meter(tcp)
-    stream: trio.SSLStream[Any] = trio.SSLStream(meter, server.ssl_context, server_side=True)
+    stream: trio.SSLStream[Any] | SSLSocketStream | None = None
+    # What handlers read and write, and what the byte counters count: application bytes.
+    # The socket engine counts them itself; trio's SSLStream gets a meter on top.
+    counted: Meter | SSLSocketStream | None = None
     try:
         # One deadline for the PROXY header and the handshake together: a peer gets
         # handshake_timeout to become a verified client, however it spends it.
@@ -96,21 +136,33 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
                     return
                 if real != peer:
                     peer, where = real, f"{format_address(*real)} (via {where})"
+            # Wait for the first byte before any TLS: a connect-and-close without one is
+            # a balancer's health check or a port scan, worth a count, not a warning.
+            probe = not await _first_byte(tcp)
+            if config.engine == "socket":
+                stream = counted = SSLSocketStream.from_socket_stream(
+                    tcp, server.ssl_context, server_side=True
+                )
+            else:
+                stream = trio.SSLStream(tcp, server.ssl_context, server_side=True)
+                counted = Meter(stream)
             try:
                 await stream.do_handshake()
             except trio.BrokenResourceError as exc:
                 metrics.handshakes[classify_tls_error(exc)] += 1
-                # Connect-and-close with no byte of TLS is a balancer's health check or a
-                # port scan: worth a count, not a warning every few seconds.
-                level = logging.DEBUG if meter.received == 0 else logging.WARNING
+                level = logging.DEBUG if probe else logging.WARNING
                 log.log(level, "%s: handshake failed: %s", where, describe_tls_error(exc))
                 await _send_alert(stream)
+                await _linger(stream)
                 return
         if scope.cancelled_caught:
             metrics.handshakes["timeout"] += 1
             what = "PROXY header and handshake" if config.proxy_protocol else "handshake"
             log.warning("%s: %s timed out after %gs", where, what, config.handshake_timeout)
             return
+        # Both were set before the handshake ran.
+        assert stream is not None
+        assert counted is not None
         identity = peer_identity(stream)
         # CERT_REQUIRED makes OpenSSL fail the handshake without a certificate; this
         # guards against a context built elsewhere that forgot it.
@@ -133,19 +185,29 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
         metrics.handshake_seconds.observe(verified - started)
         cipher = stream.cipher()
         conn = Connection(
-            stream=stream,
+            stream=counted,
+            tls=stream,
             peer_address=peer,
             identity=identity,
             tls_version=str(stream.version()),
             cipher=cipher[0] if cipher else "?",
         )
         try:
-            await _run_handler(conn, server, where, meter)
+            await _run_handler(conn, server, where, counted)
         finally:
             metrics.connection_seconds.observe(trio.current_time() - verified)
     finally:
-        server.liveness.forget(meter)  # before closing: the peer's EOF means "counted"
-        await trio.aclose_forcefully(stream)
+        if counted is not None:
+            server.liveness.forget(counted)  # before closing: the peer's EOF means "counted"
+        await trio.aclose_forcefully(stream if stream is not None else tcp)
+
+
+async def _first_byte(tcp: trio.SocketStream) -> bool:
+    """Wait until the peer sends something (without consuming it); ``False`` on EOF."""
+    try:
+        return bool(await tcp.socket.recv(1, socket.MSG_PEEK))
+    except OSError:
+        return False
 
 
 async def _read_proxy_header(
@@ -176,7 +238,9 @@ def _address_in(host: str, networks: tuple[Network, ...]) -> bool:
     return any(address in network for network in networks)
 
 
-async def _run_handler(conn: Connection, server: ServerState, where: str, meter: Meter) -> None:
+async def _run_handler(
+    conn: Connection, server: ServerState, where: str, counted: Meter | SSLSocketStream
+) -> None:
     metrics, idle_timeout = server.metrics, server.config.idle_timeout
     metrics.connections_open += 1
     metrics.connections_total += 1
@@ -186,7 +250,7 @@ async def _run_handler(conn: Connection, server: ServerState, where: str, meter:
             where,
             conn.tls_version,
             conn.cipher,
-            " resumed" if conn.stream.session_reused else "",
+            " resumed" if getattr(conn.tls, "session_reused", False) else "",
             conn.identity.subject,
             conn.identity.issuer,
             conn.identity.fingerprint_sha256,
@@ -194,7 +258,7 @@ async def _run_handler(conn: Connection, server: ServerState, where: str, meter:
             "" if metrics.connections_open == 1 else "s",
         )
         with trio.CancelScope() as idle_scope:
-            server.liveness.watch(meter, idle_scope, trio.current_time())
+            server.liveness.watch(counted, idle_scope, trio.current_time())
             await server.handler(conn)
         if idle_scope.cancelled_caught:
             metrics.idle_closed += 1

@@ -13,6 +13,7 @@ from typing import Protocol
 import attrs
 import trio
 
+from ._sslsocket import TLSStream
 from ._tls import PeerIdentity
 
 # One TLS record carries at most 16 KiB of plaintext; asking for more per read
@@ -24,8 +25,12 @@ RECEIVE_SIZE = 65536
 class Connection:
     """One accepted, verified mutual-TLS connection."""
 
-    #: The TLS stream; read and write plaintext with ``receive_some``/``send_all``.
-    stream: trio.SSLStream[trio.abc.Stream]
+    #: Read and write the plaintext here (``receive_some``/``send_all``/``aclose``).
+    stream: trio.abc.Stream
+    #: The TLS layer itself, for what ``stream`` does not say (``getpeercert()``,
+    #: ``session_reused``...): a ``trio.SSLStream``, or with ``engine="socket"`` an
+    #: ``SSLSocketStream`` with the same methods.
+    tls: TLSStream
     #: ``(host, port)`` of the peer as the socket sees it.
     peer_address: tuple[str, int]
     #: The verified client certificate.

@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-The per-operation path must stay as cheap as possible: a :class:`Meter` (the
-TCP stream under TLS) only adds the length of what moved to two plain ints.
+The per-operation path must stay as cheap as possible: a :class:`Meter` (over
+``trio.SSLStream``; the socket engine counts for itself) only adds the length of
+what moved to two plain ints.
 Everything else happens in :class:`Liveness`, one task per server that wakes
 every ``period`` seconds and, for each watched connection,
 
@@ -22,7 +23,7 @@ tenth of the timeout.
 from __future__ import annotations
 
 import math
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import attrs
 import trio
@@ -56,6 +57,13 @@ class Meter(trio.abc.Stream):
         await self.transport.aclose()
 
 
+class Counted(Protocol):
+    """Anything that counts the bytes it moved (a :class:`Meter`, the socket engine)."""
+
+    received: int
+    sent: int
+
+
 @attrs.define(eq=False)
 class _Watched:
     scope: trio.CancelScope | None
@@ -71,12 +79,12 @@ class Liveness:
         self.metrics = metrics
         self.idle_timeout = idle_timeout
         self.period = min(1.0, idle_timeout / 10) if idle_timeout is not None else 1.0
-        self._watched: dict[Meter, _Watched] = {}
+        self._watched: dict[Counted, _Watched] = {}
 
     def __len__(self) -> int:
         return len(self._watched)
 
-    def watch(self, meter: Meter, scope: trio.CancelScope | None, now: float) -> None:
+    def watch(self, meter: Counted, scope: trio.CancelScope | None, now: float) -> None:
         """Count *meter*'s bytes; cancel *scope* if it idles (``None``: count only)."""
         watched = self._watched.get(meter)
         if watched is None:
@@ -84,7 +92,7 @@ class Liveness:
         else:
             watched.scope, watched.last_moved = scope, now
 
-    def forget(self, meter: Meter) -> None:
+    def forget(self, meter: Counted) -> None:
         """The connection is over: count its last bytes and stop watching it."""
         watched = self._watched.pop(meter, None) or _Watched(None, 0.0)
         self._flush(meter, watched)
@@ -98,7 +106,7 @@ class Liveness:
             elif watched.scope is not None and now - watched.last_moved >= idle:
                 watched.scope.cancel()
 
-    def _flush(self, meter: Meter, watched: _Watched) -> bool:
+    def _flush(self, meter: Counted, watched: _Watched) -> bool:
         received, sent = meter.received - watched.received, meter.sent - watched.sent
         if not (received or sent):
             return False

@@ -11,10 +11,10 @@ into correct exposition text at scrape time, through a custom collector on a
 registry of our own (never the process-global one: two servers in one process
 must not share counters).
 
-Byte counters are *wire* bytes (TLS records included), counted on the TCP
-stream under TLS: what the network carries, and what the peer's TCP stream
-counts too.  They reach these slots once a second and when a connection ends
-(:mod:`._meter`), which keeps the per-read cost to one integer addition.
+Byte counters are application bytes: what handlers read and write (and what a
+load generator counts on its side), the same with either TLS engine.  They
+reach these slots once a second and when a connection ends (:mod:`._meter`),
+which keeps the per-read cost to one integer addition.
 """
 
 from __future__ import annotations
@@ -194,10 +194,10 @@ class ServerMetrics(Collector):
             handshakes.add_metric([result], count)
         yield handshakes
         yield CounterMetricFamily(
-            "tlsecho_received_bytes", "Bytes received on the wire (TLS records)", self.bytes_received
+            "tlsecho_received_bytes", "Application bytes received (TLS plaintext)", self.bytes_received
         )
         yield CounterMetricFamily(
-            "tlsecho_sent_bytes", "Bytes sent on the wire (TLS records)", self.bytes_sent
+            "tlsecho_sent_bytes", "Application bytes sent (TLS plaintext)", self.bytes_sent
         )
         yield CounterMetricFamily("tlsecho_handler_errors", "Handlers that raised", self.handler_errors)
         yield CounterMetricFamily("tlsecho_idle_closed", "Connections closed for idleness", self.idle_closed)
