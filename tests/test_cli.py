@@ -78,6 +78,17 @@ def test_serve_client_and_clean_stop(tmp_path: Path, certs: Path, sig: int) -> N
     assert f"{signal.Signals(sig).name} received, shutting down" in err
 
 
+def test_serve_with_the_socket_engine(tmp_path: Path, certs: Path) -> None:
+    server = Server(["--listen", "127.0.0.1:0", "--engine", "socket"], cwd=tmp_path)
+    try:
+        client = _run("client", "--connect", server.address, cwd=tmp_path)
+    finally:
+        code, err = server.stop()
+    assert client.returncode == 0, client.stderr
+    assert "verdict:               OK" in client.stdout
+    assert code == 0, err
+
+
 def test_serve_makes_dev_certs_on_first_run(tmp_path: Path) -> None:
     server = Server(["--listen", "127.0.0.1:0"], cwd=tmp_path)
     code, err = server.stop()

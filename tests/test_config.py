@@ -82,6 +82,7 @@ def test_config_is_frozen() -> None:
         ({"min_tls_version": "1.1"}, "must be 1.2 or 1.3"),
         ({"min_tls_version": ssl.TLSVersion.TLSv1_1}, "must be 1.2 or 1.3"),
         ({"tls": "certs"}, "must be <class"),
+        ({"engine": "openssl"}, "engine must be one of trio, socket"),
     ],
 )
 def test_server_config_rejects(changes: dict[str, object], message: str) -> None:
