@@ -50,7 +50,7 @@ def _rate(text: str) -> float:
     return value
 
 
-def _non_negativeseconds(text: str) -> float:
+def _non_negative_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -114,14 +114,14 @@ def add_loadgen_parser(subparsers: SubParsers) -> None:
     p.add_argument(
         "--warmup",
         metavar="SECONDS",
-        type=_non_negativeseconds,
+        type=_non_negative_seconds,
         default=0.0,
         help="run this long before measuring (default: 0)",
     )
     p.add_argument(
         "--ramp",
         metavar="SECONDS",
-        type=_non_negativeseconds,
+        type=_non_negative_seconds,
         default=0.0,
         help="start the clients evenly over this time instead of together (default: 0)",
     )
