@@ -101,6 +101,21 @@ def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+async def settled_fd_count(expected: int) -> int:
+    """The open descriptor count once every task has run out of work.
+
+    After refusing a peer the server half-closes and waits for the peer's FIN before it
+    closes (so its alert is not overtaken by a reset): a client that has seen the
+    server's EOF and closed cannot see that last close.  Quiescence can: when every task
+    is blocked, the server has handled every FIN the kernel delivered.  Bounded retries
+    only cover a FIN still in flight; a leak fails after them."""
+    for _ in range(50):
+        await trio.testing.wait_all_tasks_blocked()
+        if fd_count() == expected:
+            break
+    return fd_count()
+
+
 def local_port(stream: trio.SocketStream) -> int:
     return int(stream.socket.getsockname()[1])
 
@@ -485,6 +500,82 @@ async def test_peer_that_resets_mid_echo(
     assert_no_errors(caplog)
 
 
+class BareTLSClient:
+    """A verified TLS client on a plain non-blocking socket and an ``SSLObject``, awaiting
+    only with trio's ``wait_readable``/``wait_writable``: between two awaits it can do
+    several things (send records, then reset) that the server cannot interleave with."""
+
+    def __init__(self, sock: socket.socket, tls: ssl.SSLObject, outgoing: ssl.MemoryBIO) -> None:
+        self.sock, self.tls, self.outgoing = sock, tls, outgoing
+
+    @classmethod
+    async def connect(cls, address: Address, config: ClientConfig) -> BareTLSClient:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = client_context(config).wrap_bio(incoming, outgoing, server_hostname=address.host)
+        self = cls(sock, tls, outgoing)
+        with trio.fail_after(HANG):
+            sock.connect_ex((address.host, address.port))
+            await trio.lowlevel.wait_writable(sock)
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    await self.flush()
+                    await trio.lowlevel.wait_readable(sock)
+                    data = sock.recv(65536)
+                    assert data, "the server closed during the handshake"
+                    incoming.write(data)
+            await self.flush()
+        return self
+
+    async def flush(self) -> None:
+        data = memoryview(self.outgoing.read())
+        while data:
+            await trio.lowlevel.wait_writable(self.sock)
+            data = data[self.sock.send(data) :]
+
+    def send_now(self, plaintext: bytes) -> None:
+        """Encrypt and hand to the kernel at once, without yielding to the server."""
+        self.tls.write(plaintext)
+        data = self.outgoing.read()
+        assert self.sock.send(data) == len(data), "the socket buffer took only part"
+
+    def reset(self) -> None:
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        trio.lowlevel.notify_closing(self.sock)
+        self.sock.close()
+
+
+async def test_peer_that_resets_right_after_full_records(
+    server: Address,
+    client_config: ClientConfig,
+    caplog: pytest.LogCaptureFixture,
+    watch: LogWatch,
+) -> None:
+    # Two full 16 KiB records and the reset reach the server's socket together: its
+    # first read returns a whole record and the read after it meets the reset.
+    async with good_client(server, client_config) as good:
+        rude = await BareTLSClient.connect(server, client_config)
+        port = rude.sock.getsockname()[1]
+        try:
+            await watch.wait_for(lambda: bool(lines_for(caplog, port)))  # the server logged "connected"
+            rude.send_now(os.urandom(2 * 16384))
+        finally:
+            rude.reset()
+        await watch.wait_for(lambda: any("connection lost" in s for s in lines_for(caplog, port)))
+        await good.still_served()
+    connected, lost = lines_for(caplog, port)
+    assert connected.startswith("connected TLSv1.3")
+    assert lost in (
+        "connection lost: connection reset by peer",
+        "connection lost: connection closed by peer (broken pipe)",
+    )
+    assert_no_errors(caplog)
+
+
 async def test_peer_that_half_closes_still_gets_its_echo(
     server: Address, client_config: ClientConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -614,8 +705,8 @@ async def test_many_failed_handshakes_leak_nothing(
                 with contextlib.suppress(trio.BrokenResourceError):
                     await stream.do_handshake()
                     await read_until_closed(stream)
-                # The alert arrives before the server closes: wait for the close itself
-                # (EOF or reset on the TCP stream), after which its socket is gone.
+                # The alert comes before the server is done: read on to its FIN (or a
+                # reset), so that our close answers a server that has finished.
                 await read_until_closed(tcp)
             finally:
                 await trio.aclose_forcefully(stream)
@@ -623,7 +714,7 @@ async def test_many_failed_handshakes_leak_nothing(
             try:
                 await tcp.send_all(b"\x00" + rng.randbytes(rng.randint(1, 600)))
                 await tcp.send_eof()
-                # The server's close is what ends this read: after it, its socket is gone.
+                # Ends with the server's FIN (or a reset), never on our timer.
                 await read_until_closed(tcp)
             finally:
                 await tcp.aclose()
@@ -640,7 +731,7 @@ async def test_many_failed_handshakes_leak_nothing(
             fds = fd_count()
             for i in range(2, LEAK_UNTRACED):
                 await fail_once(i)
-            assert fd_count() == fds
+            assert await settled_fd_count(fds) == fds
             gc.collect()
             tracemalloc.start()
             try:
@@ -651,7 +742,7 @@ async def test_many_failed_handshakes_leak_nothing(
                 after, _ = tracemalloc.get_traced_memory()
             finally:
                 tracemalloc.stop()
-            assert fd_count() == fds
+            assert await settled_fd_count(fds) == fds
             await good.still_served()
     finally:
         logger.removeHandler(counter)

@@ -499,7 +499,7 @@ class SSLSocketStream(trio.abc.Stream):
                 break  # the next read sees close_notify again and returns b""
             except OSError as exc:
                 if self._state is _OK:
-                    self._state, self._cause = _BROKEN, exc
+                    self._state, self._cause = _BROKEN, self._refine(exc)
                 break
             got += k
             if k != _FULL_RECORD:  # 0 (close_notify) or the tail of a burst

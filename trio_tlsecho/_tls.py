@@ -197,6 +197,8 @@ def describe_tls_error(exc: BaseException) -> str:
             why = _VERIFY_CODES.get(cur.verify_code)
             detail = f"{why} ({cur.verify_message})" if why else cur.verify_message
             return f"certificate verify failed: {detail}"
+        if isinstance(cur, ssl.SSLEOFError):  # its text would put "_ssl.c:NNNN" in a log
+            return "peer closed the connection without a TLS close_notify"
         if isinstance(cur, ssl.SSLError):
             reason = cur.reason or ""
             return _ALERTS.get(reason, reason.lower().replace("_", " ") or str(cur))
