@@ -2,15 +2,23 @@
 
     nox -s bench                      # or: python benchmarks/run.py [--duration 5] [--repeat 3]
 
-Starts three mutual-TLS echo servers on the same development certificates (ours via
-``python -m trio_tlsecho serve``, ``asyncio_echo.py`` and ``trio_naive_echo.py``), runs
-the same workloads against each, ``--repeat`` times, alternating the servers and
+Starts four mutual-TLS echo servers on the same development certificates (ours via
+``python -m trio_tlsecho serve`` with each TLS engine, ``--engine trio`` and
+``--engine socket``, and the baselines ``asyncio_echo.py`` and ``trio_naive_echo.py``),
+runs the same workloads against each, ``--repeat`` times, alternating the servers and
 rotating their order, and reports the median of the runs:
 
   (a) 64 clients, 1-100 byte messages, closed loop      round trips/s, latency
   (b) 4 clients, 256 KiB messages                       MB/s (echoed payload)
   (c) 8 clients, new connection per request             handshakes/s
+  (e) 64 clients, open loop at half the slowest (a)     p99 latency
   (d) N idle connections held open (default 2000)       server RSS per connection
+
+For (a), (b) and (c) it also reports the rate per CPU-second the *server* used in the
+measured window (utime + stime from ``/proc/PID/stat``, sampled every 50 ms): when the
+load generator, not the server, is the bottleneck, raw rates do not separate the
+servers, and this does.  (e) runs every server at the same absolute rate: half the
+median (a) rate of the slowest server (``--open-loop-rate`` to choose it).
 
 Servers run on CPU 0 and the load generator on the other CPUs (``--no-pin`` to let the
 kernel place them): on the 2-core machine this was measured on, the scheduler otherwise
@@ -45,12 +53,20 @@ from typing import Any
 import trio
 
 from trio_tlsecho import Address, ClientConfig, LoadConfig, TLSFiles, make_dev_pki, open_client, run_load
+from trio_tlsecho._loadconfig import Progress
 from trio_tlsecho._stats import Histogram, LoadReport, merge
 from trio_tlsecho._tls import client_context
 
 HERE = Path(__file__).resolve().parent
-SERVERS = ("ours", "asyncio", "trio_naive")
-LABELS = {"ours": "trio_tlsecho", "asyncio": "asyncio stdlib", "trio_naive": "naive trio"}
+SERVERS = ("ours_trio", "ours_socket", "asyncio", "trio_naive")
+OURS = ("ours_trio", "ours_socket")
+BASELINES = ("asyncio", "trio_naive")
+LABELS = {
+    "ours_trio": "ours (trio engine)",
+    "ours_socket": "ours (socket engine)",
+    "asyncio": "asyncio stdlib",
+    "trio_naive": "naive trio",
+}
 #: Percentiles drawn in the plot (HdrHistogram's usual x axis: 1 / (1 - p)).
 PLOT_PERCENTILES = (0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 99.999, 100.0)
 START_TIMEOUT = 30.0
@@ -80,6 +96,14 @@ WORKLOADS = (
         {"clients": 8, "sizes": "1-100", "new_connection_per_request": True},
     ),
 )
+#: (e): (a)'s clients and sizes, open loop; the rate is set once (a) has been measured.
+OPEN_LOOP = Workload(
+    "e", "64 clients, 1-100 B, open loop", "p99 latency µs", "µs", False, WORKLOADS[0].config
+)
+#: What the efficiency of (a), (b), (c) counts per server CPU-second.
+EFFICIENCY = {"a": "round trips", "b": "MB", "c": "handshakes", "e": "round trips"}
+#: How often the server's CPU time is sampled during a run.
+CPU_SAMPLE_INTERVAL = 0.05
 
 
 # -- servers -------------------------------------------------------------------------
@@ -108,10 +132,11 @@ class Server:
 
 def server_command(name: str, pki: Path) -> list[str]:
     files = ["--cert", str(pki / "server.pem"), "--key", str(pki / "server.key"), "--ca", str(pki / "ca.pem")]
-    if name == "ours":
+    if name in OURS:
         # --log-level warning: the baselines log nothing per connection either.
-        return [sys.executable, "-m", "trio_tlsecho", "--log-level", "warning", "serve", "--listen",
-                "127.0.0.1:0", *files]  # fmt: skip
+        engine = name.removeprefix("ours_")
+        return [sys.executable, "-m", "trio_tlsecho", "--log-level", "warning", "serve", "--engine", engine,
+                "--listen", "127.0.0.1:0", *files]  # fmt: skip
     script = {"asyncio": "asyncio_echo.py", "trio_naive": "trio_naive_echo.py"}[name]
     return [sys.executable, str(HERE / script), "--listen", "127.0.0.1:0", *files]
 
@@ -161,14 +186,80 @@ def machine_busy_seconds() -> float:
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def wait_for_quiet(limit: float, patience: float, log: Callable[..., None]) -> float:
+    """Wait until the machine is at most *limit* CPUs busy over a 0.5 s sample, or *patience* s.
+
+    Called between runs, when none of our processes should be working: whatever is busy
+    now is someone else (another test suite, a build).  Returns the last busy sample.
+    """
+    deadline = time.monotonic() + patience
+    said = False
+    while True:
+        before, t = machine_busy_seconds(), time.monotonic()
+        time.sleep(0.5)
+        busy = (machine_busy_seconds() - before) / (time.monotonic() - t)
+        if busy <= limit or time.monotonic() >= deadline:
+            if said:
+                log(
+                    f"  ... machine {'quiet' if busy <= limit else 'still busy'} ({busy:.0%} of a CPU)",
+                    flush=True,
+                )
+            return busy
+        if not said:
+            log(f"  other processes use {busy:.0%} of a CPU: waiting up to {patience:g} s", flush=True)
+            said = True
+
+
 def own_cpu_seconds() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)  # loadgen workers, once reaped
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def interpolate(samples: list[tuple[float, float]], t: float) -> float:
+    """The server CPU seconds at time *t*, linear between the samples around it."""
+    before = [s for s in samples if s[0] <= t] or samples[:1]
+    after = [s for s in samples if s[0] >= t] or samples[-1:]
+    (t0, c0), (t1, c1) = before[-1], after[0]
+    return c0 if t1 <= t0 else c0 + (c1 - c0) * (t - t0) / (t1 - t0)
+
+
+async def load_with_server_cpu(server: Server, config: LoadConfig) -> tuple[LoadReport, float | None]:
+    """Run *config* and return its report and the server's CPU seconds in the measured window.
+
+    The window is ``[t0 + warmup, t0 + warmup + duration)`` where ``t0`` is when the
+    clients were all connected; the loadgen's progress callback says ``now - t0``.
+    ``None`` if the run ended before the first progress call.
+    """
+    samples: list[tuple[float, float]] = []
+    starts: list[float] = []
+
+    def progress(p: Progress) -> None:
+        starts.append(trio.current_time() - p.elapsed)
+
+    async def sample() -> None:
+        while True:
+            samples.append((trio.current_time(), server.cpu_seconds()))
+            await trio.sleep(CPU_SAMPLE_INTERVAL)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sample)
+        report = await run_load(config, progress=progress)
+        samples.append((trio.current_time(), server.cpu_seconds()))
+        nursery.cancel_scope.cancel()
+    if not starts or not report.seconds:
+        return report, None
+    begin = starts[0] + config.warmup
+    end = begin + report.seconds
+    return report, interpolate(samples, end) - interpolate(samples, begin)
+
+
 def run_workload(
-    server: Server, workload: Workload, client: ClientConfig, args: argparse.Namespace
+    server: Server,
+    workload: Workload,
+    client: ClientConfig,
+    args: argparse.Namespace,
+    rate: float | None = None,
 ) -> dict[str, Any]:
     config = LoadConfig(
         address=server.address,
@@ -176,11 +267,12 @@ def run_workload(
         duration=args.duration,
         warmup=args.warmup,
         workers=args.workers,
+        rate=rate,
         **workload.config,
     )
     server_cpu, own_cpu, wall = server.cpu_seconds(), own_cpu_seconds(), time.monotonic()
     busy = machine_busy_seconds()
-    report = trio.run(run_load, config)
+    report, window_cpu = trio.run(load_with_server_cpu, server, config)
     wall = time.monotonic() - wall
     server.check()
     server_cpu = server.cpu_seconds() - server_cpu
@@ -192,13 +284,24 @@ def run_workload(
         "a": summary["round_trips_per_sec"],
         "b": summary["mb_per_sec"],
         "c": summary["round_trips_per_sec"],
+        "e": summary["latency_us"]["p99"],
     }
+    # Rounds trips (a, c, e: one handshake per round trip in c) or MB (b) per server CPU-second,
+    # both counted over the measured window only.
+    done = summary["mb_per_sec"] if workload.name == "b" else summary["round_trips_per_sec"]
+    efficiency = None
+    if window_cpu is not None and window_cpu > 0:
+        efficiency = round(done * report.seconds / window_cpu, 1)
     return {
         "server": server.name,
         "workload": workload.name,
         "value": value[workload.name],
-        # Busy fraction of one CPU over the run (warm-up and connecting included): near 1.0
-        # means that side was the bottleneck.
+        "rate": rate,
+        "efficiency": efficiency,
+        # Busy fraction of one CPU in the measured window: near 1.0 means the server was
+        # the bottleneck.
+        "server_cpu_window": round(window_cpu / report.seconds, 3) if window_cpu and report.seconds else None,
+        # Busy fraction of one CPU over the run (warm-up and connecting included).
         "server_cpu": round(server_cpu / wall, 3),
         "loadgen_cpu": round(own_cpu / wall, 3),
         "other_cpu": round(other / wall, 3),
@@ -245,9 +348,11 @@ async def hold_idle(server: Server, client: ClientConfig, count: int) -> dict[st
 # -- reporting -------------------------------------------------------------------------
 
 
-def median(runs: list[dict[str, Any]], server: str, workload: str) -> float:
-    values: list[float] = [r["value"] for r in runs if r["server"] == server and r["workload"] == workload]
-    return statistics.median(values)
+def median(runs: list[dict[str, Any]], server: str, workload: str, key: str = "value") -> float | None:
+    values: list[float] = [
+        r[key] for r in runs if r["server"] == server and r["workload"] == workload and r.get(key) is not None
+    ]
+    return statistics.median(values) if values else None
 
 
 def latency_percentiles(runs: list[dict[str, Any]], server: str) -> dict[str, int]:
@@ -257,22 +362,49 @@ def latency_percentiles(runs: list[dict[str, Any]], server: str) -> dict[str, in
     return {f"{p:g}": values[p] for p in PLOT_PERCENTILES}
 
 
-def table(medians: dict[str, dict[str, float]], p99: dict[str, float]) -> str:
-    rows = [
-        ("(a) 64 clients, 1-100 B", "round trips/s", medians["a"], True),
-        ("(a) 64 clients, 1-100 B", "p99 latency µs", p99, False),
-        ("(b) 4 clients, 256 KiB", "MB/s", medians["b"], True),
-        ("(c) 8 clients, new conn. per request", "handshakes/s", medians["c"], True),
-        ("(d) idle connections", "RSS KiB per conn.", medians["d"], False),
-    ]
-    head = "| workload | metric | ours | asyncio | naive trio | ours / asyncio | ours / naive trio |"
-    lines = [head, "|" + " --- |" * 7]
-    for name, metric, values, _higher in rows:
-        ours, a, t = values["ours"], values["asyncio"], values["trio_naive"]
-        ratio_a = f"{ours / a:.2f}" if a else "n/a"
-        ratio_t = f"{ours / t:.2f}" if t else "n/a"
-        lines.append(f"| {name} | {metric} | {ours:,.1f} | {a:,.1f} | {t:,.1f} | {ratio_a} | {ratio_t} |")
+Row = tuple[str, str, dict[str, float | None]]
+
+
+def table(rows: list[Row]) -> str:
+    """Markdown: one column per server, then each of ours over each baseline."""
+    short = {
+        "ours_trio": "trio engine",
+        "ours_socket": "socket engine",
+        "asyncio": "asyncio",
+        "trio_naive": "naive",
+    }
+    ratio_heads = [f"{short[o]} / {short[b]}" for o in OURS for b in BASELINES]
+    heads = ["workload", "metric", *(LABELS[s] for s in SERVERS), *ratio_heads]
+    lines = ["| " + " | ".join(heads) + " |", "|" + " --- |" * len(heads)]
+    for name, metric, values in rows:
+        cells = [name, metric]
+        for server in SERVERS:
+            v = values.get(server)
+            cells.append("n/a" if v is None else f"{v:,.0f}" if v >= 100 else f"{v:,.1f}")
+        for o in OURS:
+            for b in BASELINES:
+                ov, bv = values.get(o), values.get(b)
+                ratio = ov / bv if ov is not None and bv else None
+                cells.append("n/a" if ratio is None else f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def table_rows(medians: dict[str, dict[str, Any]], efficiency: dict[str, dict[str, Any]], p99: dict[str, Any],
+               rate: float | None) -> list[Row]:  # fmt: skip
+    rows: list[Row] = [
+        ("(a) 64 clients, 1-100 B", "round trips/s", medians["a"]),
+        ("(a) 64 clients, 1-100 B", "round trips per server CPU-s", efficiency["a"]),
+        ("(a) 64 clients, 1-100 B", "p99 latency µs (closed loop)", p99),
+        ("(b) 4 clients, 256 KiB", "MB/s", medians["b"]),
+        ("(b) 4 clients, 256 KiB", "MB per server CPU-s", efficiency["b"]),
+        ("(c) 8 clients, new conn. per request", "handshakes/s", medians["c"]),
+        ("(c) 8 clients, new conn. per request", "handshakes per server CPU-s", efficiency["c"]),
+    ]
+    if rate is not None:
+        rows.append((f"(e) open loop, {rate:,.0f} round trips/s", "p99 latency µs", medians["e"]))
+    rows.append(("(d) idle connections", "RSS KiB per conn.", medians["d"]))
+    return rows
 
 
 def plot(percentiles: dict[str, dict[str, int]], path: Path, title: str) -> None:
@@ -321,23 +453,36 @@ def raise_fd_limit(needed: int) -> None:
 
 
 def result_path(out: Path, today: str, suffix: str) -> Path:
-    path = out / f"{today}{suffix}"
-    n = 2
-    while path.exists():
-        path = out / f"{today}-{n}{suffix}"
-        n += 1
-    return path
+    """``<out>/<date><suffix>``: a later run on the same day replaces the earlier one."""
+    return out / f"{today}{suffix}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per run (default: 5)")
+    parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per run (default: 4)")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first (default: 1)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per server and workload (default: 3)")
     parser.add_argument("--workers", type=int, default=1, help="loadgen processes (default: 1)")
     parser.add_argument("--idle-connections", type=int, default=2000, help="for (d) (default: 2000)")
+    parser.add_argument(
+        "--open-loop-rate",
+        type=float,
+        default=None,
+        help="round trips/s for (e), the same for every server (default: half the median (a) rate"
+        " of the slowest server; 0 skips (e))",
+    )
+    parser.add_argument(
+        "--max-other-cpu",
+        type=float,
+        default=0.15,
+        help="before each run, wait (up to --quiet-wait s) until other processes use at most this"
+        " fraction of a CPU, and redo once a run they disturbed more than that (default: 0.15)",
+    )
+    parser.add_argument(
+        "--quiet-wait", type=float, default=60.0, help="seconds to wait for a quiet machine (default: 60)"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results", help="default: benchmarks/results")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers and loadgen to CPUs")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
@@ -353,40 +498,69 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, set(cpus[1:]))  # this process and the loadgen workers it starts
     log = print
     runs: list[dict[str, Any]] = []
+
+    def measure(server: Server, workload: Workload, rate: float | None = None) -> dict[str, Any]:
+        wait_for_quiet(args.max_other_cpu, args.quiet_wait, log)
+        run = run_workload(server, workload, client, args, rate)
+        if run["other_cpu"] > args.max_other_cpu:
+            log(f"  disturbed (other processes {run['other_cpu']:.0%} of a CPU): once more", flush=True)
+            wait_for_quiet(args.max_other_cpu, args.quiet_wait, log)
+            again = run_workload(server, workload, client, args, rate)
+            again["disturbed_first_try"] = {k: v for k, v in run.items() if not k.startswith("_")}
+            run = again
+        return run
+
     with tempfile.TemporaryDirectory(prefix="tlsecho-bench-") as tmp:
         pki = Path(tmp) / "pki"
         make_dev_pki(pki)
         client = ClientConfig(tls=TLSFiles.from_dir(pki, "client"))
         with running_servers(pki, Path(tmp), server_cpus) as servers:
             for rep in range(args.repeat):
-                order = SERVERS[rep % 3 :] + SERVERS[: rep % 3]
+                order = _order(rep)
                 for workload in WORKLOADS:
                     for name in order:
-                        run = run_workload(servers[name], workload, client, args)
+                        run = measure(servers[name], workload)
                         runs.append(run)
                         _say(log, rep, workload.name, name, f"{run['value']:,.1f} {workload.metric}", run)
-                for name in order:
-                    # A fresh server each time: one that already served load has freed
-                    # memory to reuse, and its RSS would not grow with new connections.
-                    fresh = start_server(name, pki, Path(tmp) / f"{name}-idle.log", server_cpus)
-                    try:
-                        run = trio.run(hold_idle, fresh, client, args.idle_connections)
-                    finally:
-                        stop(fresh)
-                    runs.append(run)
-                    _say(log, rep, "d", name, f"{run['value']:,.2f} KiB per idle connection", run)
+            rate = args.open_loop_rate
+            if rate is None:
+                rate = round(min(median(runs, s, "a") or 0.0 for s in SERVERS) / 2)
+            if rate > 0:
+                for rep in range(args.repeat):
+                    for name in _order(rep):
+                        run = measure(servers[name], OPEN_LOOP, rate)
+                        runs.append(run)
+                        _say(log, rep, "e", name, f"p99 {run['value']:,} µs at {rate:,.0f}/s", run)
+        for rep in range(args.repeat):
+            for name in _order(rep):
+                # A fresh server each time: one that already served load has freed
+                # memory to reuse, and its RSS would not grow with new connections.
+                wait_for_quiet(args.max_other_cpu, args.quiet_wait, log)
+                fresh = start_server(name, pki, Path(tmp) / f"{name}-idle.log", server_cpus)
+                try:
+                    run = trio.run(hold_idle, fresh, client, args.idle_connections)
+                finally:
+                    stop(fresh)
+                runs.append(run)
+                _say(log, rep, "d", name, f"{run['value']:,.2f} KiB per idle connection", run)
 
-    medians = {w: {s: median(runs, s, w) for s in SERVERS} for w in ("a", "b", "c", "d")}
+    names = ("a", "b", "c", "e", "d") if rate else ("a", "b", "c", "d")
+    medians = {w: {s: median(runs, s, w) for s in SERVERS} for w in names}
+    efficiency = {w: {s: median(runs, s, w, "efficiency") for s in SERVERS} for w in ("a", "b", "c", "e")}
     p99 = {s: statistics.median(r["report"]["latency_us"]["p99"] for r in runs
                                 if r["server"] == s and r["workload"] == "a") for s in SERVERS}  # fmt: skip
     percentiles = {s: latency_percentiles(runs, s) for s in SERVERS}
-    ratios = {
-        w: {
-            base: (medians[w]["ours"] / medians[w][base] if medians[w][base] else None)
-            for base in SERVERS[1:]
-        }
-        for w in medians
-    }
+
+    def over(values: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+        return {
+            o: {b: (round(values[o] / values[b], 3) if values[o] is not None and values[b] else None)
+                for b in BASELINES}
+            for o in OURS
+        }  # fmt: skip
+
+    ratios = {w: over(medians[w]) for w in medians}
+    ratios["a_p99"] = over(p99)
+    efficiency_ratios = {w: over(efficiency[w]) for w in efficiency}
     today = dt.date.today().isoformat()
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = result_path(args.out, today, ".json")
@@ -407,10 +581,14 @@ def main(argv: list[str] | None = None) -> int:
             "repeat": args.repeat,
             "workers": args.workers,
             "idle_connections": args.idle_connections,
+            "open_loop_rate": rate or None,
         },
+        "servers": LABELS,
         "medians": medians,
         "p99_latency_us": p99,
         "ratios": ratios,
+        "efficiency_per_server_cpu_second": {"counts": EFFICIENCY, **efficiency},
+        "efficiency_ratios": efficiency_ratios,
         "latency_percentiles_us": percentiles,
         "runs": [{k: v for k, v in r.items() if not k.startswith("_")} for r in runs],
     }
@@ -419,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"medians of {args.repeat} runs, {args.duration:g}s each; {os.cpu_count()} CPUs; {pinning}")
     print()
-    print(table(medians, p99))
+    print(table(table_rows(medians, efficiency, p99, rate or None)))
     print()
     print(f"wrote {json_path}")
     if not args.no_plot:
@@ -429,6 +607,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _order(rep: int) -> tuple[str, ...]:
+    """The servers, rotated by one every repetition."""
+    k = rep % len(SERVERS)
+    return SERVERS[k:] + SERVERS[:k]
+
+
 def _say(
     log: Callable[..., None], rep: int, workload: str, server: str, what: str, run: dict[str, Any]
 ) -> None:
@@ -436,6 +620,8 @@ def _say(
     if "server_cpu" in run:
         cpu = f"  (CPU busy: server {run['server_cpu']:.0%}, loadgen {run['loadgen_cpu']:.0%}"
         cpu += f", other processes {run['other_cpu']:.0%})"
+        if run.get("efficiency") is not None:
+            cpu += f"  {run['efficiency']:,.0f} {EFFICIENCY[workload]} per server CPU-s"
     errors = run.get("report", {}).get("errors", {})
     bad = sum(errors.values()) + run.get("report", {}).get("mismatches", 0)
     log(
