@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -215,3 +216,28 @@ async def test_metrics_match_a_load_run(
     assert metrics.handshake_seconds.count == metrics.connection_seconds.count == 60
     assert metrics.bytes_received == report.bytes_sent
     assert metrics.bytes_sent == report.bytes_received
+
+
+async def test_a_refusal_near_the_deadline_is_not_also_a_timeout(
+    nursery: trio.Nursery,
+    server_config: ServerConfig,
+    pki: Path,
+    other_pki: Path,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    metrics = ServerMetrics()
+    config = attrs.evolve(server_config, handshake_timeout=1)
+    [address] = await nursery.start(
+        lambda task_status: serve(config, metrics=metrics, task_status=task_status)
+    )
+    stranger = ClientConfig(
+        tls=TLSFiles(cert=other_pki / "client.pem", key=other_pki / "client.key", ca=pki / "ca.pem")
+    )
+    stream = await open_client(address, stranger)  # TLS 1.3: our side of the handshake completes
+    await trio.sleep(5)  # virtual: a refused peer that neither reads nor closes, past the deadline
+    await trio.aclose_forcefully(stream)
+    with trio.fail_after(10):
+        while metrics.handshake_failures == 0:
+            await trio.testing.wait_all_tasks_blocked()
+    counted = {result: n for result, n in metrics.handshakes.items() if n}
+    assert counted == {"unknown_ca": 1}

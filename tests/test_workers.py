@@ -167,3 +167,22 @@ def test_workers_need_a_named_handler(pki: Path) -> None:
     config = ServerConfig(tls=TLSFiles.from_dir(pki, "server"), listen=["127.0.0.1:0"], handler=inline)
     with pytest.raises(TLSEchoError, match="by name or module:attr"):
         trio.run(lambda: supervise(config, 2, on_started=print))
+
+
+def test_metrics_port_in_use_fails_before_any_worker_starts(certs: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*PY, "serve", "--workers", "2", "--listen", "127.0.0.1:0", "--metrics", f"127.0.0.1:{port}"],
+            cwd=certs,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in line

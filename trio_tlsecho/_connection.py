@@ -125,6 +125,8 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
     # What handlers read and write, and what the byte counters count: application bytes.
     # The socket engine counts them itself; trio's SSLStream gets a meter on top.
     counted: Meter | SSLSocketStream | None = None
+    failed: trio.BrokenResourceError | None = None
+    probe = False
     try:
         # One deadline for the PROXY header and the handshake together: a peer gets
         # handshake_timeout to become a verified client, however it spends it.
@@ -149,12 +151,16 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
             try:
                 await stream.do_handshake()
             except trio.BrokenResourceError as exc:
-                metrics.handshakes[classify_tls_error(exc)] += 1
-                level = logging.DEBUG if probe else logging.WARNING
-                log.log(level, "%s: handshake failed: %s", where, describe_tls_error(exc))
-                await _send_alert(stream)
-                await _linger(stream)
-                return
+                failed = exc
+        if failed is not None and stream is not None:
+            # Outside the handshake deadline: the alert and the linger have their own
+            # bounds, and a refusal must not also be counted as a timeout.
+            metrics.handshakes[classify_tls_error(failed)] += 1
+            level = logging.DEBUG if probe else logging.WARNING
+            log.log(level, "%s: handshake failed: %s", where, describe_tls_error(failed))
+            await _send_alert(stream)
+            await _linger(stream)
+            return
         if scope.cancelled_caught:
             metrics.handshakes["timeout"] += 1
             what = "PROXY header and handshake" if config.proxy_protocol else "handshake"
@@ -268,5 +274,14 @@ async def _run_handler(
     except Exception as exc:
         metrics.handler_errors += 1
         log.error("%s: handler error: %s: %s", where, type(exc).__name__, exc)
+    except BaseExceptionGroup as group:
+        # A handler's own nursery, cancelled (grace over) while a child failed: log the
+        # failure, let only the cancellation go on.
+        cancelled, rest = group.split(trio.Cancelled)
+        if rest is not None:
+            metrics.handler_errors += 1
+            log.error("%s: handler error: %s", where, rest)
+        if cancelled is not None:
+            raise cancelled from None
     finally:
         metrics.connections_open -= 1

@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ._accept import accept
 from ._config import Address
 from ._exceptions import ListenError
 
@@ -256,7 +257,7 @@ async def serve_metrics(
         sockname = listener.socket.getsockname()
         task_status.started(Address(str(sockname[0]), int(sockname[1])))
         while True:
-            stream = await listener.accept()
+            stream = await accept(listener, f"metrics {address}")
             nursery.start_soon(_answer, stream, metrics)
 
 

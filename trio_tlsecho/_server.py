@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from ._accept import accept
 from ._config import Address, ServerConfig
 from ._connection import ServerState, run_connection
 from ._exceptions import CertificateError, ListenError
@@ -50,11 +51,6 @@ from ._registry import resolve_handler
 from ._tls import server_context
 
 log = logging.getLogger("trio_tlsecho")
-
-# Temporary resource exhaustion on accept(): wait and retry rather than die (trio's
-# ACCEPT_CAPACITY_ERRNOS).  Anything else is a bug or a closed socket and propagates.
-_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-_CAPACITY_PAUSE = 0.100
 
 Trigger = Callable[[], Awaitable[object]]
 
@@ -144,20 +140,7 @@ class _Listener:
                     )
                 await slots.acquire()
             try:
-                tcp = await self.socket_listener.accept()
-            except OSError as exc:
-                if slots is not None:
-                    slots.release()
-                if exc.errno not in _CAPACITY_ERRNOS:
-                    raise
-                log.error(
-                    "%s: accept failed: %s; pausing %d ms",
-                    self.address,
-                    exc.strerror,
-                    _CAPACITY_PAUSE * 1000,
-                )
-                await trio.sleep(_CAPACITY_PAUSE)
-                continue
+                tcp = await accept(self.socket_listener, self.address)
             except BaseException:
                 if slots is not None:
                     slots.release()

@@ -183,8 +183,8 @@ async def _run(
             ready = start(worker)
             try:
                 await wait_ready(worker, ready)
-            except TLSEchoError as exc:
-                log.error("%s", exc)
+            except (TLSEchoError, trio.TooSlowError) as exc:
+                log.error("worker %d did not come back: %s", worker.index, exc or "timed out")
             else:
                 log.info("worker %d restarted: pid %d", worker.index, worker.process.pid)
 
@@ -207,27 +207,42 @@ async def _run(
                 os.kill(worker.process.pid, signum)
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        try:
-            readies = [start(worker) for worker in workers]
-            addresses = [await wait_ready(w, r) for w, r in zip(workers, readies, strict=True)]
-        except BaseException:
-            signal_all(signal.SIGKILL)
-            raise
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(relay, signals)
+            # The metrics port first: a port in use must fail before any worker exists.
+            bound = None
             if metrics_address is not None:
                 bound = await nursery.start(serve_metrics, _Summed(metrics), metrics_address)
-                print(f"metrics on http://{bound}/metrics", flush=True)
-            on_started(addresses[0])
-            log.info(
-                "%d workers serving: pids %s", len(workers), ", ".join(str(w.process.pid) for w in workers)
-            )
-            # Keepers return only once stopping and their worker has exited.
-            async with trio.open_nursery() as keepers:
-                for worker in workers:
-                    keepers.start_soon(keep, worker)
+            try:
+                readies = [start(worker) for worker in workers]
+                addresses = [await wait_ready(w, r) for w, r in zip(workers, readies, strict=True)]
+                nursery.start_soon(relay, signals)
+                if bound is not None:
+                    print(f"metrics on http://{bound}/metrics", flush=True)
+                on_started(addresses[0])
+                log.info(
+                    "%d workers serving: pids %s",
+                    len(workers),
+                    ", ".join(str(w.process.pid) for w in workers),
+                )
+                # Keepers return only once stopping and their worker has exited.
+                async with trio.open_nursery() as keepers:
+                    for worker in workers:
+                        keepers.start_soon(keep, worker)
+            except BaseException:
+                # Whatever went wrong here, no worker may outlive its supervisor.
+                _kill_all(workers)
+                raise
             nursery.cancel_scope.cancel()  # every worker is gone: stop relaying signals
         log.info("all workers stopped")
+
+
+def _kill_all(workers: list[_Worker]) -> None:
+    for worker in workers:
+        if worker.process is not None and worker.process.exitcode is None:
+            worker.process.kill()
+    for worker in workers:
+        if worker.process is not None:
+            worker.process.join(5)
 
 
 def _worker_main(
@@ -240,6 +255,9 @@ def _worker_main(
 ) -> None:
     """A worker process: one server, reporting its addresses once bound."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Until trio's receiver is installed a SIGHUP (a reload relayed while we start)
+    # would kill us; a worker that is starting reads the current files anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [worker {index}] %(message)s"))
     log.handlers[:] = [handler]
