@@ -52,7 +52,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from ._config import Address, ServerConfig
-from ._exceptions import TLSEchoError
+from ._exceptions import ListenError, TLSEchoError
 from ._metrics import SLOTS, ServerMetrics, serve_metrics
 from ._process import serve_until_signalled
 from ._registry import resolve_handler
@@ -105,10 +105,7 @@ async def supervise(
     try:
         listen: list[Address] = []
         for address in config.listen:
-            held = await bind_reuse_port(address, listen=False)
-            reservations += held
-            port = address.port or held[0].getsockname()[1]
-            listen.append(Address(address.host, port))
+            listen.append(await _reserve(address, reservations))
         worker_config = attrs.evolve(config, listen=listen, reuse_port=True)
         assert shm.buf is not None
         slots = shm.buf.cast("q")
@@ -124,6 +121,26 @@ async def supervise(
             sock.close()
         shm.close()
         shm.unlink()
+
+
+async def _reserve(address: Address, held: list[trio.socket.SocketType]) -> Address:
+    """Hold *address*'s port (port 0: pick one) for the workers; add the sockets to *held*."""
+    try:
+        first = await bind_reuse_port(address, listen=False)
+        held += first
+        if address.port or len(first) == 1:
+            return Address(address.host, first[0].getsockname()[1])
+        # Port 0 on a name with several addresses (IPv4 and IPv6): each socket got a
+        # port of its own; the workers need one port on all of them.
+        port = first[0].getsockname()[1]
+        for sock in first[1:]:
+            sock.close()
+        again = await bind_reuse_port(Address(address.host, port), listen=False)
+        again[0].close()  # that family's port is held already
+        held += again[1:]
+        return Address(address.host, port)
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {address}: {exc.strerror or exc}") from None
 
 
 async def _run(
