@@ -186,4 +186,3 @@ def test_metrics_port_in_use_fails_before_any_worker_starts(certs: Path) -> None
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
     assert f"cannot serve metrics on 127.0.0.1:{port}" in line
-
