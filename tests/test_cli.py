@@ -309,3 +309,10 @@ def test_certs_revoke_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "--revoke only updates the CRL" in _error_line(capsys)
     assert main(["certs", "--out", str(tmp_path), "--revoke", "client"]) == 2
     assert f"no CA in {tmp_path}: run 'certs' first" in _error_line(capsys)
+
+
+def test_zero_in_any_spelling_turns_a_timeout_off() -> None:
+    from trio_tlsecho._cli import build_parser
+
+    for zero in ("0", "0.0", "0.00", "0e0"):
+        assert build_parser().parse_args(["serve", "--idle-timeout", zero]).idle_timeout == 0.0

@@ -175,3 +175,15 @@ def test_format_progress() -> None:
     assert "errors 3" in line
     assert "MISMATCH" not in line
     assert "MISMATCHES 2" in format_progress(elapsed=1.0, round_trips=1, errors=0, mismatches=2)
+
+
+def test_every_counter_survives_the_wire_and_adds_up_in_a_merge() -> None:
+    from trio_tlsecho._stats import COUNTERS
+
+    rec = Recorder()
+    for i, name in enumerate(COUNTERS, start=1):
+        setattr(rec, name, i)
+    report = rec.report(clients=1, seconds=1.0)
+    assert LoadReport.from_wire(report.to_wire()) == report
+    merged = merge([report, report])
+    assert [getattr(merged, name) for name in COUNTERS] == [2 * i for i in range(1, len(COUNTERS) + 1)]

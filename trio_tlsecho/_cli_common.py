@@ -42,7 +42,13 @@ def seconds(text: str) -> float:
 
 
 def seconds_or_off(text: str) -> float:
-    return 0.0 if text.strip() in ("0", "0.0") else seconds(text)
+    """Seconds, or 0 (any spelling of zero) for "off"."""
+    try:
+        if float(text) == 0:
+            return 0.0
+    except ValueError:
+        pass  # seconds() says what is wrong with it
+    return seconds(text)
 
 
 def address(text: str) -> Address:

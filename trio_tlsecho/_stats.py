@@ -116,6 +116,10 @@ def _to_errors(value: Mapping[str, int]) -> Mapping[str, int]:
     return types.MappingProxyType({kind: int(value.get(kind, 0)) for kind in ERROR_KINDS})
 
 
+#: The plain counters a report, a recorder and a merge share (they add up across workers).
+COUNTERS = ("round_trips", "read_ops", "write_ops", "bytes_sent", "bytes_received", "mismatches", "resumed")
+
+
 @attrs.frozen(kw_only=True)
 class LoadReport:
     """What a load run measured: counters and encoded histograms.  Merge with :func:`merge`."""
@@ -184,20 +188,7 @@ class LoadReport:
 
     def to_wire(self) -> dict[str, Any]:
         """Everything, histograms included: how a worker process hands its report over."""
-        return {
-            "clients": self.clients,
-            "seconds": self.seconds,
-            "round_trips": self.round_trips,
-            "read_ops": self.read_ops,
-            "write_ops": self.write_ops,
-            "bytes_sent": self.bytes_sent,
-            "bytes_received": self.bytes_received,
-            "mismatches": self.mismatches,
-            "resumed": self.resumed,
-            "errors": dict(self.errors),
-            "latency": self.latency,
-            "handshake": self.handshake,
-        }
+        return {**attrs.asdict(self, recurse=False), "errors": dict(self.errors)}
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> LoadReport:
@@ -229,13 +220,7 @@ def merge(reports: Sequence[LoadReport]) -> LoadReport:
     return LoadReport(
         clients=sum(r.clients for r in reports),
         seconds=max(r.seconds for r in reports),
-        round_trips=sum(r.round_trips for r in reports),
-        read_ops=sum(r.read_ops for r in reports),
-        write_ops=sum(r.write_ops for r in reports),
-        bytes_sent=sum(r.bytes_sent for r in reports),
-        bytes_received=sum(r.bytes_received for r in reports),
-        mismatches=sum(r.mismatches for r in reports),
-        resumed=sum(r.resumed for r in reports),
+        **{name: sum(getattr(r, name) for r in reports) for name in COUNTERS},
         errors=errors,
         latency=latency.encode(),
         handshake=handshake.encode(),
@@ -287,13 +272,7 @@ class Recorder:
         return LoadReport(
             clients=clients,
             seconds=seconds,
-            round_trips=self.round_trips,
-            read_ops=self.read_ops,
-            write_ops=self.write_ops,
-            bytes_sent=self.bytes_sent,
-            bytes_received=self.bytes_received,
-            mismatches=self.mismatches,
-            resumed=self.resumed,
+            **{name: getattr(self, name) for name in COUNTERS},
             errors=self.errors,
             latency=self.latency.encode(),
             handshake=self.handshake.encode(),
