@@ -116,7 +116,12 @@ async def _linger(stream: trio.SSLStream[Any] | SSLSocketStream) -> None:
 
 
 async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
-    """Serve one TCP connection; returns (never raises) when it is over."""
+    """Serve one TCP connection; returns (never raises) when it is over.
+
+    Releases one of ``server.slots`` (when there are slots) as it ends.  It is the
+    connection task's outermost frame, and holds only what the handler still needs:
+    everything an idle connection keeps alive counts once per connection.
+    """
     config, metrics = server.config, server.metrics
     started = trio.current_time()
     peer = _peer_address(tcp)
@@ -127,6 +132,7 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
     counted: Meter | SSLSocketStream | None = None
     failed: trio.BrokenResourceError | None = None
     probe = False
+    closing: trio.abc.AsyncResource = tcp
     try:
         # One deadline for the PROXY header and the handshake together: a peer gets
         # handshake_timeout to become a verified client, however it spends it.
@@ -145,8 +151,10 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
                 stream = counted = SSLSocketStream.from_socket_stream(
                     tcp, server.ssl_context, server_side=True
                 )
+                closing = stream
+                del tcp  # closed and detached: the stream owns the file descriptor
             else:
-                stream = trio.SSLStream(tcp, server.ssl_context, server_side=True)
+                stream = closing = trio.SSLStream(tcp, server.ssl_context, server_side=True)
                 counted = Meter(stream)
             try:
                 await stream.do_handshake()
@@ -166,6 +174,7 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
             what = "PROXY header and handshake" if config.proxy_protocol else "handshake"
             log.warning("%s: %s timed out after %gs", where, what, config.handshake_timeout)
             return
+        del scope
         # Both were set before the handshake ran.
         assert stream is not None
         assert counted is not None
@@ -189,23 +198,31 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
         metrics.handshakes["ok"] += 1
         verified = trio.current_time()
         metrics.handshake_seconds.observe(verified - started)
-        cipher = stream.cipher()
         conn = Connection(
             stream=counted,
             tls=stream,
             peer_address=peer,
             identity=identity,
             tls_version=str(stream.version()),
-            cipher=cipher[0] if cipher else "?",
+            cipher=_cipher_name(stream),
         )
         try:
             await _run_handler(conn, server, where, counted)
         finally:
             metrics.connection_seconds.observe(trio.current_time() - verified)
     finally:
-        if counted is not None:
-            server.liveness.forget(counted)  # before closing: the peer's EOF means "counted"
-        await trio.aclose_forcefully(stream if stream is not None else tcp)
+        try:
+            if counted is not None:
+                server.liveness.forget(counted)  # before closing: the peer's EOF means "counted"
+            await trio.aclose_forcefully(closing)
+        finally:
+            if server.slots is not None:
+                server.slots.release()
+
+
+def _cipher_name(stream: trio.SSLStream[Any] | SSLSocketStream) -> str:
+    cipher = stream.cipher()
+    return cipher[0] if cipher else "?"
 
 
 async def _first_byte(tcp: trio.SocketStream) -> bool:

@@ -145,7 +145,8 @@ class _Listener:
                 if slots is not None:
                     slots.release()
                 raise
-            connections.start_soon(_run, tcp, self.state)
+            # A constant name: trio would otherwise build a new string per task.
+            connections.start_soon(run_connection, tcp, self.state, name=_CONNECTION_TASK)
 
     def stop(self, grace_deadline: float) -> None:
         self.accepting.cancel()
@@ -153,12 +154,7 @@ class _Listener:
             self.connections.deadline = min(self.connections.deadline, grace_deadline)
 
 
-async def _run(tcp: trio.SocketStream, state: ServerState) -> None:
-    try:
-        await run_connection(tcp, state)
-    finally:
-        if state.slots is not None:
-            state.slots.release()
+_CONNECTION_TASK = "trio_tlsecho.run_connection"
 
 
 def _begin_shutdown(listeners: list[_Listener], state: ServerState) -> None:
