@@ -96,12 +96,27 @@ WORKLOADS = (
         {"clients": 8, "sizes": "1-100", "new_connection_per_request": True},
     ),
 )
+#: (a) and (b) again, driven by the independent C load generator (``tlsload.c``).
+C_WORKLOADS = (
+    Workload(
+        "a*", "64 clients, 1-100 B, C loadgen", "round trips/s", "/s", True, {"clients": 64, "size": "1-100"}
+    ),
+    Workload("b*", "4 clients, 256 KiB, C loadgen", "MB/s", "MB/s", True, {"clients": 4, "size": "262144"}),
+)
+TLSLOAD_SOURCE = HERE / "tlsload.c"
 #: (e): (a)'s clients and sizes, open loop; the rate is set once (a) has been measured.
 OPEN_LOOP = Workload(
     "e", "64 clients, 1-100 B, open loop", "p99 latency µs", "µs", False, WORKLOADS[0].config
 )
 #: What the efficiency of (a), (b), (c) counts per server CPU-second.
-EFFICIENCY = {"a": "round trips", "b": "MB", "c": "handshakes", "e": "round trips"}
+EFFICIENCY = {
+    "a": "round trips",
+    "b": "MB",
+    "c": "handshakes",
+    "e": "round trips",
+    "a*": "round trips",
+    "b*": "MB",
+}
 #: How often the server's CPU time is sampled during a run.
 CPU_SAMPLE_INTERVAL = 0.05
 
@@ -348,6 +363,75 @@ async def hold_idle(server: Server, client: ClientConfig, count: int) -> dict[st
 # -- reporting -------------------------------------------------------------------------
 
 
+def build_tlsload(out_dir: Path, log: Callable[..., None]) -> Path | None:
+    """Compile ``tlsload.c`` (needs a C compiler and libssl-dev); ``None``, said why, if it can't."""
+    binary = out_dir / "tlsload"
+    cc = os.environ.get("CC", "cc")
+    command = [cc, "-O2", "-o", str(binary), str(TLSLOAD_SOURCE), "-lssl", "-lcrypto"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log(f"(a*), (b*) skipped: cannot run {cc}: {exc}")
+        return None
+    if done.returncode != 0:
+        first = (done.stderr.strip().splitlines() or ["no message"])[0]
+        log(f"(a*), (b*) skipped: {cc} could not build tlsload.c (apt-get install gcc libssl-dev): {first}")
+        return None
+    return binary
+
+
+def run_c_workload(
+    server: Server, workload: Workload, binary: Path, pki: Path, args: argparse.Namespace
+) -> dict[str, Any]:
+    """(a*)/(b*): one run of the C load generator, with the server's CPU in its window."""
+    command = [
+        str(binary), "--connect", str(server.address),
+        "--ca", str(pki / "ca.pem"), "--cert", str(pki / "client.pem"), "--key", str(pki / "client.key"),
+        "--clients", str(workload.config["clients"]), "--size", workload.config["size"],
+        "--duration", str(args.duration), "--warmup", str(args.warmup),
+    ]  # fmt: skip
+    server_cpu, own_cpu, wall = server.cpu_seconds(), own_cpu_seconds(), time.monotonic()
+    busy = machine_busy_seconds()
+    samples: list[tuple[float, float]] = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        deadline = wall + args.warmup + args.duration + START_TIMEOUT
+        while proc.poll() is None and time.monotonic() < deadline:
+            samples.append((time.monotonic(), server.cpu_seconds()))
+            time.sleep(CPU_SAMPLE_INTERVAL)
+        if proc.poll() is None:
+            proc.kill()
+        end = time.monotonic()
+        samples.append((end, server.cpu_seconds()))
+        out, err = proc.communicate()
+    wall = end - wall
+    server.check()
+    server_cpu = server.cpu_seconds() - server_cpu
+    own_cpu = own_cpu_seconds() - own_cpu  # tlsload, reaped: in RUSAGE_CHILDREN
+    other = max(machine_busy_seconds() - busy - server_cpu - own_cpu, 0.0)
+    try:
+        summary: dict[str, Any] = json.loads(out)
+    except ValueError:
+        raise RuntimeError(
+            f"tlsload against {server.name} failed: {err.decode(errors='replace').strip()}"
+        ) from None
+    seconds = summary["seconds"]
+    # The window ends when tlsload stops measuring, just before it exits.
+    window_cpu = interpolate(samples, end) - interpolate(samples, end - seconds) if seconds else None
+    value = summary["mb_per_sec"] if workload.name == "b*" else summary["round_trips_per_sec"]
+    efficiency = round(value * seconds / window_cpu, 1) if window_cpu else None
+    return {
+        "server": server.name,
+        "workload": workload.name,
+        "value": value,
+        "efficiency": efficiency,
+        "server_cpu_window": round(window_cpu / seconds, 3) if window_cpu and seconds else None,
+        "server_cpu": round(server_cpu / wall, 3),
+        "loadgen_cpu": round(own_cpu / wall, 3),
+        "other_cpu": round(other / wall, 3),
+        "report": summary,
+    }
+
+
 def median(runs: list[dict[str, Any]], server: str, workload: str, key: str = "value") -> float | None:
     values: list[float] = [
         r[key] for r in runs if r["server"] == server and r["workload"] == workload and r.get(key) is not None
@@ -401,6 +485,11 @@ def table_rows(medians: dict[str, dict[str, Any]], efficiency: dict[str, dict[st
         ("(c) 8 clients, new conn. per request", "handshakes/s", medians["c"]),
         ("(c) 8 clients, new conn. per request", "handshakes per server CPU-s", efficiency["c"]),
     ]
+    for w in C_WORKLOADS:
+        if w.name in medians:
+            per = "round trips" if w.name == "a*" else "MB"
+            rows.append((f"({w.name}) {w.title}", w.metric, medians[w.name]))
+            rows.append((f"({w.name}) {w.title}", f"{per} per server CPU-s", efficiency[w.name]))
     if rate is not None:
         rows.append((f"(e) open loop, {rate:,.0f} round trips/s", "p99 latency µs", medians["e"]))
     rows.append(("(d) idle connections", "RSS KiB per conn.", medians["d"]))
@@ -486,6 +575,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results", help="default: benchmarks/results")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers and loadgen to CPUs")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
+    parser.add_argument(
+        "--no-c-loadgen", action="store_true", help="skip (a*) and (b*), the C load generator's runs"
+    )
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.duration <= 0 or args.workers < 1 or args.idle_connections < 1:
         parser.error("--repeat, --duration, --workers and --idle-connections must be positive")
@@ -499,13 +591,19 @@ def main(argv: list[str] | None = None) -> int:
     log = print
     runs: list[dict[str, Any]] = []
 
+    def one_run(server: Server, workload: Workload, rate: float | None) -> dict[str, Any]:
+        if workload in C_WORKLOADS:
+            assert tlsload is not None
+            return run_c_workload(server, workload, tlsload, pki, args)
+        return run_workload(server, workload, client, args, rate)
+
     def measure(server: Server, workload: Workload, rate: float | None = None) -> dict[str, Any]:
         wait_for_quiet(args.max_other_cpu, args.quiet_wait, log)
-        run = run_workload(server, workload, client, args, rate)
+        run = one_run(server, workload, rate)
         if run["other_cpu"] > args.max_other_cpu:
             log(f"  disturbed (other processes {run['other_cpu']:.0%} of a CPU): once more", flush=True)
             wait_for_quiet(args.max_other_cpu, args.quiet_wait, log)
-            again = run_workload(server, workload, client, args, rate)
+            again = one_run(server, workload, rate)
             again["disturbed_first_try"] = {k: v for k, v in run.items() if not k.startswith("_")}
             run = again
         return run
@@ -514,10 +612,12 @@ def main(argv: list[str] | None = None) -> int:
         pki = Path(tmp) / "pki"
         make_dev_pki(pki)
         client = ClientConfig(tls=TLSFiles.from_dir(pki, "client"))
+        tlsload = None if args.no_c_loadgen else build_tlsload(Path(tmp), log)
+        workloads = WORKLOADS + (C_WORKLOADS if tlsload is not None else ())
         with running_servers(pki, Path(tmp), server_cpus) as servers:
             for rep in range(args.repeat):
                 order = _order(rep)
-                for workload in WORKLOADS:
+                for workload in workloads:
                     for name in order:
                         run = measure(servers[name], workload)
                         runs.append(run)
@@ -544,9 +644,12 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(run)
                 _say(log, rep, "d", name, f"{run['value']:,.2f} KiB per idle connection", run)
 
-    names = ("a", "b", "c", "e", "d") if rate else ("a", "b", "c", "d")
+    c_names = tuple(w.name for w in workloads if w in C_WORKLOADS)
+    names = ("a", "b", "c", *c_names, *(("e",) if rate else ()), "d")
     medians = {w: {s: median(runs, s, w) for s in SERVERS} for w in names}
-    efficiency = {w: {s: median(runs, s, w, "efficiency") for s in SERVERS} for w in ("a", "b", "c", "e")}
+    efficiency = {
+        w: {s: median(runs, s, w, "efficiency") for s in SERVERS} for w in ("a", "b", "c", *c_names, "e")
+    }
     p99 = {s: statistics.median(r["report"]["latency_us"]["p99"] for r in runs
                                 if r["server"] == s and r["workload"] == "a") for s in SERVERS}  # fmt: skip
     percentiles = {s: latency_percentiles(runs, s) for s in SERVERS}
