@@ -180,10 +180,10 @@ class SSLSocketStream(trio.abc.Stream):
         "_fd",
         "_handshake_done",
         "_handshaking",
+        "_read",
         "_read_lot",
         "_read_waiting",
         "_receiving",
-        "_recv_into",
         "_send",
         "_sending",
         "_sock",
@@ -217,11 +217,20 @@ class SSLSocketStream(trio.abc.Stream):
         self._write_waiting = False
         self._read_lot: trio.lowlevel.ParkingLot | None = None
         self._write_lot: trio.lowlevel.ParkingLot | None = None
-        # Bound once: the hot path's two calls.  (Calling the private C object under
-        # them, ``sock._sslobj``, skips two Python frames per call; measured, the
-        # difference is below the noise of a loopback echo, so we stay public.)
-        self._recv_into: Callable[[memoryview, int], int] = sock.recv_into
-        self._send: Callable[[Any], int] = sock.send
+        # The hot path's two calls, bound once.  ssl.SSLSocket is a Python layer over
+        # the C object in ``_sslobj`` (recv_into -> read -> _sslobj.read; send ->
+        # _sslobj.write) that, with suppress_ragged_eofs off, only adds checks we make
+        # ourselves; calling the C object skips two Python frames per read and one per
+        # write: +4 % round trips/s against a load generator that saturates the server
+        # (benchmarks/README.md).  A Python without ``_sslobj`` gets the public methods.
+        sslobj = getattr(sock, "_sslobj", None)
+        self._read: Callable[[int, memoryview], int]
+        self._send: Callable[[Any], int]
+        if sslobj is not None:
+            self._read, self._send = sslobj.read, sslobj.write
+        else:  # pragma: no cover - CPython 3.11-3.13 all have it
+            self._read = lambda n, buffer: sock.recv_into(buffer, n)
+            self._send = sock.send
         self.close_notify_timeout = close_notify_timeout
         #: Plaintext bytes received and sent so far (OpenSSL does the wire I/O, so
         #: wire bytes are not seen; these are what a meter can count instead).
@@ -453,7 +462,7 @@ class SSLSocketStream(trio.abc.Stream):
             await trio.lowlevel.checkpoint_if_cancelled()
             view = _shared.view
             try:
-                got = self._recv_into(view, n)
+                got = self._read(n, view)
             except ssl.SSLWantReadError:
                 got = _WANT_READ
             except ssl.SSLWantWriteError:
@@ -493,7 +502,7 @@ class SSLSocketStream(trio.abc.Stream):
                 if self._state is _CLOSED:
                     raise trio.ClosedResourceError("another task closed this stream")
             try:
-                got = self._recv_into(view, n)
+                got = self._read(n, view)
                 break
             except ssl.SSLWantReadError:
                 want_write = False
@@ -518,7 +527,7 @@ class SSLSocketStream(trio.abc.Stream):
         # happens; an error found here breaks the stream for the *next* call.
         while got < n:
             try:
-                k: int = self._recv_into(view[got:], n - got)
+                k: int = self._read(n - got, view[got:])
             except _WANT:
                 break
             except ssl.SSLZeroReturnError:
@@ -622,7 +631,7 @@ class SSLSocketStream(trio.abc.Stream):
         finally:
             trio.lowlevel.notify_closing(self._fd)
             self._sock.close()
-            self._recv_into = self._send = _closed_io  # drop our references to the SSL object
+            self._read = self._send = _closed_io  # drop our references to the SSL object
         await trio.lowlevel.checkpoint()
 
     async def _send_close_notify(self) -> None:
