@@ -13,6 +13,9 @@ rotating their order, and reports the median of the runs:
   (c) 8 clients, new connection per request             handshakes/s
   (e) 64 clients, open loop at half the slowest (a)     p99 latency
   (d) N idle connections held open (default 2000)       server RSS per connection
+  (a*), (b*), (e*): (a), (b), (e) driven by tlsload.c, an independent C load generator
+      cheap enough to saturate the server (our Python one is not: see README.md);
+      (e*) at half the slowest server's (a*) rate
 
 For (a), (b) and (c) it also reports the rate per CPU-second the *server* used in the
 measured window (utime + stime from ``/proc/PID/stat``, sampled every 50 ms): when the
@@ -103,6 +106,10 @@ C_WORKLOADS = (
     ),
     Workload("b*", "4 clients, 256 KiB, C loadgen", "MB/s", "MB/s", True, {"clients": 4, "size": "262144"}),
 )
+#: (e*): (a*) in an open loop at half the slowest server's (a*) rate, the C loadgen timing it.
+OPEN_LOOP_C = Workload(
+    "e*", "64 clients, 1-100 B, open loop, C loadgen", "p99 latency µs", "µs", False, C_WORKLOADS[0].config
+)
 TLSLOAD_SOURCE = HERE / "tlsload.c"
 #: (e): (a)'s clients and sizes, open loop; the rate is set once (a) has been measured.
 OPEN_LOOP = Workload(
@@ -110,6 +117,7 @@ OPEN_LOOP = Workload(
 )
 #: What the efficiency of (a), (b), (c) counts per server CPU-second.
 EFFICIENCY = {
+    "e*": "round trips",
     "a": "round trips",
     "b": "MB",
     "c": "handshakes",
@@ -381,14 +389,20 @@ def build_tlsload(out_dir: Path, log: Callable[..., None]) -> Path | None:
 
 
 def run_c_workload(
-    server: Server, workload: Workload, binary: Path, pki: Path, args: argparse.Namespace
+    server: Server,
+    workload: Workload,
+    binary: Path,
+    pki: Path,
+    args: argparse.Namespace,
+    rate: float | None = None,
 ) -> dict[str, Any]:
-    """(a*)/(b*): one run of the C load generator, with the server's CPU in its window."""
+    """(a*)/(b*)/(e*): one run of the C load generator, with the server's CPU in its window."""
     command = [
         str(binary), "--connect", str(server.address),
         "--ca", str(pki / "ca.pem"), "--cert", str(pki / "client.pem"), "--key", str(pki / "client.key"),
         "--clients", str(workload.config["clients"]), "--size", workload.config["size"],
         "--duration", str(args.duration), "--warmup", str(args.warmup),
+        *(("--rate", str(rate)) if rate is not None else ()),
     ]  # fmt: skip
     server_cpu, own_cpu, wall = server.cpu_seconds(), own_cpu_seconds(), time.monotonic()
     busy = machine_busy_seconds()
@@ -417,12 +431,14 @@ def run_c_workload(
     seconds = summary["seconds"]
     # The window ends when tlsload stops measuring, just before it exits.
     window_cpu = interpolate(samples, end) - interpolate(samples, end - seconds) if seconds else None
-    value = summary["mb_per_sec"] if workload.name == "b*" else summary["round_trips_per_sec"]
-    efficiency = round(value * seconds / window_cpu, 1) if window_cpu else None
+    done = summary["mb_per_sec"] if workload.name == "b*" else summary["round_trips_per_sec"]
+    value = summary["latency_us"]["p99"] if workload.name == "e*" else done
+    efficiency = round(done * seconds / window_cpu, 1) if window_cpu else None
     return {
         "server": server.name,
         "workload": workload.name,
         "value": value,
+        "rate": rate,
         "efficiency": efficiency,
         "server_cpu_window": round(window_cpu / seconds, 3) if window_cpu and seconds else None,
         "server_cpu": round(server_cpu / wall, 3),
@@ -475,7 +491,7 @@ def table(rows: list[Row]) -> str:
 
 
 def table_rows(medians: dict[str, dict[str, Any]], efficiency: dict[str, dict[str, Any]], p99: dict[str, Any],
-               rate: float | None) -> list[Row]:  # fmt: skip
+               rate: float | None, c_rate: float | None = None) -> list[Row]:  # fmt: skip
     rows: list[Row] = [
         ("(a) 64 clients, 1-100 B", "round trips/s", medians["a"]),
         ("(a) 64 clients, 1-100 B", "round trips per server CPU-s", efficiency["a"]),
@@ -492,6 +508,10 @@ def table_rows(medians: dict[str, dict[str, Any]], efficiency: dict[str, dict[st
             rows.append((f"({w.name}) {w.title}", f"{per} per server CPU-s", efficiency[w.name]))
     if rate is not None:
         rows.append((f"(e) open loop, {rate:,.0f} round trips/s", "p99 latency µs", medians["e"]))
+    if c_rate is not None:
+        rows.append(
+            (f"(e*) open loop, {c_rate:,.0f} round trips/s, C loadgen", "p99 latency µs", medians["e*"])
+        )
     rows.append(("(d) idle connections", "RSS KiB per conn.", medians["d"]))
     return rows
 
@@ -592,9 +612,9 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
 
     def one_run(server: Server, workload: Workload, rate: float | None) -> dict[str, Any]:
-        if workload in C_WORKLOADS:
+        if workload in (*C_WORKLOADS, OPEN_LOOP_C):
             assert tlsload is not None
-            return run_c_workload(server, workload, tlsload, pki, args)
+            return run_c_workload(server, workload, tlsload, pki, args, rate)
         return run_workload(server, workload, client, args, rate)
 
     def measure(server: Server, workload: Workload, rate: float | None = None) -> dict[str, Any]:
@@ -631,6 +651,15 @@ def main(argv: list[str] | None = None) -> int:
                         run = measure(servers[name], OPEN_LOOP, rate)
                         runs.append(run)
                         _say(log, rep, "e", name, f"p99 {run['value']:,} µs at {rate:,.0f}/s", run)
+            c_rate = None
+            if tlsload is not None:
+                c_rate = round(min(median(runs, s, "a*") or 0.0 for s in SERVERS) / 2) or None
+            if c_rate is not None:
+                for rep in range(args.repeat):
+                    for name in _order(rep):
+                        run = measure(servers[name], OPEN_LOOP_C, c_rate)
+                        runs.append(run)
+                        _say(log, rep, "e*", name, f"p99 {run['value']:,} µs at {c_rate:,.0f}/s", run)
         for rep in range(args.repeat):
             for name in _order(rep):
                 # A fresh server each time: one that already served load has freed
@@ -644,7 +673,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(run)
                 _say(log, rep, "d", name, f"{run['value']:,.2f} KiB per idle connection", run)
 
-    c_names = tuple(w.name for w in workloads if w in C_WORKLOADS)
+    c_names = tuple(w.name for w in workloads if w in C_WORKLOADS) + (("e*",) if c_rate else ())
     names = ("a", "b", "c", *c_names, *(("e",) if rate else ()), "d")
     medians = {w: {s: median(runs, s, w) for s in SERVERS} for w in names}
     efficiency = {
@@ -685,6 +714,7 @@ def main(argv: list[str] | None = None) -> int:
             "workers": args.workers,
             "idle_connections": args.idle_connections,
             "open_loop_rate": rate or None,
+            "open_loop_rate_c_loadgen": c_rate,
         },
         "servers": LABELS,
         "medians": medians,
@@ -700,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"medians of {args.repeat} runs, {args.duration:g}s each; {os.cpu_count()} CPUs; {pinning}")
     print()
-    print(table(table_rows(medians, efficiency, p99, rate or None)))
+    print(table(table_rows(medians, efficiency, p99, rate or None, c_rate)))
     print()
     print(f"wrote {json_path}")
     if not args.no_plot:

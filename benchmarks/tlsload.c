@@ -12,15 +12,27 @@
  * Usage:  tlsload --connect HOST:PORT --ca FILE --cert FILE --key FILE
  *                 [--servername NAME] [--clients N] [--size N | --size MIN-MAX]
  *                 [--duration SECONDS] [--warmup SECONDS] [--seed N] [--timeout SECONDS]
+ *                 [--rate R]
  *
  * All clients connect and handshake at once; when every one is done, each runs a closed
  * loop (send one message, read its echo, compare, next).  Round trips that complete in
  * [warmup end, warmup end + duration] are counted and one JSON line goes to stdout.
+ *
+ * --rate R runs an open loop instead (as wrk2 does): R round trips per second over all
+ * clients, on a fixed schedule.  With N clients and t0 the end of the handshakes, client i
+ * is meant to send its message k at t0 + (i / N + k) * N / R seconds; it sends it then, or
+ * as soon as its previous echo is back if that is later (still one message in flight per
+ * connection).  Latency is measured from that intended time, not from the actual send:
+ * a closed loop sends nothing while the server stalls, so the stall shows up in one round
+ * trip per client ("coordinated omission"); measured from the schedule, it shows up in
+ * every message that should have gone out during it, as real users arriving at that rate
+ * would see it.  The JSON's last key, "rate", is R (null for the closed loop).
  * Exit status: 0 ok, 1 if any client failed (see "errors"), 2 for a bad command line.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -32,6 +44,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -41,7 +54,7 @@
 enum { E_CONNECT, E_HANDSHAKE, E_CLOSED, E_MISMATCH, E_TIMEOUT, E_IO, E_KINDS };
 static const char *const error_names[E_KINDS] = {"connect", "handshake", "closed", "mismatch", "timeout", "io"};
 
-enum state { CONNECTING, HANDSHAKING, READY, RUNNING, DEAD };
+enum state { CONNECTING, HANDSHAKING, READY, RUNNING, WAITING, DEAD }; /* WAITING: open loop, not due yet */
 
 struct client {
     int fd;
@@ -51,11 +64,13 @@ struct client {
     uint32_t write_wants, read_wants; /* EPOLLIN/EPOLLOUT a blocked SSL_write/SSL_read waits for */
     const unsigned char *msg;
     size_t len, sent, received;
-    int64_t start_ns;
+    int64_t start_ns; /* when the message was sent: for --timeout */
+    int64_t due_ns;   /* what its latency counts from: start_ns, or its intended time with --rate */
     uint64_t done; /* completed round trips (a TLS 1.3 client learns its certificate was refused only then) */
 };
 
 #define HIST_US 1000000 /* 1-us buckets up to 1 s: exact percentiles at a few MB of memory */
+#define HIST_SLOW 99000 /* then 1-ms buckets up to 100 s: an overloaded open loop gets there */
 #define CHUNK 16384     /* one TLS record per SSL_write, so big messages interleave with reads */
 #define MAX_SIZE (64u << 20)
 #define CHECK_NS 10000000 /* look for timed-out round trips every 10 ms, not on every event */
@@ -69,6 +84,13 @@ static uint64_t rng_state = 1;
 static uint64_t *hist, overflow, counted, bytes, errors[E_KINDS];
 static int64_t max_ns, window_start = INT64_MAX, window_end = INT64_MAX;
 static int alive;
+/* Open loop (--rate): ns_per_slot = 1e9 / R; the clients waiting for their next intended
+ * time, in a min-heap on due_ns; one timerfd armed for the earliest (armed_ns). */
+static double rate, ns_per_slot;
+static int64_t t0;
+static struct client **heap;
+static int heap_len, timer_fd = -1;
+static int64_t armed_ns = INT64_MAX;
 
 static void usage_error(const char *fmt, ...) {
     va_list ap;
@@ -113,6 +135,15 @@ static int64_t parse_seconds(const char *flag, const char *s, int allow_zero) {
     if (errno != 0 || end == s || *end != '\0' || !(v >= 0 && v <= 1e6) || (v == 0 && !allow_zero))
         usage_error("%s: expected a number of seconds%s, got '%s'", flag, allow_zero ? "" : " > 0", s);
     return (int64_t)(v * 1e9);
+}
+
+static double parse_rate(const char *s) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno != 0 || end == s || *end != '\0' || !isfinite(v) || !(v > 0))
+        usage_error("--rate: expected a number of round trips per second > 0, got '%s'", s);
+    return v;
 }
 
 static void parse_size(const char *s) {
@@ -251,27 +282,74 @@ static void finish_connect(struct client *c) {
     handshake(c);
 }
 
-static void start_message(struct client *c) {
+static void start_message(struct client *c, int64_t due, int64_t now) {
     c->len = min_size + (size_t)(rng_next() % (max_size - min_size + 1));
     c->msg = pool + rng_next() % (pool_len - c->len + 1);
     c->sent = c->received = 0;
     c->write_wants = c->read_wants = 0;
-    c->start_ns = now_ns();
+    c->start_ns = now;
+    c->due_ns = due;
 }
 
 static void record(struct client *c, int64_t t) {
     c->done++;
     if (t < window_start || t > window_end)
         return;
-    int64_t ns = t - c->start_ns;
+    int64_t ns = t - c->due_ns;
     if (ns / 1000 < HIST_US)
         hist[ns / 1000]++;
+    else if (ns / 1000000 - 1000 < HIST_SLOW)
+        hist[HIST_US + ns / 1000000 - 1000]++;
     else
         overflow++;
     if (ns > max_ns)
         max_ns = ns;
     counted++;
     bytes += c->len;
+}
+
+/* Open loop: when client c is meant to send its next message (number c->done), computed
+ * from t0 each time rather than by adding periods, so rounding never accumulates. */
+static int64_t intended_ns(const struct client *c) {
+    double slot = (double)(c - clients) + (double)c->done * nclients;
+    double offset = slot * ns_per_slot;
+    return t0 + (offset < 1e18 ? (int64_t)offset : (int64_t)1e18); /* 1e18 ns: 31 years, never */
+}
+
+/* The waiting clients: a binary min-heap on due_ns.  Each client is in it at most once
+ * (it goes in when it starts waiting and out when it is due), so nclients entries do. */
+static void heap_push(struct client *c) {
+    int i = heap_len++;
+    while (i > 0 && heap[(i - 1) / 2]->due_ns > c->due_ns) {
+        heap[i] = heap[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    heap[i] = c;
+}
+
+static struct client *heap_pop(void) {
+    struct client *top = heap[0], *last = heap[--heap_len];
+    int i = 0;
+    for (;;) {
+        int child = 2 * i + 1;
+        if (child >= heap_len)
+            break;
+        if (child + 1 < heap_len && heap[child + 1]->due_ns < heap[child]->due_ns)
+            child++;
+        if (last->due_ns <= heap[child]->due_ns)
+            break;
+        heap[i] = heap[child];
+        i = child;
+    }
+    heap[i] = last; /* when the heap is now empty this writes a dead slot: harmless */
+    return top;
+}
+
+/* Wait for the next intended time (the caller has checked it is still to come). */
+static void wait_for_slot(struct client *c, int64_t due) {
+    c->state = WAITING;
+    c->due_ns = due;
+    heap_push(c);
 }
 
 /* Push the message out and read its echo back, both as far as the socket allows: a big
@@ -315,8 +393,19 @@ static void pump(struct client *c, uint32_t events) {
             break;
         }
         if (c->received == c->len) {
-            record(c, now_ns());
-            start_message(c);
+            int64_t t = now_ns();
+            record(c, t);
+            if (rate > 0) {
+                int64_t due = intended_ns(c);
+                if (due > t) {
+                    wait_for_slot(c, due);
+                    break; /* keep EPOLLIN: a hang-up while we wait is seen at once */
+                }
+                start_message(c, due, t); /* behind schedule: send it now */
+            } else {
+                int64_t start = now_ns();
+                start_message(c, start, start);
+            }
             readable = 0; /* its echo cannot be there yet */
             continue;
         }
@@ -326,6 +415,46 @@ static void pump(struct client *c, uint32_t events) {
     /* Level-triggered: ask for EPOLLOUT only while something is blocked on it, or we spin. */
     int out = c->write_wants == EPOLLOUT || c->read_wants == EPOLLOUT;
     set_events(c, EPOLLIN | (out ? EPOLLOUT : 0));
+}
+
+/* Open loop: the server has something to say while nothing is in flight.  A TLS 1.3
+ * session ticket is consumed (WANT_READ); a close or an alert fails the client; echoed
+ * bytes for a message we have not sent are a mismatch. */
+static void idle_read(struct client *c, uint32_t events) {
+    unsigned char byte[256];
+    if (!(events & (EPOLLIN | EPOLLERR | EPOLLHUP)) && c->read_wants != EPOLLOUT)
+        return;
+    int r = SSL_read(c->ssl, byte, sizeof byte);
+    if (r > 0) {
+        fail(c, E_MISMATCH);
+        return;
+    }
+    if (must_wait(c, r, &c->read_wants))
+        set_events(c, EPOLLIN | (c->read_wants == EPOLLOUT ? EPOLLOUT : 0));
+}
+
+static void arm_timer(int64_t at) {
+    struct itimerspec when = {.it_value = {.tv_sec = at / 1000000000, .tv_nsec = at % 1000000000}};
+    if (timerfd_settime(timer_fd, TFD_TIMER_ABSTIME, &when, NULL) != 0) {
+        fputs("tlsload: error: timerfd_settime failed\n", stderr);
+        exit(1);
+    }
+    armed_ns = at;
+}
+
+/* Open loop: send every message whose intended time has come, then arm the timer for the
+ * next one.  O(log clients) per message sent; one timerfd_settime per change of the earliest. */
+static void send_due(int64_t now) {
+    while (heap_len > 0 && heap[0]->due_ns <= now) {
+        struct client *c = heap_pop();
+        if (c->state != WAITING)
+            continue; /* it died while it waited */
+        c->state = RUNNING;
+        start_message(c, c->due_ns, now);
+        pump(c, 0);
+    }
+    if (heap_len > 0 && heap[0]->due_ns != armed_ns)
+        arm_timer(heap[0]->due_ns);
 }
 
 static void open_client(struct client *c, SSL_CTX *ctx, const struct addrinfo *ai, const char *name) {
@@ -358,12 +487,13 @@ static void open_client(struct client *c, SSL_CTX *ctx, const struct addrinfo *a
     }
 }
 
-/* The smallest latency that at least permille/1000 of the round trips did not exceed. */
+/* The smallest latency that at least permille/1000 of the round trips did not exceed
+ * (to the microsecond below 1 s, to the millisecond from 1 s to 100 s). */
 static int64_t percentile_us(uint64_t permille) {
     uint64_t rank = (counted * permille + 999) / 1000, seen = 0;
-    for (int us = 0; us < HIST_US; us++)
-        if ((seen += hist[us]) >= rank)
-            return us;
+    for (int i = 0; i < HIST_US + HIST_SLOW; i++)
+        if ((seen += hist[i]) >= rank)
+            return i < HIST_US ? i : ((int64_t)i - HIST_US + 1000) * 1000;
     return max_ns / 1000; /* in the overflow: the max is the best bound we have */
 }
 
@@ -371,7 +501,7 @@ int main(int argc, char **argv) {
     const char *connect_to = NULL, *ca = NULL, *cert = NULL, *key = NULL, *name = "localhost";
     int64_t duration = 4000000000, warmup = 1000000000, timeout = 10000000000;
     static const char *const flags[] = {"--connect", "--ca", "--cert", "--key", "--servername", "--clients",
-                                        "--size", "--duration", "--warmup", "--seed", "--timeout"};
+                                        "--size", "--duration", "--warmup", "--seed", "--timeout", "--rate"};
     for (int i = 1; i < argc; i += 2) {
         const char *flag = argv[i], *value = argv[i + 1]; /* argv[argc] is NULL */
         int f = 0, nflags = (int)(sizeof flags / sizeof *flags);
@@ -392,7 +522,8 @@ int main(int argc, char **argv) {
         case 7: duration = parse_seconds(flag, value, 0); break;
         case 8: warmup = parse_seconds(flag, value, 1); break;
         case 9: rng_state = parse_uint(flag, value, 0, UINT64_MAX); break;
-        default: timeout = parse_seconds(flag, value, 0); break;
+        case 10: timeout = parse_seconds(flag, value, 0); break;
+        default: rate = parse_rate(value); break;
         }
     }
     if (connect_to == NULL || ca == NULL || cert == NULL || key == NULL)
@@ -423,11 +554,22 @@ int main(int argc, char **argv) {
     /* One pool, random offsets into it: messages differ without generating bytes per message. */
     pool_len = max_size + 65536;
     pool = malloc(pool_len);
-    hist = calloc(HIST_US, sizeof *hist);
+    hist = calloc(HIST_US + HIST_SLOW, sizeof *hist);
     clients = calloc((size_t)nclients, sizeof *clients);
     epfd = epoll_create1(EPOLL_CLOEXEC);
+    int timer_ok = 1;
+    if (rate > 0 && epfd >= 0) {
+        /* epoll_wait's timeout is in milliseconds and slack-rounded: sends go by a timerfd,
+         * armed (absolute, CLOCK_MONOTONIC) for the earliest due one, in the same epoll set. */
+        ns_per_slot = 1e9 / rate;
+        heap = calloc((size_t)nclients, sizeof *heap);
+        timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL}; /* NULL: the timer */
+        timer_ok = heap != NULL && timer_fd >= 0 && epoll_ctl(epfd, EPOLL_CTL_ADD, timer_fd, &ev) == 0;
+    }
     /* A server that resets us mid-write would otherwise kill us with SIGPIPE. */
-    if (pool == NULL || hist == NULL || clients == NULL || epfd < 0 || signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
+    if (pool == NULL || hist == NULL || clients == NULL || epfd < 0 || !timer_ok ||
+        signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
         fputs("tlsload: error: out of memory or file descriptors\n", stderr);
         return 2;
     }
@@ -451,6 +593,14 @@ int main(int argc, char **argv) {
         }
         for (int i = 0; i < n; i++) {
             struct client *c = events[i].data.ptr;
+            if (c == NULL) { /* the timer: send_due below does the work */
+                uint64_t expirations;
+                if (read(timer_fd, &expirations, sizeof expirations) < 0 && errno != EAGAIN) {
+                    fputs("tlsload: error: reading the timerfd failed\n", stderr);
+                    exit(1);
+                }
+                continue;
+            }
             switch (c->state) {
             case CONNECTING: finish_connect(c); break;
             case HANDSHAKING: handshake(c); break;
@@ -459,6 +609,7 @@ int main(int argc, char **argv) {
                     fail(c, E_CLOSED);
                 break;
             case RUNNING: pump(c, events[i].events); break;
+            case WAITING: idle_read(c, events[i].events); break;
             case DEAD: break;
             }
         }
@@ -478,10 +629,14 @@ int main(int argc, char **argv) {
             window_start = now + warmup;
             window_end = window_start + duration;
             last_check = now;
+            t0 = now;
             for (int i = 0; i < nclients; i++)
-                if (clients[i].state == READY) {
+                if (clients[i].state == READY && rate > 0) {
+                    wait_for_slot(&clients[i], intended_ns(&clients[i])); /* client 0's is now */
+                } else if (clients[i].state == READY) {
+                    int64_t start = now_ns();
                     clients[i].state = RUNNING;
-                    start_message(&clients[i]);
+                    start_message(&clients[i], start, start);
                     pump(&clients[i], 0);
                 }
         } else if (now >= window_end) {
@@ -492,6 +647,8 @@ int main(int argc, char **argv) {
                 if (clients[i].state == RUNNING && now - clients[i].start_ns > timeout)
                     fail(&clients[i], E_TIMEOUT);
         }
+        if (rate > 0)
+            send_due(now);
     }
     int64_t stop = now_ns();
 
@@ -510,7 +667,22 @@ int main(int argc, char **argv) {
            max_ns / 1000);
     for (int k = 0; k < E_KINDS; k++)
         printf("%s\"%s\": %" PRIu64, k ? ", " : "", error_names[k], errors[k]);
-    printf("}}\n");
+    printf("}, \"rate\": ");
+    if (rate > 0) {
+        /* R as given: 15000, not 15000.000000 or 1.5e+04 (the shortest %g that reads back). */
+        char text[32];
+        if (rate < 1e15 && rate == (double)(int64_t)rate) /* no floor(): no -lm */
+            snprintf(text, sizeof text, "%.0f", rate);
+        else
+            for (int digits = 1; digits <= 17; digits++) {
+                snprintf(text, sizeof text, "%.*g", digits, rate);
+                if (strtod(text, NULL) == rate)
+                    break;
+            }
+        printf("%s}\n", text);
+    } else {
+        printf("null}\n");
+    }
 
     for (int i = 0; i < nclients; i++)
         if (clients[i].state != DEAD) {
@@ -520,6 +692,9 @@ int main(int argc, char **argv) {
     SSL_CTX_free(ctx);
     freeaddrinfo(addr);
     close(epfd);
+    if (timer_fd >= 0)
+        close(timer_fd);
+    free(heap);
     free(clients);
     free(hist);
     free(pool);

@@ -1,4 +1,4 @@
-"""Finding the Debian tools some integration tests drive (HAProxy, testssl.sh).
+"""Finding the Debian tools some integration tests drive (HAProxy, testssl.sh, a C compiler).
 
 Locally a missing tool skips its test with the command that installs it; in CI
 (``CI`` set, where ``.ci/run`` installs them) a missing tool fails the test.
@@ -10,16 +10,21 @@ import os
 import select
 import shutil
 import time
-from typing import IO
+from typing import IO, NoReturn
 
 import pytest
 
 
 def require_tool(name: str, package: str) -> str:
     path = shutil.which(name)
-    if path is not None:
-        return path
-    message = f"{name} is not installed: apt-get install {package}"
+    if path is None:
+        missing(f"{name} is not installed", package)
+    return path
+
+
+def missing(what: str, package: str) -> NoReturn:
+    """Skip (locally) or fail (in CI) a test that needs *package*."""
+    message = f"{what}: apt-get install {package}"
     if os.environ.get("CI"):
         pytest.fail(message + " (CI must install it: see .ci/run)")
     pytest.skip(message)

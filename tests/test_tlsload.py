@@ -1,0 +1,168 @@
+"""benchmarks/tlsload.c, the bench's C load generator: it builds, counts, and catches lies.
+
+The bench trusts its numbers, so they are checked here against our own server: every
+echoed byte is compared, a server that corrupts one is caught, and a bad command line
+is one line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+from trio_tlsecho import Address, Connection, ServerConfig
+
+from .conftest import start_server
+from .tools import missing, require_tool
+
+SOURCE = Path(__file__).resolve().parent.parent / "benchmarks" / "tlsload.c"
+NO_ERRORS = dict.fromkeys(["connect", "handshake", "closed", "mismatch", "timeout", "io"], 0)
+
+
+@pytest.fixture(scope="module")
+def tlsload(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cc = require_tool("cc", "gcc libssl-dev")
+    if not Path("/usr/include/openssl/ssl.h").exists():
+        missing("OpenSSL's C headers are not installed", "libssl-dev")
+    binary = tmp_path_factory.mktemp("tlsload") / "tlsload"
+    built = subprocess.run(
+        [cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(binary), str(SOURCE), "-lssl", "-lcrypto"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    return binary
+
+
+def command(tlsload: Path, pki: Path, address: Address, *extra: str) -> list[str]:
+    return [
+        str(tlsload), "--connect", str(address),
+        "--ca", str(pki / "ca.pem"), "--cert", str(pki / "client.pem"), "--key", str(pki / "client.key"),
+        "--duration", "0.3", "--warmup", "0.1", "--timeout", "5", *extra,
+    ]  # fmt: skip
+
+
+async def run(args: list[str]) -> tuple[int, dict[str, object] | None, str]:
+    with trio.fail_after(30):
+        done = await trio.run_process(args, capture_stdout=True, capture_stderr=True, check=False)
+    out = done.stdout.decode()
+    return done.returncode, json.loads(out) if out.strip() else None, done.stderr.decode()
+
+
+@pytest.mark.parametrize("size", ["1-100", "262144"])
+async def test_counts_verified_round_trips(tlsload: Path, pki: Path, server: Address, size: str) -> None:
+    status, report, _ = await run(command(tlsload, pki, server, "--clients", "4", "--size", size))
+    assert status == 0
+    assert report is not None
+    assert report["clients"] == 4
+    assert isinstance(report["round_trips"], int)
+    assert report["round_trips"] > 0
+    assert report["errors"] == NO_ERRORS
+    if size == "262144":
+        assert report["bytes"] == report["round_trips"] * 262144
+    assert list(report)[-1] == "rate"
+    assert report["rate"] is None  # the closed loop
+
+
+async def test_open_loop_keeps_its_rate(tlsload: Path, pki: Path, server: Address) -> None:
+    args = command(tlsload, pki, server, "--clients", "4", "--duration", "1", "--rate", "500")
+    status, report, _ = await run(args)
+    assert status == 0
+    assert report is not None
+    assert report["rate"] == 500
+    assert report["errors"] == NO_ERRORS
+    rate = report["round_trips_per_sec"]
+    assert isinstance(rate, float)
+    assert abs(rate - 500) <= 25  # 500 +- a few at the window's edges
+
+
+def stalling_echo(start: float, stall: float) -> Callable[[Connection], Awaitable[None]]:
+    """An echo server that answers nobody from *start* seconds after its first byte, for *stall*."""
+    first: list[float] = []
+
+    async def echo(conn: Connection) -> None:
+        while data := await conn.stream.receive_some(65536):
+            now = trio.current_time()
+            first.append(now)
+            if first[0] + start <= now < first[0] + start + stall:
+                await trio.sleep_until(first[0] + start + stall)
+            await conn.stream.send_all(data)
+
+    return echo
+
+
+async def test_open_loop_latency_counts_from_the_intended_time(
+    tlsload: Path, pki: Path, nursery: trio.Nursery, server_config: ServerConfig
+) -> None:
+    # Stalled 0.3 s into a 0.1 s warm-up + 0.6 s window, for 0.25 s: about 50 of the 120
+    # messages were meant to go out during the stall; each waits for its end.
+    [address] = await start_server(nursery, server_config, handler=stalling_echo(0.3, 0.25))
+    args = command(tlsload, pki, address, "--clients", "2", "--duration", "0.6", "--rate", "200")
+    status, report, _ = await run(args)
+    assert status == 0
+    assert report is not None
+    latency = report["latency_us"]
+    assert isinstance(latency, dict)
+    assert latency["p90"] >= 100_000  # a closed loop would have seen it in 2 round trips only
+    assert 200_000 <= latency["max"] < 1_000_000
+
+
+async def corrupting_echo(conn: Connection) -> None:
+    while data := await conn.stream.receive_some(65536):
+        await conn.stream.send_all(bytes([data[0] ^ 0xFF]) + data[1:])
+
+
+async def test_a_corrupted_echo_is_a_mismatch(
+    tlsload: Path, pki: Path, nursery: trio.Nursery, server_config: ServerConfig
+) -> None:
+    [address] = await start_server(nursery, server_config, handler=corrupting_echo)
+    status, report, _ = await run(command(tlsload, pki, address, "--clients", "2"))
+    assert status == 1
+    assert report is not None
+    errors = report["errors"]
+    assert isinstance(errors, dict)
+    assert errors["mismatch"] == 2  # each client stops at its first wrong byte
+    assert report["round_trips"] == 0
+
+
+async def test_a_server_of_another_ca_fails_the_handshake(
+    tlsload: Path, other_pki: Path, pki: Path, server: Address
+) -> None:
+    args = command(tlsload, pki, server, "--clients", "2")
+    args[args.index("--ca") + 1] = str(other_pki / "ca.pem")
+    status, report, _ = await run(args)
+    assert status == 1
+    assert report is not None
+    errors = report["errors"]
+    assert isinstance(errors, dict)
+    assert errors["handshake"] == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["--clients", "0"], "--clients"),
+        (["--size", "10-1"], "--size"),
+        (["--bogus"], "--bogus"),
+        (["--ca", "/nonexistent/ca.pem"], "/nonexistent/ca.pem"),
+        (["--rate", "0"], "--rate"),
+        (["--rate", "nan"], "--rate"),
+        (["--rate", "-5"], "--rate"),
+    ],
+)
+async def test_bad_command_line_is_one_line(
+    tlsload: Path, pki: Path, server: Address, change: list[str], message: str
+) -> None:
+    status, report, err = await run(command(tlsload, pki, server, *change))
+    assert status == 2
+    assert report is None
+    assert err.startswith("tlsload: error: ")
+    assert message in err
+    assert err.count("\n") == 1
