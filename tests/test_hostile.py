@@ -465,6 +465,32 @@ async def test_crafted_old_client_hello_is_refused(
     assert_no_errors(caplog)
 
 
+async def test_one_byte_then_reset_before_the_server_looks(
+    server: Address,
+    client_config: ClientConfig,
+    caplog: pytest.LogCaptureFixture,
+    watch: LogWatch,
+) -> None:
+    # Connected, sent the first byte of a hello and reset, all before the server's task
+    # runs (no await in between): the socket it accepts is already dead with data in
+    # it.  CPython's wrap_socket() then refuses it (getpeername() fails, CVE-2023-40217
+    # check); that once escaped run_connection and stopped the whole server.
+    async with good_client(server, client_config) as good:
+        rude = socket.create_connection((server.host, server.port))
+        rude.sendall(b"\x16")
+        rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        rude.close()
+
+        def failures() -> list[str]:
+            return [r.getMessage() for r in watch.records if "handshake failed" in r.getMessage()]
+
+        await watch.wait_for(lambda: bool(failures()))
+        await good.still_served()
+    # Its address is gone with it ("?:0"): getpeername() fails on a reset socket.
+    assert len(failures()) == 1
+    assert_no_errors(caplog)
+
+
 # -- verified peers that misbehave after the handshake -------------------------------
 
 

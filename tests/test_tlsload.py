@@ -80,7 +80,8 @@ async def test_open_loop_keeps_its_rate(tlsload: Path, pki: Path, server: Addres
     assert report["errors"] == NO_ERRORS
     rate = report["round_trips_per_sec"]
     assert isinstance(rate, float)
-    assert abs(rate - 500) <= 25  # 500 +- a few at the window's edges
+    # 500 +- what a stall at the window's end holds back (a closed loop: thousands)
+    assert abs(rate - 500) <= 75
 
 
 def stalling_echo(start: float, stall: float) -> Callable[[Connection], Awaitable[None]]:

@@ -123,9 +123,6 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
     everything an idle connection keeps alive counts once per connection.
     """
     config, metrics = server.config, server.metrics
-    started = trio.current_time()
-    peer = _peer_address(tcp)
-    where = format_address(*peer)
     stream: trio.SSLStream[Any] | SSLSocketStream | None = None
     # What handlers read and write, and what the byte counters count: application bytes.
     # The socket engine counts them itself; trio's SSLStream gets a meter on top.
@@ -134,6 +131,9 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
     probe = False
     closing: trio.abc.AsyncResource = tcp
     try:
+        started = trio.current_time()
+        peer = _peer_address(tcp)
+        where = format_address(*peer)
         # One deadline for the PROXY header and the handshake together: a peer gets
         # handshake_timeout to become a verified client, however it spends it.
         with trio.move_on_after(config.handshake_timeout) as scope:
@@ -148,9 +148,23 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
             # a balancer's health check or a port scan, worth a count, not a warning.
             probe = not await _first_byte(tcp)
             if config.engine == "socket":
-                stream = counted = SSLSocketStream.from_socket_stream(
-                    tcp, server.ssl_context, server_side=True
-                )
+                try:
+                    stream = counted = SSLSocketStream.from_socket_stream(
+                        tcp, server.ssl_context, server_side=True
+                    )
+                except (OSError, ValueError) as exc:
+                    # wrap_socket() itself can fail: a peer that sent a byte and then
+                    # reset makes getpeername() fail, and CPython (CVE-2023-40217)
+                    # refuses a socket with unread data it cannot tell is connected.
+                    # The fd is closed already; *tcp* is an empty shell.
+                    metrics.handshakes["protocol"] += 1
+                    log.log(
+                        logging.DEBUG if probe else logging.WARNING,
+                        "%s: handshake failed: %s",
+                        where,
+                        describe_tls_error(exc),
+                    )
+                    return
                 closing = stream
                 del tcp  # closed and detached: the stream owns the file descriptor
             else:

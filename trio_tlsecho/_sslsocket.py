@@ -222,13 +222,15 @@ class SSLSocketStream(trio.abc.Stream):
         # _sslobj.write) that, with suppress_ragged_eofs off, only adds checks we make
         # ourselves; calling the C object skips two Python frames per read and one per
         # write: +4 % round trips/s against a load generator that saturates the server
-        # (benchmarks/README.md).  A Python without ``_sslobj`` gets the public methods.
+        # (benchmarks/README.md).  ``_sslobj`` is None for a socket that was no longer
+        # connected when wrapped (a peer that reset first; its handshake then fails and
+        # these are never called), and on a Python without it: the public methods.
         sslobj = getattr(sock, "_sslobj", None)
         self._read: Callable[[int, memoryview], int]
         self._send: Callable[[Any], int]
         if sslobj is not None:
             self._read, self._send = sslobj.read, sslobj.write
-        else:  # pragma: no cover - CPython 3.11-3.13 all have it
+        else:
             self._read = lambda n, buffer: sock.recv_into(buffer, n)
             self._send = sock.send
         self.close_notify_timeout = close_notify_timeout
