@@ -92,6 +92,11 @@ def lines_for(caplog: pytest.LogCaptureFixture, port: int) -> list[str]:
     ]
 
 
+def reset_on_close(sock: socket.socket | trio.socket.SocketType) -> None:
+    """Make close() send a TCP reset (SO_LINGER, timeout 0) instead of a FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
 def assert_no_errors(caplog: pytest.LogCaptureFixture) -> None:
     bad = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert not bad, [r.getMessage() for r in bad]
@@ -478,7 +483,7 @@ async def test_one_byte_then_reset_before_the_server_looks(
     async with good_client(server, client_config) as good:
         rude = socket.create_connection((server.host, server.port))
         rude.sendall(b"\x16")
-        rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset_on_close(rude)
         rude.close()
 
         def failures() -> list[str]:
@@ -495,7 +500,7 @@ async def test_one_byte_then_reset_before_the_server_looks(
 
 
 def _set_reset_on_close(stream: trio.SSLStream[trio.SocketStream]) -> None:
-    stream.transport_stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    reset_on_close(stream.transport_stream.socket)
 
 
 async def test_peer_that_resets_mid_echo(
@@ -570,7 +575,7 @@ class BareTLSClient:
         assert self.sock.send(data) == len(data), "the socket buffer took only part"
 
     def reset(self) -> None:
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset_on_close(self.sock)
         trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
 

@@ -127,7 +127,7 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
     # What handlers read and write, and what the byte counters count: application bytes.
     # The socket engine counts them itself; trio's SSLStream gets a meter on top.
     counted: Meter | SSLSocketStream | None = None
-    failed: trio.BrokenResourceError | None = None
+    failed: Exception | None = None
     probe = False
     closing: trio.abc.AsyncResource = tcp
     try:
@@ -157,31 +157,27 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
                     # reset makes getpeername() fail, and CPython (CVE-2023-40217)
                     # refuses a socket with unread data it cannot tell is connected.
                     # The fd is closed already; *tcp* is an empty shell.
-                    metrics.handshakes["protocol"] += 1
-                    log.log(
-                        logging.DEBUG if probe else logging.WARNING,
-                        "%s: handshake failed: %s",
-                        where,
-                        describe_tls_error(exc),
-                    )
-                    return
-                closing = stream
-                del tcp  # closed and detached: the stream owns the file descriptor
+                    failed = exc
+                else:
+                    closing = stream
+                    del tcp  # closed and detached: the stream owns the file descriptor
             else:
                 stream = closing = trio.SSLStream(tcp, server.ssl_context, server_side=True)
                 counted = Meter(stream)
-            try:
-                await stream.do_handshake()
-            except trio.BrokenResourceError as exc:
-                failed = exc
-        if failed is not None and stream is not None:
+            if stream is not None:
+                try:
+                    await stream.do_handshake()
+                except trio.BrokenResourceError as exc:
+                    failed = exc
+        if failed is not None:
             # Outside the handshake deadline: the alert and the linger have their own
             # bounds, and a refusal must not also be counted as a timeout.
             metrics.handshakes[classify_tls_error(failed)] += 1
             level = logging.DEBUG if probe else logging.WARNING
             log.log(level, "%s: handshake failed: %s", where, describe_tls_error(failed))
-            await _send_alert(stream)
-            await _linger(stream)
+            if stream is not None:  # no TLS stream, no alert to send
+                await _send_alert(stream)
+                await _linger(stream)
             return
         if scope.cancelled_caught:
             metrics.handshakes["timeout"] += 1
