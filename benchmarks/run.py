@@ -16,6 +16,9 @@ rotating their order, and reports the median of the runs:
   (a*), (b*), (e*): (a), (b), (e) driven by tlsload.c, an independent C load generator
       cheap enough to saturate the server (our Python one is not: see README.md);
       (e*) at half the slowest server's (a*) rate
+  (d*) (d) with tlsload's clients, which send their own certificate only, as Go's
+      crypto/tls does; OpenSSL-based clients such as (d)'s also send the CA, and the
+      server keeps both for the connection's life
 
 For (a), (b) and (c) it also reports the rate per CPU-second the *server* used in the
 measured window (utime + stime from ``/proc/PID/stat``, sampled every 50 ms): when the
@@ -369,6 +372,41 @@ async def hold_idle(server: Server, client: ClientConfig, count: int) -> dict[st
     }
 
 
+def hold_idle_c(server: Server, binary: Path, pki: Path, count: int) -> dict[str, Any]:
+    """(d*): (d) with tlsload's clients, which send only their own certificate, as Go's do.
+
+    OpenSSL-based clients (ours, (d)'s) also send the CA, and every server keeps what a
+    client sent for the connection's life: about 5 KB more per connection.
+    """
+    command = [
+        str(binary), "--connect", str(server.address),
+        "--ca", str(pki / "ca.pem"), "--cert", str(pki / "client.pem"), "--key", str(pki / "client.key"),
+        "--clients", str(count), "--size", "1", "--hold", str(IDLE_TIMEOUT), "--timeout", str(IDLE_TIMEOUT),
+    ]  # fmt: skip
+    before = server.rss_kb()
+    pipe = subprocess.PIPE
+    with subprocess.Popen(command, stdin=pipe, stdout=pipe, stderr=pipe) as proc:
+        assert proc.stdout is not None
+        # Bounded: tlsload gives up on its own after IDLE_TIMEOUT.
+        held = proc.stdout.readline()
+        after = server.rss_kb()
+        # communicate() closes stdin first: tlsload then closes them all and reports.
+        out, err = proc.communicate(timeout=START_TIMEOUT)
+    server.check()
+    if not held.startswith(b'{"held"') or proc.returncode != 0:
+        said = (err or held + out).decode(errors="replace").strip()
+        raise RuntimeError(f"tlsload --hold against {server.name} failed (exit {proc.returncode}): {said}")
+    return {
+        "server": server.name,
+        "workload": "d*",
+        "value": round((after - before) / count, 2),
+        "rss_before_kb": before,
+        "rss_after_kb": after,
+        "connections": json.loads(held)["held"],
+        "report": json.loads(out),
+    }
+
+
 # -- reporting -------------------------------------------------------------------------
 
 
@@ -380,11 +418,11 @@ def build_tlsload(out_dir: Path, log: Callable[..., None]) -> Path | None:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        log(f"(a*), (b*), (e*) skipped: cannot run {cc}: {exc}")
+        log(f"(a*), (b*), (d*), (e*) skipped: cannot run {cc}: {exc}")
         return None
     if done.returncode != 0:
         first = (done.stderr.strip().splitlines() or ["no message"])[0]
-        log(f"(a*), (b*), (e*) skipped: {cc} could not build tlsload.c (needs gcc, libssl-dev): {first}")
+        log(f"(a*), (b*), (d*), (e*) skipped: {cc} could not build tlsload.c (gcc, libssl-dev?): {first}")
         return None
     return binary
 
@@ -518,6 +556,8 @@ def table_rows(medians: dict[str, dict[str, Any]], efficiency: dict[str, dict[st
             (f"(e*) open loop, {c_rate:,.0f} round trips/s, C loadgen", "p99 latency µs", medians["e*"])
         )
     rows.append(("(d) idle connections", "RSS KiB per conn.", medians["d"]))
+    if "d*" in medians:
+        rows.append(("(d*) idle connections, C loadgen", "RSS KiB per conn.", medians["d*"]))
     return rows
 
 
@@ -601,7 +641,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers and loadgen to CPUs")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib needed)")
     parser.add_argument(
-        "--no-c-loadgen", action="store_true", help="skip (a*), (b*) and (e*), the C load generator's runs"
+        "--no-c-loadgen",
+        action="store_true",
+        help="skip (a*), (b*), (d*) and (e*), the C load generator's runs",
     )
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.duration <= 0 or args.workers < 1 or args.idle_connections < 1:
@@ -677,9 +719,19 @@ def main(argv: list[str] | None = None) -> int:
                     stop(fresh)
                 runs.append(run)
                 _say(log, rep, "d", name, f"{run['value']:,.2f} KiB per idle connection", run)
+                if tlsload is None:
+                    continue
+                wait_for_quiet(args.max_other_cpu, args.quiet_wait, log)
+                fresh = start_server(name, pki, Path(tmp) / f"{name}-idle.log", server_cpus)
+                try:
+                    run = hold_idle_c(fresh, tlsload, pki, args.idle_connections)
+                finally:
+                    stop(fresh)
+                runs.append(run)
+                _say(log, rep, "d*", name, f"{run['value']:,.2f} KiB per idle connection", run)
 
     c_names = tuple(w.name for w in workloads if w in C_WORKLOADS) + (("e*",) if c_rate else ())
-    names = ("a", "b", "c", *c_names, *(("e",) if rate else ()), "d")
+    names = ("a", "b", "c", *c_names, *(("e",) if rate else ()), "d", *(("d*",) if tlsload else ()))
     medians = {w: {s: median(runs, s, w) for s in SERVERS} for w in names}
     efficiency = {
         w: {s: median(runs, s, w, "efficiency") for s in SERVERS} for w in ("a", "b", "c", *c_names, "e")

@@ -12,7 +12,7 @@
  * Usage:  tlsload --connect HOST:PORT --ca FILE --cert FILE --key FILE
  *                 [--servername NAME] [--clients N] [--size N | --size MIN-MAX]
  *                 [--duration SECONDS] [--warmup SECONDS] [--seed N] [--timeout SECONDS]
- *                 [--rate R]
+ *                 [--rate R | --hold SECONDS]
  *
  * All clients connect and handshake at once; when every one is done, each runs a closed
  * loop (send one message, read its echo, compare, next).  Round trips that complete in
@@ -27,6 +27,20 @@
  * trip per client ("coordinated omission"); measured from the schedule, it shows up in
  * every message that should have gone out during it, as real users arriving at that rate
  * would see it.  The JSON's last key, "rate", is R (null for the closed loop).
+ *
+ * --hold SECONDS measures what idle connections cost the server (benchmarks/run.py (d*)):
+ * the clients connect HOLD_WAVE at a time, not all at once (a storm of handshakes would
+ * raise the server's memory high-water mark, not what idle connections hold); each sends
+ * one message, checks its echo and then stays open and silent.  Once every one has (or
+ * has failed), one JSON line {"held": N} goes to stdout; the clients are held until
+ * SECONDS from the start pass or stdin reaches end-of-file, whichever is first, and the
+ * usual report follows (--duration and --warmup do not apply; --timeout is per client).
+ * A server that closes a held connection is an error ("closed").
+ *
+ * Like Go's crypto/tls and rustls, tlsload sends exactly the certificates in --cert.  An
+ * OpenSSL client left to itself also sends the CA it finds in --ca, and the server keeps
+ * every certificate a client sent for as long as the connection lives: 5 KB per idle
+ * connection with our P-256 development certificates.
  * Exit status: 0 ok, 1 if any client failed (see "errors"), 2 for a bad command line.
  */
 #define _GNU_SOURCE
@@ -74,6 +88,7 @@ struct client {
 #define CHUNK 16384     /* one TLS record per SSL_write, so big messages interleave with reads */
 #define MAX_SIZE (64u << 20)
 #define CHECK_NS 10000000 /* look for timed-out round trips every 10 ms, not on every event */
+#define HOLD_WAVE 16      /* --hold: connections being set up at once */
 
 static struct client *clients;
 static int nclients = 64, epfd = -1;
@@ -91,6 +106,9 @@ static int64_t t0;
 static struct client **heap;
 static int heap_len, timer_fd = -1;
 static int64_t armed_ns = INT64_MAX;
+/* --hold: how long to hold (0: not holding); stdin's place in the epoll set. */
+static int64_t hold;
+static struct client stdin_tag;
 
 static void usage_error(const char *fmt, ...) {
     va_list ap;
@@ -260,10 +278,18 @@ static int must_wait(struct client *c, int r, uint32_t *wants) {
     return 0;
 }
 
+static void start_message(struct client *c, int64_t due, int64_t now);
+static void pump(struct client *c, uint32_t events);
+
 static void handshake(struct client *c) {
     int r = SSL_connect(c->ssl);
     uint32_t wants;
-    if (r == 1) {
+    if (r == 1 && hold > 0) { /* nobody waits for the others: one echo, then idle */
+        int64_t now = now_ns();
+        c->state = RUNNING;
+        start_message(c, now, now);
+        pump(c, 0);
+    } else if (r == 1) {
         c->state = READY;
         set_events(c, 0); /* idle until every client is ready; session tickets can wait */
     } else if (must_wait(c, r, &wants)) {
@@ -395,6 +421,11 @@ static void pump(struct client *c, uint32_t events) {
         if (c->received == c->len) {
             int64_t t = now_ns();
             record(c, t);
+            if (hold > 0) {
+                c->state = WAITING; /* silent from now on: idle_read watches for the server */
+                set_events(c, EPOLLIN);
+                return;
+            }
             if (rate > 0) {
                 int64_t due = intended_ns(c);
                 if (due > t) {
@@ -417,7 +448,7 @@ static void pump(struct client *c, uint32_t events) {
     set_events(c, EPOLLIN | (out ? EPOLLOUT : 0));
 }
 
-/* Open loop: the server has something to say while nothing is in flight.  A TLS 1.3
+/* Open loop or --hold: the server has something to say while nothing is in flight.  A TLS 1.3
  * session ticket is consumed (WANT_READ); a close or an alert fails the client; echoed
  * bytes for a message we have not sent are a mismatch. */
 static void idle_read(struct client *c, uint32_t events) {
@@ -459,6 +490,7 @@ static void send_due(int64_t now) {
 
 static void open_client(struct client *c, SSL_CTX *ctx, const struct addrinfo *ai, const char *name) {
     c->state = CONNECTING;
+    c->start_ns = now_ns(); /* --hold: its --timeout counts from here */
     alive++;
     c->fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c->fd < 0) {
@@ -501,7 +533,8 @@ int main(int argc, char **argv) {
     const char *connect_to = NULL, *ca = NULL, *cert = NULL, *key = NULL, *name = "localhost";
     int64_t duration = 4000000000, warmup = 1000000000, timeout = 10000000000;
     static const char *const flags[] = {"--connect", "--ca", "--cert", "--key", "--servername", "--clients",
-                                        "--size", "--duration", "--warmup", "--seed", "--timeout", "--rate"};
+                                        "--size", "--duration", "--warmup", "--seed", "--timeout", "--rate",
+                                        "--hold"};
     for (int i = 1; i < argc; i += 2) {
         const char *flag = argv[i], *value = argv[i + 1]; /* argv[argc] is NULL */
         int f = 0, nflags = (int)(sizeof flags / sizeof *flags);
@@ -523,8 +556,15 @@ int main(int argc, char **argv) {
         case 8: warmup = parse_seconds(flag, value, 1); break;
         case 9: rng_state = parse_uint(flag, value, 0, UINT64_MAX); break;
         case 10: timeout = parse_seconds(flag, value, 0); break;
-        default: rate = parse_rate(value); break;
+        case 11: rate = parse_rate(value); break;
+        default: hold = parse_seconds(flag, value, 0); break;
         }
+    }
+    if (hold > 0 && rate > 0)
+        usage_error("--hold and --rate cannot be used together");
+    if (hold > 0) {
+        duration = hold;
+        warmup = 0;
     }
     if (connect_to == NULL || ca == NULL || cert == NULL || key == NULL)
         usage_error("--connect, --ca, --cert and --key are required");
@@ -545,7 +585,9 @@ int main(int argc, char **argv) {
     if (SSL_CTX_check_private_key(ctx) != 1)
         tls_setup_error("--key does not match --cert", cert);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* NO_AUTO_CHAIN: send --cert's chain as it is, not completed from --ca (see the top). */
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                              SSL_MODE_NO_AUTO_CHAIN);
     /* One read() per record instead of two (header, then body).  Read-ahead can leave data
      * in OpenSSL where epoll cannot see it, but we only stop reading once a message's echo
      * is complete, and the server has nothing more to send until the next one. */
@@ -578,16 +620,29 @@ int main(int argc, char **argv) {
         memcpy(pool + i, &r, pool_len - i < 8 ? pool_len - i : 8);
     }
 
-    int64_t connect_deadline = now_ns() + timeout, last_check = 0;
-    for (int i = 0; i < nclients; i++)
-        open_client(&clients[i], ctx, addr, name);
-
+    int64_t connect_deadline = now_ns() + timeout, last_check = now_ns();
+    /* Clients from next_open on are not opened yet (--hold): loops over clients stop there. */
+    int started = 0, announced = 0, stop_now = 0, next_open = 0;
+    if (hold > 0) { /* no common start: the window is the hold, from now */
+        started = 1;
+        window_start = t0 = last_check;
+        window_end = window_start + hold;
+    }
     struct epoll_event events[256];
-    int started = 0;
-    while (alive > 0) {
+    while (!stop_now) {
+        /* All at once, or (--hold) up to HOLD_WAVE connections being set up. */
+        int busy = 0;
+        for (int i = 0; hold > 0 && i < next_open; i++)
+            busy += clients[i].state != WAITING && clients[i].state != DEAD;
+        while (next_open < nclients && (hold == 0 || busy < HOLD_WAVE)) {
+            open_client(&clients[next_open++], ctx, addr, name);
+            busy++;
+        }
+        if (alive == 0)
+            break;
         int n = epoll_wait(epfd, events, 256, 10);
         if (n < 0 && errno != EINTR) {
-            for (int i = 0; i < nclients; i++)
+            for (int i = 0; i < next_open; i++)
                 fail(&clients[i], E_IO);
             break;
         }
@@ -599,6 +654,12 @@ int main(int argc, char **argv) {
                     fputs("tlsload: error: reading the timerfd failed\n", stderr);
                     exit(1);
                 }
+                continue;
+            }
+            if (c == &stdin_tag) { /* --hold: anything but data (EOF, an error) ends it */
+                char buf[256];
+                ssize_t r = read(STDIN_FILENO, buf, sizeof buf);
+                stop_now = r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR);
                 continue;
             }
             switch (c->state) {
@@ -616,7 +677,7 @@ int main(int argc, char **argv) {
         int64_t now = now_ns();
         if (!started) {
             int pending = 0;
-            for (int i = 0; i < nclients; i++)
+            for (int i = 0; i < next_open; i++)
                 if (clients[i].state == CONNECTING || clients[i].state == HANDSHAKING) {
                     if (now > connect_deadline)
                         fail(&clients[i], E_TIMEOUT);
@@ -630,7 +691,7 @@ int main(int argc, char **argv) {
             window_end = window_start + duration;
             last_check = now;
             t0 = now;
-            for (int i = 0; i < nclients; i++)
+            for (int i = 0; i < next_open; i++)
                 if (clients[i].state == READY && rate > 0) {
                     wait_for_slot(&clients[i], intended_ns(&clients[i])); /* client 0's is now */
                 } else if (clients[i].state == READY) {
@@ -641,11 +702,24 @@ int main(int argc, char **argv) {
                 }
         } else if (now >= window_end) {
             break;
-        } else if (now - last_check >= CHECK_NS) {
-            last_check = now;
-            for (int i = 0; i < nclients; i++)
-                if (clients[i].state == RUNNING && now - clients[i].start_ns > timeout)
-                    fail(&clients[i], E_TIMEOUT);
+        } else {
+            /* busy was counted before this round's events: everything has been quiet since. */
+            if (hold > 0 && !announced && next_open == nclients && busy == 0) {
+                announced = 1;
+                printf("{\"held\": %d}\n", alive);
+                fflush(stdout);
+                /* A regular file or /dev/null cannot be watched (EPERM): then only SECONDS end it. */
+                struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &stdin_tag};
+                (void)epoll_ctl(epfd, EPOLL_CTL_ADD, STDIN_FILENO, &ev);
+            }
+            if (now - last_check >= CHECK_NS) {
+                last_check = now;
+                for (int i = 0; i < next_open; i++)
+                    if ((clients[i].state == RUNNING ||
+                         (hold > 0 && (clients[i].state == CONNECTING || clients[i].state == HANDSHAKING))) &&
+                        now - clients[i].start_ns > timeout)
+                        fail(&clients[i], E_TIMEOUT);
+            }
         }
         if (rate > 0)
             send_due(now);
@@ -684,7 +758,7 @@ int main(int argc, char **argv) {
         printf("null}\n");
     }
 
-    for (int i = 0; i < nclients; i++)
+    for (int i = 0; i < next_open; i++)
         if (clients[i].state != DEAD) {
             SSL_free(clients[i].ssl);
             close(clients[i].fd);

@@ -7,17 +7,32 @@ is one line and exit status 2.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import ssl
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from subprocess import PIPE
 
 import pytest
 import trio
 
-from trio_tlsecho import Address, Connection, ServerConfig
+from trio_tlsecho import (
+    Address,
+    ClientConfig,
+    Connection,
+    ServerConfig,
+    ServerMetrics,
+    TLSFiles,
+    open_client,
+    serve,
+    server_context,
+)
 
 from .conftest import start_server
+from .test_wire import start_recording_proxy
 from .tools import missing, require_tool
 
 SOURCE = Path(__file__).resolve().parent.parent / "benchmarks" / "tlsload.c"
@@ -146,6 +161,120 @@ async def test_a_server_of_another_ca_fails_the_handshake(
     assert errors["handshake"] == 2
 
 
+@contextlib.asynccontextmanager
+async def child(args: list[str]) -> AsyncIterator[trio.Process]:
+    """*args* running with stdin and stdout on pipes, waited for (killed if the test fails)."""
+    proc = await trio.lowlevel.open_process(args, stdin=PIPE, stdout=PIPE)
+    try:
+        yield proc
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        with trio.CancelScope(shield=True):
+            await proc.wait()
+
+
+class Lines:
+    """Lines from a child's stdout, as they come."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self.stream, self.buffer = stream, b""
+
+    async def next(self) -> bytes:
+        """The next line, without its newline (b"" at the end)."""
+        while b"\n" not in self.buffer and (chunk := await self.stream.receive_some()):
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
+
+
+async def test_hold_keeps_every_connection_open_until_stdin_closes(
+    tlsload: Path, pki: Path, nursery: trio.Nursery, server_config: ServerConfig
+) -> None:
+    # 40 clients: more than one wave of 16 set up at a time.
+    metrics = ServerMetrics()
+    [address] = await nursery.start(functools.partial(serve, server_config, metrics=metrics))
+    args = command(tlsload, pki, address, "--clients", "40", "--size", "1", "--hold", "60")
+    with trio.fail_after(30):  # --hold 60: only the end of stdin stops it in time
+        async with child(args) as proc:
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+            lines = Lines(proc.stdout)
+            assert json.loads(await lines.next()) == {"held": 40}
+            # Each has had its byte echoed: the server holds them all, verified and idle.
+            assert metrics.connections_open == 40
+            await proc.stdin.aclose()
+            report = json.loads(await lines.next())
+            assert await lines.next() == b""
+    assert proc.returncode == 0
+    assert report["round_trips"] == 40
+    assert report["errors"] == NO_ERRORS
+
+
+async def echo_once_then_close(conn: Connection) -> None:
+    await conn.stream.send_all(await conn.stream.receive_some(65536))
+
+
+async def test_hold_counts_a_server_closing_a_held_connection(
+    tlsload: Path, pki: Path, nursery: trio.Nursery, server_config: ServerConfig
+) -> None:
+    [address] = await start_server(nursery, server_config, handler=echo_once_then_close)
+    args = command(tlsload, pki, address, "--clients", "3", "--size", "1", "--hold", "60")
+    # stdin stays open: it ends, well before 60 s, when the last held client is closed.
+    with trio.fail_after(30):
+        async with child(args) as proc:
+            assert proc.stdout is not None
+            lines = Lines(proc.stdout)
+            last = b""
+            while line := await lines.next():
+                last = line
+    assert proc.returncode == 1
+    report = json.loads(last)
+    assert report["errors"] == {**NO_ERRORS, "closed": 3}
+    assert report["round_trips"] == 3
+
+
+def der(pem_file: Path) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(pem_file.read_text())
+
+
+async def plain_echo(stream: trio.SSLStream[trio.SocketStream]) -> None:
+    async with stream:
+        with contextlib.suppress(trio.BrokenResourceError):
+            while data := await stream.receive_some(65536):
+                await stream.send_all(data)
+
+
+async def test_sends_its_own_certificate_not_the_ca(tlsload: Path, pki: Path, nursery: trio.Nursery) -> None:
+    """As Go's client does; an OpenSSL client left to itself (ours, the control) adds the CA.
+
+    Over TLS 1.2, where the client's certificate crosses the wire in clear, through
+    test_wire's recording proxy.
+    """
+    ctx = server_context(ServerConfig(tls=TLSFiles.from_dir(pki, "server")))
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    serving = functools.partial(trio.serve_ssl_over_tcp, plain_echo, 0, ctx, host="127.0.0.1")
+    [listener] = await nursery.start(serving)
+    upstream = Address("127.0.0.1", listener.transport_listener.socket.getsockname()[1])
+    leaf, ca = der(pki / "client.pem"), der(pki / "ca.pem")
+
+    proxy, recording = await start_recording_proxy(nursery, upstream)
+    status, report, _ = await run(command(tlsload, pki, proxy, "--clients", "1"))
+    assert status == 0
+    assert report is not None
+    assert report["errors"] == NO_ERRORS
+    assert leaf in recording.to_server
+    assert ca not in recording.to_server
+
+    proxy, recording = await start_recording_proxy(nursery, upstream)
+    async with await open_client(proxy, ClientConfig(tls=TLSFiles.from_dir(pki, "client"))) as stream:
+        await stream.send_all(b"x")
+        assert await stream.receive_some(1) == b"x"
+    assert leaf in recording.to_server
+    assert ca in recording.to_server
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -156,6 +285,8 @@ async def test_a_server_of_another_ca_fails_the_handshake(
         (["--rate", "0"], "--rate"),
         (["--rate", "nan"], "--rate"),
         (["--rate", "-5"], "--rate"),
+        (["--hold", "soon"], "--hold"),
+        (["--hold", "1", "--rate", "5"], "--hold"),
     ],
 )
 async def test_bad_command_line_is_one_line(
