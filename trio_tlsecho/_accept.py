@@ -1,4 +1,4 @@
-"""accept() that survives running out of file descriptors (or memory) for a while."""
+"""accept() that keeps the peer's address and survives running out of descriptors."""
 
 from __future__ import annotations
 
@@ -13,15 +13,34 @@ log = logging.getLogger("trio_tlsecho")
 # ACCEPT_CAPACITY_ERRNOS).  Anything else is a bug or a closed socket and propagates.
 CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 CAPACITY_PAUSE = 0.100
+# The listening socket was closed under us (as trio.SocketListener.accept reports it).
+_CLOSED_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})
+# Linux's accept(2) reports an error already pending on the *new* connection (a peer
+# that went away, a firewall's EPERM) as its own: that connection is lost, not the
+# listener.  The list is the man page's.
+_PEER_ERRNO_NAMES = (
+    "ECONNABORTED EPROTO EPERM ENETDOWN ENOPROTOOPT EHOSTDOWN ENONET EHOSTUNREACH EOPNOTSUPP ENETUNREACH"
+)
+_PEER_ERRNOS = frozenset(getattr(errno, name) for name in _PEER_ERRNO_NAMES.split() if hasattr(errno, name))
 
 
-async def accept(listener: trio.SocketListener, where: object) -> trio.SocketStream:
-    """The next connection; pauses and retries while the process is out of descriptors."""
+async def accept(listener: trio.SocketListener, where: object) -> tuple[trio.SocketStream, tuple[str, int]]:
+    """The next connection and its peer's (host, port); retries while out of descriptors.
+
+    The address is accept()'s own, not a later getpeername(): a peer that has already
+    reset still has one, and it saves a system call per connection.
+    """
     while True:
         try:
-            return await listener.accept()
+            sock, address = await listener.socket.accept()
         except OSError as exc:
+            if exc.errno in _CLOSED_ERRNOS:
+                raise trio.ClosedResourceError from None
+            if exc.errno in _PEER_ERRNOS:
+                continue
             if exc.errno not in CAPACITY_ERRNOS:
                 raise
             log.error("%s: accept failed: %s; pausing %d ms", where, exc.strerror, CAPACITY_PAUSE * 1000)
             await trio.sleep(CAPACITY_PAUSE)
+        else:
+            return trio.SocketStream(sock), (str(address[0]), int(address[1]))

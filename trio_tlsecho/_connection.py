@@ -57,14 +57,6 @@ class ServerState:
         self.liveness = Liveness(self.metrics, self.config.idle_timeout)
 
 
-def _peer_address(stream: trio.SocketStream) -> tuple[str, int]:
-    try:
-        addr = stream.socket.getpeername()
-    except OSError:  # the peer may already be gone by the time we ask
-        return ("?", 0)
-    return (str(addr[0]), int(addr[1]))
-
-
 async def _send_alert(stream: trio.SSLStream[Any] | SSLSocketStream) -> None:
     # trio's SSLStream marks itself broken on an SSLError without sending what
     # OpenSSL queued: the alert ("certificate required", "unknown ca") that tells the
@@ -115,8 +107,8 @@ async def _linger(stream: trio.SSLStream[Any] | SSLSocketStream) -> None:
                     drained += len(data)
 
 
-async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
-    """Serve one TCP connection; returns (never raises) when it is over.
+async def run_connection(tcp: trio.SocketStream, peer: tuple[str, int], server: ServerState) -> None:
+    """Serve one TCP connection from *peer*; returns (never raises) when it is over.
 
     Releases one of ``server.slots`` (when there are slots) as it ends.  It is the
     connection task's outermost frame, and holds only what the handler still needs:
@@ -132,7 +124,6 @@ async def run_connection(tcp: trio.SocketStream, server: ServerState) -> None:
     closing: trio.abc.AsyncResource = tcp
     try:
         started = trio.current_time()
-        peer = _peer_address(tcp)
         where = format_address(*peer)
         # One deadline for the PROXY header and the handshake together: a peer gets
         # handshake_timeout to become a verified client, however it spends it.

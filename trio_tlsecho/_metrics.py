@@ -257,7 +257,7 @@ async def serve_metrics(
         sockname = listener.socket.getsockname()
         task_status.started(Address(str(sockname[0]), int(sockname[1])))
         while True:
-            stream = await accept(listener, f"metrics {address}")
+            stream, _ = await accept(listener, f"metrics {address}")
             nursery.start_soon(_answer, stream, metrics)
 
 

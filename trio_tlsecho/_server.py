@@ -140,13 +140,13 @@ class _Listener:
                     )
                 await slots.acquire()
             try:
-                tcp = await accept(self.socket_listener, self.address)
+                tcp, peer = await accept(self.socket_listener, self.address)
             except BaseException:
                 if slots is not None:
                     slots.release()
                 raise
             # A constant name: trio would otherwise build a new string per task.
-            connections.start_soon(run_connection, tcp, self.state, name=_CONNECTION_TASK)
+            connections.start_soon(run_connection, tcp, peer, self.state, name=_CONNECTION_TASK)
 
     def stop(self, grace_deadline: float) -> None:
         self.accepting.cancel()
