@@ -35,7 +35,9 @@
  * has failed), one JSON line {"held": N} goes to stdout; the clients are held until
  * SECONDS from the start pass or stdin reaches end-of-file, whichever is first, and the
  * usual report follows (--duration and --warmup do not apply; --timeout is per client).
- * A server that closes a held connection is an error ("closed").
+ * If SECONDS pass before every client is held, there is no "held" line and each client
+ * not held yet, opened or not, counts as a timeout.  A server that closes a held
+ * connection is an error ("closed").
  *
  * Like Go's crypto/tls and rustls, tlsload sends exactly the certificates in --cert.  An
  * OpenSSL client left to itself also sends the CA it finds in --ca, and the server keeps
@@ -638,8 +640,8 @@ int main(int argc, char **argv) {
             open_client(&clients[next_open++], ctx, addr, name);
             busy++;
         }
-        if (alive == 0)
-            break;
+        if (alive == 0 && next_open == nclients)
+            break; /* (--hold: a wave that failed at once is followed by the next) */
         int n = epoll_wait(epfd, events, 256, 10);
         if (n < 0 && errno != EINTR) {
             for (int i = 0; i < next_open; i++)
@@ -725,6 +727,16 @@ int main(int argc, char **argv) {
             send_due(now);
     }
     int64_t stop = now_ns();
+    if (hold > 0 && !announced) {
+        if (next_open == nclients && alive == 0) {
+            printf("{\"held\": 0}\n"); /* every one failed, and is counted */
+        } else { /* SECONDS ran out first: whoever is not held yet timed out */
+            for (int i = 0; i < next_open; i++)
+                if (clients[i].state != WAITING)
+                    fail(&clients[i], E_TIMEOUT); /* a no-op for the dead */
+            errors[E_TIMEOUT] += (uint64_t)(nclients - next_open);
+        }
+    }
 
     double seconds = 0;
     if (started && stop > window_start)

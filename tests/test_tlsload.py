@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -233,6 +234,42 @@ async def test_hold_counts_a_server_closing_a_held_connection(
     report = json.loads(last)
     assert report["errors"] == {**NO_ERRORS, "closed": 3}
     assert report["round_trips"] == 3
+
+
+async def run_lines(args: list[str]) -> tuple[int, list[dict[str, object]]]:
+    """Exit status and every stdout line, parsed (stdin is empty: a hold ends once announced)."""
+    with trio.fail_after(30):
+        done = await trio.run_process(args, capture_stdout=True, check=False)
+    return done.returncode, [json.loads(line) for line in done.stdout.decode().splitlines()]
+
+
+async def test_hold_counts_everyone_not_held_in_time_as_a_timeout(
+    tlsload: Path, pki: Path, nursery: trio.Nursery
+) -> None:
+    # A listener that accepts and never answers: no handshake ends.  Of 20 clients, 16
+    # are handshaking when the 0.5 s are up and 4 were never opened.
+    async def silent(stream: trio.SocketStream) -> None:
+        async with stream:
+            await trio.sleep_forever()
+
+    [listener] = await nursery.start(functools.partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+    address = Address("127.0.0.1", listener.socket.getsockname()[1])
+    status, lines = await run_lines(command(tlsload, pki, address, "--clients", "20", "--hold", "0.5"))
+    assert status == 1
+    [report] = lines  # no "held" line
+    assert report["errors"] == {**NO_ERRORS, "timeout": 20}
+
+
+async def test_hold_tries_every_client_when_whole_waves_fail(tlsload: Path, pki: Path) -> None:
+    # Nobody listens: each wave of 16 is refused at once; the next one is still tried.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        address = Address("127.0.0.1", sock.getsockname()[1])
+    status, lines = await run_lines(command(tlsload, pki, address, "--clients", "40", "--hold", "30"))
+    assert status == 1
+    held, report = lines
+    assert held == {"held": 0}
+    assert report["errors"] == {**NO_ERRORS, "connect": 40}
 
 
 def der(pem_file: Path) -> bytes:

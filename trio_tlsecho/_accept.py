@@ -15,11 +15,13 @@ CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENO
 CAPACITY_PAUSE = 0.100
 # The listening socket was closed under us (as trio.SocketListener.accept reports it).
 _CLOSED_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})
-# Linux's accept(2) reports an error already pending on the *new* connection (a peer
-# that went away, a firewall's EPERM) as its own: that connection is lost, not the
-# listener.  The list is the man page's.
+# accept(2) reports an error already pending on the *new* connection (a peer that went
+# away, a firewall's EPERM) as its own: that connection is lost, not the listener.
+# Linux's man page lists the first ten; the others come from other systems' (as trio
+# skips them too).
 _PEER_ERRNO_NAMES = (
     "ECONNABORTED EPROTO EPERM ENETDOWN ENOPROTOOPT EHOSTDOWN ENONET EHOSTUNREACH EOPNOTSUPP ENETUNREACH"
+    " ECONNRESET ETIMEDOUT ENOSR ESOCKTNOSUPPORT EPROTONOSUPPORT"
 )
 _PEER_ERRNOS = frozenset(getattr(errno, name) for name in _PEER_ERRNO_NAMES.split() if hasattr(errno, name))
 
