@@ -362,14 +362,28 @@ async def hold_idle(server: Server, client: ClientConfig, count: int) -> dict[st
     finally:
         for stream in streams:
             await trio.aclose_forcefully(stream)
+    return idle_result(server, "d", before, after, count)
+
+
+def idle_result(server: Server, workload: str, before: int, after: int, count: int) -> dict[str, Any]:
+    """A (d)/(d*) run: the server's RSS growth per connection, in KiB."""
     return {
         "server": server.name,
-        "workload": "d",
+        "workload": workload,
         "value": round((after - before) / count, 2),
         "rss_before_kb": before,
         "rss_after_kb": after,
         "connections": count,
     }
+
+
+def tlsload_command(binary: Path, server: Server, pki: Path, *extra: str) -> list[str]:
+    """tlsload against *server*, as the development PKI's client, with *extra* flags."""
+    return [
+        str(binary), "--connect", str(server.address),
+        "--ca", str(pki / "ca.pem"), "--cert", str(pki / "client.pem"), "--key", str(pki / "client.key"),
+        *extra,
+    ]  # fmt: skip
 
 
 def hold_idle_c(server: Server, binary: Path, pki: Path, count: int) -> dict[str, Any]:
@@ -378,11 +392,10 @@ def hold_idle_c(server: Server, binary: Path, pki: Path, count: int) -> dict[str
     OpenSSL-based clients (ours, (d)'s) also send the CA, and every server keeps what a
     client sent for the connection's life: about 5 KB more per connection.
     """
-    command = [
-        str(binary), "--connect", str(server.address),
-        "--ca", str(pki / "ca.pem"), "--cert", str(pki / "client.pem"), "--key", str(pki / "client.key"),
-        "--clients", str(count), "--size", "1", "--hold", str(IDLE_TIMEOUT), "--timeout", str(IDLE_TIMEOUT),
-    ]  # fmt: skip
+    command = tlsload_command(
+        binary, server, pki, "--clients", str(count), "--size", "1",
+        "--hold", str(IDLE_TIMEOUT), "--timeout", str(IDLE_TIMEOUT),
+    )  # fmt: skip
     before = server.rss_kb()
     pipe = subprocess.PIPE
     with subprocess.Popen(command, stdin=pipe, stdout=pipe, stderr=pipe) as proc:
@@ -396,15 +409,7 @@ def hold_idle_c(server: Server, binary: Path, pki: Path, count: int) -> dict[str
     if not held.startswith(b'{"held"') or proc.returncode != 0:
         said = (err or held + out).decode(errors="replace").strip()
         raise RuntimeError(f"tlsload --hold against {server.name} failed (exit {proc.returncode}): {said}")
-    return {
-        "server": server.name,
-        "workload": "d*",
-        "value": round((after - before) / count, 2),
-        "rss_before_kb": before,
-        "rss_after_kb": after,
-        "connections": json.loads(held)["held"],
-        "report": json.loads(out),
-    }
+    return {**idle_result(server, "d*", before, after, count), "report": json.loads(out)}
 
 
 # -- reporting -------------------------------------------------------------------------
@@ -436,13 +441,11 @@ def run_c_workload(
     rate: float | None = None,
 ) -> dict[str, Any]:
     """(a*)/(b*)/(e*): one run of the C load generator, with the server's CPU in its window."""
-    command = [
-        str(binary), "--connect", str(server.address),
-        "--ca", str(pki / "ca.pem"), "--cert", str(pki / "client.pem"), "--key", str(pki / "client.key"),
-        "--clients", str(workload.config["clients"]), "--size", workload.config["size"],
+    command = tlsload_command(
+        binary, server, pki, "--clients", str(workload.config["clients"]), "--size", workload.config["size"],
         "--duration", str(args.duration), "--warmup", str(args.warmup),
         *(("--rate", str(rate)) if rate is not None else ()),
-    ]  # fmt: skip
+    )  # fmt: skip
     server_cpu, own_cpu, wall = server.cpu_seconds(), own_cpu_seconds(), time.monotonic()
     busy = machine_busy_seconds()
     samples: list[tuple[float, float]] = []
