@@ -21,7 +21,7 @@ import trio
 import trio.testing
 
 from trio_tlsecho import ClientConfig, ServerConfig, TLSFiles, client_context, server_context
-from trio_tlsecho._sslsocket import SSLSocketStream, open_ssl_socket_stream
+from trio_tlsecho._sslsocket import SSLSocketStream, _PublicIO, open_ssl_socket_stream
 from trio_tlsecho._tls import describe_tls_error
 
 from .tools import require_tool
@@ -155,6 +155,20 @@ async def test_two_way_stream_lazy_handshake(server_ctx: ssl.SSLContext, client_
 
     async def maker() -> tuple[trio.abc.Stream, trio.abc.Stream]:
         return await tls_pair(server_ctx, client_ctx, handshake=False)
+
+    await trio.testing.check_two_way_stream(maker, None)
+
+
+async def test_two_way_stream_through_public_methods(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    """The fallback for an SSLSocket without the C object (``_sslobj``) is a stream too."""
+
+    async def maker() -> tuple[trio.abc.Stream, trio.abc.Stream]:
+        c, s = await engine_pair(server_ctx, client_ctx)
+        for stream in (c, s):
+            stream._io = _PublicIO(stream._sock)
+        return c, s
 
     await trio.testing.check_two_way_stream(maker, None)
 

@@ -25,6 +25,7 @@ from trio_tlsecho import (
     open_client,
     serve,
 )
+from trio_tlsecho._tls import IdentityCache
 
 from .conftest import ipv6_loopback_available, issue_client, start_server
 
@@ -196,6 +197,56 @@ async def test_handler_sees_peer_identity(
     assert conn.cipher.startswith("TLS_")
     assert conn.peer_address[0] == "127.0.0.1"
     assert conn.peer_address[1] == client_port
+
+
+async def test_connections_with_one_certificate_share_one_identity(
+    nursery: trio.Nursery, server_config: ServerConfig, pki: Path
+) -> None:
+    seen: list[Connection] = []
+
+    async def record(conn: Connection) -> None:
+        seen.append(conn)
+        await conn.stream.send_all(b"ok")
+
+    [address] = await start_server(nursery, server_config, handler=record)
+    for name in ("alice", "client", "alice"):
+        async with await open_client(address, ClientConfig(tls=TLSFiles.from_dir(pki, name))) as stream:
+            assert await stream.receive_some(10) == b"ok"
+    first_alice, client, second_alice = (conn.identity for conn in seen)
+    assert (first_alice.common_name, client.common_name) == ("alice", "client")
+    assert second_alice is first_alice  # one object, not an equal copy per connection
+
+
+class _FakeTLS:
+    """What IdentityCache reads off a TLS stream."""
+
+    def __init__(self, der: bytes, name: str) -> None:
+        self.der, self.name = der, name
+        self.parsed = 0
+
+    def getpeercert(self, binary_form: bool = False) -> object:
+        if binary_form:
+            return self.der
+        self.parsed += 1
+        return {"subject": ((("commonName", self.name),),), "issuer": (), "notAfter": "never"}
+
+
+def test_identity_cache_is_bounded_and_parses_once_per_certificate() -> None:
+    cache = IdentityCache(size=2)
+    a, b, c = _FakeTLS(b"der-a", "a"), _FakeTLS(b"der-b", "b"), _FakeTLS(b"der-c", "c")
+    first = cache.peer_identity(a)
+    assert first is not None
+    assert first.common_name == "a"
+    assert cache.peer_identity(a) is first
+    assert a.parsed == 1
+    cache.peer_identity(b)
+    cache.peer_identity(c)  # full: "a", the oldest, goes
+    assert len(cache) == 2
+    again = cache.peer_identity(a)
+    assert again == first
+    assert again is not first
+    assert a.parsed == 2
+    assert cache.peer_identity(_FakeTLS(b"", "none")) is None  # no certificate
 
 
 async def test_connection_log_line_has_the_details(

@@ -31,7 +31,7 @@ from ._meter import Liveness, Meter
 from ._metrics import ServerMetrics
 from ._proxy import ProxyProtocolError, read_header
 from ._sslsocket import SSLSocketStream
-from ._tls import classify_tls_error, describe_tls_error, peer_identity
+from ._tls import IdentityCache, classify_tls_error, describe_tls_error
 
 log = logging.getLogger("trio_tlsecho")
 
@@ -52,6 +52,7 @@ class ServerState:
     #: Free connection slots when ``max_connections`` is set.
     slots: trio.Semaphore | None = None
     liveness: Liveness = attrs.field(init=False)
+    identities: IdentityCache = attrs.Factory(IdentityCache)
 
     def __attrs_post_init__(self) -> None:
         self.liveness = Liveness(self.metrics, self.config.idle_timeout)
@@ -179,7 +180,7 @@ async def run_connection(tcp: trio.SocketStream, peer: tuple[str, int], server: 
         # Both were set before the handshake ran.
         assert stream is not None
         assert counted is not None
-        identity = peer_identity(stream)
+        identity = server.identities.peer_identity(stream)
         # CERT_REQUIRED makes OpenSSL fail the handshake without a certificate; this
         # guards against a context built elsewhere that forgot it.
         if identity is None:

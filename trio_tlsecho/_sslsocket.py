@@ -97,7 +97,6 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import trio
@@ -160,8 +159,41 @@ class _SharedBuffer(threading.local):
 _shared = _SharedBuffer()
 
 
-def _closed_io(*_args: object) -> Any:
-    raise trio.ClosedResourceError("this stream was already closed")
+class _IO(Protocol):
+    """What the hot path calls: ``read(n, buffer)`` and ``write(data)``, as ``_sslobj`` has."""
+
+    def read(self, n: int, buffer: memoryview, /) -> int: ...
+    def write(self, data: Any, /) -> int: ...
+
+
+class _PublicIO:
+    """``_IO`` through ``ssl.SSLSocket``'s public methods, where ``_sslobj`` is missing."""
+
+    __slots__ = ("_sock",)
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self._sock = sock
+
+    def read(self, n: int, buffer: memoryview, /) -> int:
+        return self._sock.recv_into(buffer, n)
+
+    def write(self, data: Any, /) -> int:
+        return self._sock.send(data)
+
+
+class _ClosedIO:
+    """``_IO`` of a closed stream: it holds no reference to the SSL object."""
+
+    __slots__ = ()
+
+    def read(self, n: int, buffer: memoryview, /) -> int:
+        raise trio.ClosedResourceError("this stream was already closed")
+
+    def write(self, data: Any, /) -> int:
+        raise trio.ClosedResourceError("this stream was already closed")
+
+
+_CLOSED_IO = _ClosedIO()
 
 
 class SSLSocketStream(trio.abc.Stream):
@@ -180,11 +212,10 @@ class SSLSocketStream(trio.abc.Stream):
         "_fd",
         "_handshake_done",
         "_handshaking",
-        "_read",
+        "_io",
         "_read_lot",
         "_read_waiting",
         "_receiving",
-        "_send",
         "_sending",
         "_sock",
         "_state",
@@ -217,22 +248,17 @@ class SSLSocketStream(trio.abc.Stream):
         self._write_waiting = False
         self._read_lot: trio.lowlevel.ParkingLot | None = None
         self._write_lot: trio.lowlevel.ParkingLot | None = None
-        # The hot path's two calls, bound once.  ssl.SSLSocket is a Python layer over
-        # the C object in ``_sslobj`` (recv_into -> read -> _sslobj.read; send ->
-        # _sslobj.write) that, with suppress_ragged_eofs off, only adds checks we make
-        # ourselves; calling the C object skips two Python frames per read and one per
-        # write: +4 % round trips/s against a load generator that saturates the server
-        # (benchmarks/README.md).  ``_sslobj`` is None for a socket that was no longer
-        # connected when wrapped (a peer that reset first; its handshake then fails and
-        # these are never called), and on a Python without it: the public methods.
+        # What the hot path calls.  ssl.SSLSocket is a Python layer over the C object
+        # in ``_sslobj`` (recv_into -> read -> _sslobj.read; send -> _sslobj.write)
+        # that, with suppress_ragged_eofs off, only adds checks we make ourselves;
+        # calling the C object skips two Python frames per read and one per write: +4 %
+        # round trips/s against a load generator that saturates the server
+        # (benchmarks/README.md).  The object itself, not its two bound methods: those
+        # would cost 144 B per connection.  ``_sslobj`` is None for a socket that was no
+        # longer connected when wrapped (a peer that reset first; its handshake then
+        # fails and this is never called), and on a Python without it: the public methods.
         sslobj = getattr(sock, "_sslobj", None)
-        self._read: Callable[[int, memoryview], int]
-        self._send: Callable[[Any], int]
-        if sslobj is not None:
-            self._read, self._send = sslobj.read, sslobj.write
-        else:
-            self._read = lambda n, buffer: sock.recv_into(buffer, n)
-            self._send = sock.send
+        self._io: _IO = sslobj if sslobj is not None else _PublicIO(sock)
         self.close_notify_timeout = close_notify_timeout
         #: Plaintext bytes received and sent so far (OpenSSL does the wire I/O, so
         #: wire bytes are not seen; these are what a meter can count instead).
@@ -463,73 +489,63 @@ class SSLSocketStream(trio.abc.Stream):
                 await self._ensure_handshake()
             await trio.lowlevel.checkpoint_if_cancelled()
             view = _shared.view
-            try:
-                got = self._read(n, view)
-            except ssl.SSLWantReadError:
-                got = _WANT_READ
-            except ssl.SSLWantWriteError:
-                got = _WANT_WRITE
-            except OSError as exc:
-                got = self._read_failed(exc)
-            if got < 0:
-                # Waited outside the except clause: an exception held across a wait
-                # keeps its traceback's frames alive, ~1.5 KB per idle connection.
-                return await self._receive_after_wait(n, got == _WANT_WRITE)
+            got = self._try_read(n, view)
+            # The loop is here, not in a helper coroutine: an idle connection sits in
+            # it, and one coroutine less is ~250 B less per idle connection.
+            # Cancelled while waiting: OpenSSL keeps any partial record, nothing is lost.
+            waited = got < 0  # a wait is a checkpoint: then no other one is needed
+            while got < 0:
+                if got == _WANT_WRITE or self._read_waiting:
+                    await (self._wait_writable() if got == _WANT_WRITE else self._wait_readable())
+                else:
+                    # _wait_readable() inlined, for the same reason.
+                    self._read_waiting = True
+                    try:
+                        await trio.lowlevel.wait_readable(self._fd)
+                    finally:
+                        self._read_waiting = False
+                        if self._read_lot:
+                            self._read_lot.unpark_all()
+                    if self._state is _CLOSED:
+                        raise trio.ClosedResourceError("another task closed this stream")
+                got = self._try_read(n, view)
             if got == _FULL_RECORD and n > got:
                 got = self._read_more(got, n, view)
             # Copy out of the shared buffer before yielding: other streams use it.
             data = bytes(view[:got])
             self.received += got
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            if not waited:
+                await trio.lowlevel.cancel_shielded_checkpoint()
             return data
         finally:
             self._receiving = False
 
-    async def _receive_after_wait(self, n: int, want_write: bool) -> bytes:
-        # Cancelled while waiting: OpenSSL keeps any partial record, nothing is lost.
-        view = _shared.view
-        while True:
-            if want_write or self._read_waiting:
-                await (self._wait_writable() if want_write else self._wait_readable())
-            else:
-                # _wait_readable() inlined: the one await every idle connection sits
-                # in, so one coroutine frame less per connection (and per wait).
-                self._read_waiting = True
-                try:
-                    await trio.lowlevel.wait_readable(self._fd)
-                finally:
-                    self._read_waiting = False
-                    if self._read_lot:
-                        self._read_lot.unpark_all()
-                if self._state is _CLOSED:
-                    raise trio.ClosedResourceError("another task closed this stream")
-            try:
-                got = self._read(n, view)
-                break
-            except ssl.SSLWantReadError:
-                want_write = False
-            except ssl.SSLWantWriteError:
-                want_write = True
-            except OSError as exc:
-                got = self._read_failed(exc)
-                break
-        if got == _FULL_RECORD and n > got:
-            got = self._read_more(got, n, view)
-        self.received += got
-        return bytes(view[:got])
+    def _try_read(self, n: int, view: memoryview) -> int:
+        """Bytes read into *view*, 0 at close_notify, or _WANT_READ/_WANT_WRITE.
 
-    def _read_failed(self, exc: OSError) -> int:
-        """0 (EOF) for the peer's close_notify; otherwise raise, the stream broken."""
-        if isinstance(exc, ssl.SSLZeroReturnError):
-            return 0
-        raise self._broken(exc) from self._cause
+        A plain function, not inline in receive_some: OpenSSL says "would block" by
+        raising, and an exception gives every frame it passes through a frame object
+        that lives as long as the frame.  Caught here, it costs this short-lived frame,
+        not a coroutine that an idle connection keeps (~220 B).  Nor does it outlive
+        the call: a caught exception held across a wait would keep its traceback.
+        """
+        try:
+            return self._io.read(n, view)
+        except ssl.SSLWantReadError:
+            return _WANT_READ
+        except ssl.SSLWantWriteError:
+            return _WANT_WRITE
+        except ssl.SSLZeroReturnError:
+            return 0  # the peer's close_notify
+        except OSError as exc:
+            raise self._broken(exc) from self._cause
 
     def _read_more(self, got: int, n: int, view: memoryview) -> int:
         # Best effort, never blocks: the bytes already read are returned whatever
         # happens; an error found here breaks the stream for the *next* call.
         while got < n:
             try:
-                k: int = self._read(n - got, view[got:])
+                k = self._io.read(n - got, view[got:])
             except _WANT:
                 break
             except ssl.SSLZeroReturnError:
@@ -560,7 +576,7 @@ class SSLSocketStream(trio.abc.Stream):
                 return
             await trio.lowlevel.checkpoint_if_cancelled()
             try:
-                self._send(data)
+                self._io.write(data)
                 waits = 0
             except ssl.SSLWantWriteError:
                 waits = _WANT_WRITE
@@ -586,7 +602,7 @@ class SSLSocketStream(trio.abc.Stream):
                 else:
                     await self._wait_readable()
                 try:
-                    self._send(data)
+                    self._io.write(data)
                     return
                 except ssl.SSLWantWriteError:
                     want_write = True
@@ -633,7 +649,7 @@ class SSLSocketStream(trio.abc.Stream):
         finally:
             trio.lowlevel.notify_closing(self._fd)
             self._sock.close()
-            self._read = self._send = _closed_io  # drop our references to the SSL object
+            self._io = _CLOSED_IO  # drop our reference to the SSL object
         await trio.lowlevel.checkpoint()
 
     async def _send_close_notify(self) -> None:

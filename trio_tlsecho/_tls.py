@@ -170,7 +170,44 @@ def peer_identity(ssl_object: Any) -> PeerIdentity | None:
     der: bytes | None = ssl_object.getpeercert(binary_form=True)
     if not der:
         return None
-    info: dict[str, Any] = ssl_object.getpeercert()
+    return _identity(der, ssl_object.getpeercert())
+
+
+class IdentityCache:
+    """Peer identities by certificate: the connections that present one share one.
+
+    A client's pool of connections presents one certificate.  One ``PeerIdentity``
+    (~0.5 KB of strings) then serves them all, and ``getpeercert()``'s parse runs once
+    per certificate instead of once per handshake.  An identity is the certificate's
+    content only, so an entry never goes stale: whether a certificate is trusted (or
+    revoked) is OpenSSL's check, at every handshake.  Bounded: when full, the entry
+    added first goes.
+    """
+
+    def __init__(self, size: int = 512) -> None:
+        if size < 1:
+            raise ValueError("size must be >= 1")
+        self._size = size
+        self._by_der: dict[bytes, PeerIdentity] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_der)
+
+    def peer_identity(self, ssl_object: Any) -> PeerIdentity | None:
+        """As :func:`peer_identity`, shared with earlier connections of the same certificate."""
+        der: bytes | None = ssl_object.getpeercert(binary_form=True)
+        if not der:
+            return None
+        identity = self._by_der.get(der)
+        if identity is None:
+            identity = _identity(der, ssl_object.getpeercert())
+            if len(self._by_der) >= self._size:
+                del self._by_der[next(iter(self._by_der))]
+            self._by_der[der] = identity
+        return identity
+
+
+def _identity(der: bytes, info: dict[str, Any]) -> PeerIdentity:
     subject = info.get("subject", ())
     cn = next((v for rdn in subject for k, v in rdn if k == "commonName"), None)
     return PeerIdentity(
