@@ -231,7 +231,7 @@ class _FakeTLS:
         return {"subject": ((("commonName", self.name),),), "issuer": (), "notAfter": "never"}
 
 
-def test_identity_cache_is_bounded_and_parses_once_per_certificate() -> None:
+def test_identity_cache_is_bounded_and_keeps_the_recently_presented() -> None:
     cache = IdentityCache(size=2)
     a, b, c = _FakeTLS(b"der-a", "a"), _FakeTLS(b"der-b", "b"), _FakeTLS(b"der-c", "c")
     first = cache.peer_identity(a)
@@ -240,12 +240,15 @@ def test_identity_cache_is_bounded_and_parses_once_per_certificate() -> None:
     assert cache.peer_identity(a) is first
     assert a.parsed == 1
     cache.peer_identity(b)
-    cache.peer_identity(c)  # full: "a", the oldest, goes
+    cache.peer_identity(a)  # presented again: "b" is now the one presented longest ago
+    cache.peer_identity(c)  # full: "b" goes
     assert len(cache) == 2
+    assert cache.peer_identity(a) is first
+    assert (a.parsed, b.parsed) == (1, 1)
+    cache.peer_identity(b)  # parsed again; "c" goes
+    assert b.parsed == 2
     again = cache.peer_identity(a)
-    assert again == first
-    assert again is not first
-    assert a.parsed == 2
+    assert again is first
     assert cache.peer_identity(_FakeTLS(b"", "none")) is None  # no certificate
 
 

@@ -180,8 +180,8 @@ class IdentityCache:
     (~0.5 KB of strings) then serves them all, and ``getpeercert()``'s parse runs once
     per certificate instead of once per handshake.  An identity is the certificate's
     content only, so an entry never goes stale: whether a certificate is trusted (or
-    revoked) is OpenSSL's check, at every handshake.  Bounded: when full, the entry
-    added first goes.
+    revoked) is OpenSSL's check, at every handshake.  Bounded: when full, the
+    certificate presented longest ago goes (a busy pool's stays).
     """
 
     def __init__(self, size: int = 512) -> None:
@@ -198,12 +198,12 @@ class IdentityCache:
         der: bytes | None = ssl_object.getpeercert(binary_form=True)
         if not der:
             return None
-        identity = self._by_der.get(der)
+        identity = self._by_der.pop(der, None)  # re-added below: now the most recent
         if identity is None:
             identity = _identity(der, ssl_object.getpeercert())
             if len(self._by_der) >= self._size:
                 del self._by_der[next(iter(self._by_der))]
-            self._by_der[der] = identity
+        self._by_der[der] = identity
         return identity
 
 
