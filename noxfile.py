@@ -1,4 +1,5 @@
-"""Developer tasks: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``, ``nox -s bench``."""
+"""Developer tasks: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``, ``nox -s bench``,
+``nox -s scaling``."""
 
 from __future__ import annotations
 
@@ -37,3 +38,10 @@ def bench(session: nox.Session) -> None:
     """Benchmark our server against asyncio and naive-trio baselines (slow)."""
     session.install("-e", ".[bench]")
     session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session(default=False)
+def scaling(session: nox.Session) -> None:
+    """Round trips/s against serve --workers N (needs 2*N cores; slow)."""
+    session.install("-e", ".[bench]")
+    session.run("python", "benchmarks/scaling.py", *session.posargs)

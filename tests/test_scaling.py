@@ -1,0 +1,61 @@
+"""benchmarks/scaling.py, the --workers scaling run: it works end to end where it can.
+
+Its real use is on a machine with 16 cores, which a session rarely gets; a script that
+breaks there wastes the machine.  Here it runs N = 1 (2 cores: one for the worker, one
+for the load) and must skip, saying why, an N the machine has no cores for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .tools import missing, require_tool
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "scaling.py"
+
+
+def test_scaling_runs_one_worker_and_skips_what_it_cannot(tmp_path: Path) -> None:
+    require_tool("cc", "gcc libssl-dev")
+    if not Path("/usr/include/openssl/ssl.h").exists():
+        missing("OpenSSL's C headers are not installed", "libssl-dev")
+    cpus = len(os.sched_getaffinity(0))
+    if cpus < 2:
+        pytest.skip("needs 2 cores: one for the server worker, one for the load")
+    args = [sys.executable, str(SCRIPT), "--workers", f"1,{cpus}", "--duration", "0.3", "--warmup", "0.1",
+            "--repeat", "1", "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    out = done.stdout
+    assert done.returncode == 0, done.stderr
+    assert f"N = {cpus} skipped: needs {2 * cpus} cores" in out
+    assert "| 1 | " in out
+    [written] = tmp_path.glob("scaling-*.json")
+    result = json.loads(written.read_text())
+    [row] = result["medians"]
+    assert row["workers"] == 1
+    assert row["median"] > 0
+    [run] = result["runs"]
+    assert run["server_cores"] == sorted(os.sched_getaffinity(0))[:1]
+    [load] = run["loads"]
+    assert load["errors"] == dict.fromkeys(["connect", "handshake", "closed", "mismatch", "timeout", "io"], 0)
+
+
+def test_bad_workers_flag_is_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--workers", "one"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--workers: expected comma-separated integers, got 'one'")
+    )
