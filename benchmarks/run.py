@@ -173,23 +173,32 @@ def start_server(name: str, pki: Path, log: Path, cpus: set[int] | None) -> Serv
         process = subprocess.Popen(server_command(name, pki), stdout=subprocess.PIPE, stderr=err)
     if cpus:
         os.sched_setaffinity(process.pid, cpus)
+    address, said = read_listening(process)
+    if address is None:
+        process.kill()
+        process.communicate()  # reaped, its pipe closed
+        raise RuntimeError(f"server {name} did not start (said {said!r}; see {log})")
+    return Server(name, process, address)
+
+
+def read_listening(process: subprocess.Popen[bytes]) -> tuple[Address | None, str]:
+    """The address in the "listening on ADDRESS" line a server prints once bound, and its
+    first line; waits at most START_TIMEOUT (``None`` if no such line came by then)."""
     assert process.stdout is not None
-    # Bounded wait for the one line every server prints once bound.
     deadline = time.monotonic() + START_TIMEOUT
     line = b""
     with selectors.DefaultSelector() as sel:
         sel.register(process.stdout, selectors.EVENT_READ)
         while not line.endswith(b"\n") and time.monotonic() < deadline:
             if sel.select(timeout=deadline - time.monotonic()):
-                chunk = os.read(process.stdout.fileno(), 4096)
+                chunk = os.read(process.stdout.fileno(), 1)  # a byte at a time: no more than the line
                 if not chunk:
                     break
                 line += chunk
     text = line.decode(errors="replace").strip()
     if not text.startswith("listening on "):
-        process.kill()
-        raise RuntimeError(f"server {name} did not start (said {text!r}; see {log})")
-    return Server(name, process, Address.parse(text.split()[-1]))
+        return None, text
+    return Address.parse(text.split()[-1]), text
 
 
 def stop(server: Server) -> None:
@@ -200,6 +209,8 @@ def stop(server: Server) -> None:
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait()
+    if server.process.stdout is not None:
+        server.process.stdout.close()
 
 
 # -- measuring -----------------------------------------------------------------------

@@ -4,39 +4,43 @@
 
 The issue's target: with N worker processes (SO_REUSEPORT, one trio loop each), round
 trips/s grow to at least 0.75·N times one worker's, up to N = 8.  For each N this starts
-``python -m trio_tlsecho serve --engine socket --workers N`` pinned to cores 0..N-1 (the
+``python -m trio_tlsecho serve --engine socket --workers N`` pinned to N CPUs (the
 supervisor's affinity, which its workers inherit) and N ``tlsload`` processes (the (a*)
 workload of ``run.py``: 64 clients each, 1-100 byte messages, closed loop) pinned one
-each to cores N..2N-1, so the load never takes a server's core and one ``tlsload``
-(about 3 µs of CPU per round trip) has several times the rate of the worker it faces.
-An N without 2·N cores to spare is skipped, and said so.
+each to N other CPUs, so the load never takes a server's CPU and one ``tlsload`` (about
+3 µs of CPU per round trip) has several times the rate of the worker it faces.  CPUs
+are handed out one per physical core first (SMT siblings last), so the servers and the
+load share no physical core while there are enough; a run where they must is marked.
+An N without 2·N CPUs to spare is skipped, and said so.
 
 Each run reports the sum of the ``tlsload`` rates (their windows are concurrent) and how
 busy the server cores were over the run (``/proc/stat``): well below 100 % means the
 load, not the servers, was the limit, and the row does not measure scaling.  Runs
 alternate over N, ``--repeat`` times; the table shows medians.  Writes
-``results/scaling-<date>.json`` with the machine.
+``scaling-<date>.json`` (with the machine; rewritten after every run, so a failure
+keeps what was measured) and each N's server log into ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
 import platform
+import signal
 import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from run import HERE, START_TIMEOUT, Server, build_tlsload, stop, tlsload_command
+from run import HERE, START_TIMEOUT, Server, build_tlsload, read_listening, tlsload_command
 
-from trio_tlsecho import Address, make_dev_pki
+from trio_tlsecho import make_dev_pki
 
 CLIENTS_PER_LOAD = 64
 
@@ -54,50 +58,103 @@ def cpu_ticks(cpus: list[int]) -> tuple[int, int]:
     return busy, total
 
 
+def cpu_order(cpus: list[int]) -> tuple[list[int], dict[int, list[int]]]:
+    """*cpus*, one per physical core first, then their SMT siblings; and each one's siblings."""
+    siblings: dict[int, list[int]] = {}
+    for cpu in cpus:
+        path = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        text = path.read_text().strip() if path.exists() else str(cpu)
+        siblings[cpu] = _cpu_list(text)
+    first: list[int] = []
+    rest: list[int] = []
+    seen: set[int] = set()
+    for cpu in cpus:
+        core = min(siblings[cpu])
+        (rest if core in seen else first).append(cpu)
+        seen.add(core)
+    return first + rest, siblings
+
+
+def _cpu_list(text: str) -> list[int]:
+    """The kernel's CPU list format: "0,8" or "0-1" or "0-1,8-9"."""
+    cpus: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        cpus += range(int(low), int(high or low) + 1)
+    return cpus
+
+
 def start_workers(n: int, pki: Path, cores: set[int], log: Path) -> Server:
+    """``serve --workers N`` on *cores*, in a process group of its own (see stop_workers)."""
     command = [
         sys.executable, "-m", "trio_tlsecho", "--log-level", "warning", "serve", "--engine", "socket",
-        "--workers", str(n), "--listen", "127.0.0.1:0",
+        "--workers", str(n), "--listen", "127.0.0.1:0", "--shutdown-grace", "1",
         "--cert", str(pki / "server.pem"), "--key", str(pki / "server.key"), "--ca", str(pki / "ca.pem"),
     ]  # fmt: skip
     with log.open("ab") as err:
         # Pinned before it runs, so that every worker it starts inherits the cores.
         process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=err, preexec_fn=lambda: os.sched_setaffinity(0, cores)
+            command,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            start_new_session=True,
+            preexec_fn=lambda: os.sched_setaffinity(0, cores),
         )
-    assert process.stdout is not None
-    deadline = time.monotonic() + START_TIMEOUT
-    line = b""
-    while not line.startswith(b"listening on") and time.monotonic() < deadline:
-        line = process.stdout.readline()  # the supervisor prints it once every worker is up
-        if not line:
-            break
-    if not line.startswith(b"listening on"):
-        process.kill()
-        raise RuntimeError(f"serve --workers {n} did not start (see {log})")
-    return Server(f"workers={n}", process, Address.parse(line.decode().split()[-1]))
+    # The supervisor prints it once every worker is up.
+    address, said = read_listening(process)
+    if address is None:
+        stop_workers(process)
+        raise RuntimeError(f"serve --workers {n} did not start (said {said!r}): {_tail(log)}")
+    return Server(f"workers={n}", process, address)
+
+
+def stop_workers(supervisor: subprocess.Popen[bytes]) -> None:
+    """SIGINT to the supervisor, which stops its workers; then SIGKILL to what is left of
+    its process group, so that no worker outlives a failed or stuck run."""
+    if supervisor.poll() is None:
+        supervisor.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            supervisor.wait(timeout=START_TIMEOUT)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(supervisor.pid, signal.SIGKILL)
+    supervisor.wait()
+    if supervisor.stdout is not None:
+        supervisor.stdout.close()
+
+
+def _tail(log: Path) -> str:
+    lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+    return " / ".join(lines[-3:]) or f"nothing in {log}"
 
 
 def one_run(
-    n: int, cpus: list[int], binary: Path, pki: Path, args: argparse.Namespace, logs: Path
+    n: int,
+    order: list[int],
+    siblings: dict[int, list[int]],
+    binary: Path,
+    pki: Path,
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
-    server_cores, load_cores = cpus[:n], cpus[n : 2 * n]
-    server = start_workers(n, pki, set(server_cores), logs / f"workers-{n}.log")
+    server_cores, load_cores = order[:n], order[n : 2 * n]
+    shared = any(s in load_cores for cpu in server_cores for s in siblings[cpu])
+    log = args.out / f"scaling-workers-{n}.log"
+    server = start_workers(n, pki, set(server_cores), log)
+    loads: list[subprocess.Popen[bytes]] = []
     try:
         command = tlsload_command(
             binary, server, pki, "--clients", str(CLIENTS_PER_LOAD), "--size", "1-100",
             "--duration", str(args.duration), "--warmup", str(args.warmup),
         )  # fmt: skip
         busy0, total0 = cpu_ticks(server_cores)
-        loads = [
-            subprocess.Popen(
-                command,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                preexec_fn=lambda core=core: os.sched_setaffinity(0, {core}),  # type: ignore[misc]
+        for core in load_cores:
+            loads.append(
+                subprocess.Popen(
+                    command,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    preexec_fn=lambda core=core: os.sched_setaffinity(0, {core}),  # type: ignore[misc]
+                )
             )
-            for core in load_cores
-        ]
         reports = []
         for load in loads:
             out, err = load.communicate(timeout=args.warmup + args.duration + START_TIMEOUT)
@@ -107,13 +164,18 @@ def one_run(
         busy1, total1 = cpu_ticks(server_cores)
         server.check()
     finally:
-        stop(server)
+        for load in loads:
+            if load.poll() is None:
+                load.kill()
+                load.wait()
+        stop_workers(server.process)
     return {
         "workers": n,
         "round_trips_per_sec": round(sum(r["round_trips_per_sec"] for r in reports), 1),
         "server_cores_busy": round((busy1 - busy0) / max(total1 - total0, 1), 3),
         "server_cores": server_cores,
         "load_cores": load_cores,
+        "servers_share_physical_cores_with_load": shared,
         "loads": reports,
     }
 
@@ -155,7 +217,30 @@ def main(argv: list[str] | None = None) -> int:
         print("nothing to run")
         return 1
 
+    order, siblings = cpu_order(cpus)
+    model = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor() or "?",
+    )  # fmt: skip
+    machine = {
+        "cpus": len(cpus),
+        "physical_cores": len({min(siblings[cpu]) for cpu in cpus}),
+        "model": model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "openssl": ssl.OPENSSL_VERSION,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"scaling-{dt.date.today().isoformat()}.json"
     runs: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+
+    def save() -> None:
+        result = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine,
+                  "settings": vars(args) | {"out": str(args.out)}, "medians": rows, "runs": runs}  # fmt: skip
+        path.write_text(json.dumps(result, indent=2) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="tlsecho-scaling-") as tmp:
         pki = Path(tmp) / "pki"
         make_dev_pki(pki)
@@ -164,14 +249,19 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         for rep in range(args.repeat):
             for n in runnable if rep % 2 == 0 else runnable[::-1]:
-                run = one_run(n, cpus, binary, pki, args, Path(tmp))
+                run = one_run(n, order, siblings, binary, pki, args)
                 runs.append(run)
+                save()
+                shared = (
+                    " (servers share physical cores with the load)"
+                    * run["servers_share_physical_cores_with_load"]
+                )
                 print(
                     f"run {rep + 1} N={n}: {run['round_trips_per_sec']:,.0f} round trips/s, "
-                    f"server cores {run['server_cores_busy']:.0%} busy",
+                    f"server cores {run['server_cores_busy']:.0%} busy{shared}",
                     flush=True,
                 )
-    rows = [
+    rows += [
         {
             "workers": n,
             "median": statistics.median(r["round_trips_per_sec"] for r in runs if r["workers"] == n),
@@ -179,27 +269,14 @@ def main(argv: list[str] | None = None) -> int:
         }
         for n in runnable
     ]
-    model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        platform.processor() or "?",
-    )  # fmt: skip
-    machine = {
-        "cpus": len(cpus),
-        "model": model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "openssl": ssl.OPENSSL_VERSION,
-    }
+    save()
     print()
-    print(f"{machine['cpus']} CPUs ({model}), {args.duration:g} s runs after {args.warmup:g} s warm-up")
+    print(
+        f"{machine['cpus']} CPUs, {machine['physical_cores']} physical cores ({model}),"
+        f" {args.duration:g} s runs after {args.warmup:g} s warm-up"
+    )
     print()
     print(table(rows, args.repeat))
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"scaling-{dt.date.today().isoformat()}.json"
-    result = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine,
-              "settings": vars(args) | {"out": str(args.out)}, "medians": rows, "runs": runs}  # fmt: skip
-    path.write_text(json.dumps(result, indent=2) + "\n")
     print()
     print(f"wrote {path}")
     return 0

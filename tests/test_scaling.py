@@ -7,17 +7,61 @@ for the load) and must skip, saying why, an N the machine has no cores for.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from .tools import missing, require_tool
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "scaling.py"
+
+
+@pytest.fixture
+def scaling(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # it imports run.py beside it
+    return importlib.import_module("scaling")
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_workers_inherit_the_cores_and_nothing_outlives_the_stop(
+    scaling: ModuleType, pki: Path, tmp_path: Path
+) -> None:
+    # N = 2 on one CPU: not a measurement, the supervisor's path (N = 1 runs without one).
+    cpu = min(os.sched_getaffinity(0))
+    server = scaling.start_workers(2, pki, {cpu}, tmp_path / "serve.log")
+    try:
+        children = _children(server.process.pid)
+        assert len(children) >= 2  # the workers (and multiprocessing's resource tracker)
+        for child in children:
+            assert os.sched_getaffinity(child) == {cpu}
+        # Watched before the stop: a pid could be reused after, a pidfd cannot.
+        exits = [os.pidfd_open(child) for child in children]
+    finally:
+        scaling.stop_workers(server.process)
+    try:
+        for fd in exits:
+            readable, _, _ = select.select([fd], [], [], 30)  # readable once it has exited
+            assert readable == [fd]
+    finally:
+        for fd in exits:
+            os.close(fd)
+
+
+@pytest.mark.parametrize(
+    ("text", "cpus"), [("3", [3]), ("0,8", [0, 8]), ("0-1", [0, 1]), ("0-1,8-9", [0, 1, 8, 9])]
+)
+def test_cpu_lists_as_the_kernel_writes_them(scaling: ModuleType, text: str, cpus: list[int]) -> None:
+    assert scaling._cpu_list(text) == cpus
 
 
 def test_scaling_runs_one_worker_and_skips_what_it_cannot(tmp_path: Path) -> None:
