@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -173,16 +174,21 @@ async def test_one_handler_failure_leaves_other_connections_alone(
     await _assert_still_serves(address, client_config)
 
 
-async def test_handler_sees_peer_identity(
-    nursery: trio.Nursery, server_config: ServerConfig, pki: Path
-) -> None:
-    seen: list[Connection] = []
+def recording_ok(seen: list[Connection]) -> Callable[[Connection], Awaitable[None]]:
+    """A handler that keeps each Connection in *seen* and answers b"ok"."""
 
     async def record(conn: Connection) -> None:
         seen.append(conn)
         await conn.stream.send_all(b"ok")
 
-    [address] = await start_server(nursery, server_config, handler=record)
+    return record
+
+
+async def test_handler_sees_peer_identity(
+    nursery: trio.Nursery, server_config: ServerConfig, pki: Path
+) -> None:
+    seen: list[Connection] = []
+    [address] = await start_server(nursery, server_config, handler=recording_ok(seen))
     alice = ClientConfig(tls=TLSFiles.from_dir(pki, "alice"))
     stream = await open_client(address, alice)
     client_port = stream.transport_stream.socket.getsockname()[1]
@@ -203,12 +209,7 @@ async def test_connections_with_one_certificate_share_one_identity(
     nursery: trio.Nursery, server_config: ServerConfig, pki: Path
 ) -> None:
     seen: list[Connection] = []
-
-    async def record(conn: Connection) -> None:
-        seen.append(conn)
-        await conn.stream.send_all(b"ok")
-
-    [address] = await start_server(nursery, server_config, handler=record)
+    [address] = await start_server(nursery, server_config, handler=recording_ok(seen))
     for name in ("alice", "client", "alice"):
         async with await open_client(address, ClientConfig(tls=TLSFiles.from_dir(pki, name))) as stream:
             assert await stream.receive_some(10) == b"ok"
