@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 import trustme
 
 from trio_tlsecho import Address, ClientConfig, ServerConfig, TLSFiles, make_dev_pki, serve
@@ -112,3 +115,33 @@ def issue_with_uri(pki: Path, out: Path, name: str, uri: str) -> TLSFiles:
         )
     )
     return TLSFiles(cert=out / f"{name}.pem", key=out / f"{name}.key", ca=pki / "ca.pem")
+
+
+def open_fds() -> dict[int, str]:
+    """This process's open descriptors, each with what it is (``socket:[inode]``, a path)."""
+    fds: dict[int, str] = {}
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # the listing's own descriptor, closed by now
+            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+    return fds
+
+
+async def assert_fds_settle(before: dict[int, str]) -> None:
+    """Assert that as many descriptors are open as in *before* once every task has run out of work.
+
+    After refusing a peer the server half-closes and waits for the peer's FIN before it
+    closes (so its alert is not overtaken by a reset): a client that has seen the
+    server's EOF and closed cannot see that last close.  Quiescence can: when every task
+    is blocked, the server has handled every FIN the kernel delivered.  Bounded retries
+    only cover a FIN still in flight; a leak fails after them, naming what differs.
+    """
+    for _ in range(50):
+        await trio.testing.wait_all_tasks_blocked()
+        now = open_fds()
+        if len(now) == len(before):
+            return
+    opened = {fd: what for fd, what in now.items() if before.get(fd) != what}
+    closed = {fd: what for fd, what in before.items() if now.get(fd) != what}
+    raise AssertionError(
+        f"{len(before)} descriptors open before, {len(now)} now; new: {opened}; gone: {closed}"
+    )

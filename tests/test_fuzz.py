@@ -14,7 +14,6 @@ import io
 import itertools
 import logging
 import math
-import os
 import random
 import ssl
 from collections.abc import Callable
@@ -48,6 +47,8 @@ from trio_tlsecho import (
 )
 from trio_tlsecho._cli import build_parser
 from trio_tlsecho._tls import peer_identity
+
+from .conftest import assert_fds_settle, open_fds
 
 # derandomize: the same examples on every run (CI must be deterministic); database=None:
 # nothing written into the checkout.
@@ -520,21 +521,6 @@ def _mutations(rng: random.Random) -> list[Callable[[bytes], bytes]]:
     ]
 
 
-def _fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-async def _settled_fd_count(expected: int) -> int:
-    # The server closes a refused peer's socket only after the peer's FIN (it lingers so
-    # that its alert is not overtaken by a reset), which the peer cannot observe: wait
-    # for quiescence instead, retrying (bounded) only for a FIN still in flight.
-    for _ in range(50):
-        await trio.testing.wait_all_tasks_blocked()
-        if _fd_count() == expected:
-            break
-    return _fd_count()
-
-
 async def test_fuzzed_client_hellos_never_crash_or_leak(
     server_config: ServerConfig, client_config: ClientConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -573,7 +559,7 @@ async def test_fuzzed_client_hellos_never_crash_or_leak(
         good = await open_client(address, client_config)
         await good.send_all(b"before")
         assert await good.receive_some(100) == b"before"
-        fds = _fd_count()
+        fds = open_fds()
         for _ in range(FUZZ_CONNECTIONS // FUZZ_BATCH):
             async with trio.open_nursery() as batch:
                 for _ in range(FUZZ_BATCH):
@@ -583,7 +569,7 @@ async def test_fuzzed_client_hellos_never_crash_or_leak(
                         data = rng.choice(mutations)(data)
                     batch.start_soon(attack, data)
         assert serving
-        assert await _settled_fd_count(fds) == fds
+        await assert_fds_settle(fds)
         await good.send_all(b"after")
         assert await good.receive_some(100) == b"after"
         await good.aclose()

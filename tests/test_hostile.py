@@ -38,7 +38,7 @@ from trio_tlsecho import (
     serve,
 )
 
-from .conftest import start_server
+from .conftest import assert_fds_settle, open_fds, start_server
 
 LOGGER = "trio_tlsecho"
 #: Bounds a broken build's hang, never a measurement (virtual seconds under autojump_clock).
@@ -100,25 +100,6 @@ def reset_on_close(sock: socket.socket | trio.socket.SocketType) -> None:
 def assert_no_errors(caplog: pytest.LogCaptureFixture) -> None:
     bad = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert not bad, [r.getMessage() for r in bad]
-
-
-def fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-async def settled_fd_count(expected: int) -> int:
-    """The open descriptor count once every task has run out of work.
-
-    After refusing a peer the server half-closes and waits for the peer's FIN before it
-    closes (so its alert is not overtaken by a reset): a client that has seen the
-    server's EOF and closed cannot see that last close.  Quiescence can: when every task
-    is blocked, the server has handled every FIN the kernel delivered.  Bounded retries
-    only cover a FIN still in flight; a leak fails after them."""
-    for _ in range(50):
-        await trio.testing.wait_all_tasks_blocked()
-        if fd_count() == expected:
-            break
-    return fd_count()
 
 
 def local_port(stream: trio.SocketStream) -> int:
@@ -761,10 +742,10 @@ async def test_many_failed_handshakes_leak_nothing(
         async with good_client(address, client_config) as good:
             await fail_once(0)
             await fail_once(1)
-            fds = fd_count()
+            fds = open_fds()
             for i in range(2, LEAK_UNTRACED):
                 await fail_once(i)
-            assert await settled_fd_count(fds) == fds
+            await assert_fds_settle(fds)
             gc.collect()
             tracemalloc.start()
             try:
@@ -775,7 +756,7 @@ async def test_many_failed_handshakes_leak_nothing(
                 after, _ = tracemalloc.get_traced_memory()
             finally:
                 tracemalloc.stop()
-            assert await settled_fd_count(fds) == fds
+            await assert_fds_settle(fds)
             await good.still_served()
     finally:
         logger.removeHandler(counter)
