@@ -231,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "openssl": ssl.OPENSSL_VERSION,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"--out {args.out}: {exc.strerror}")
     path = args.out / f"scaling-{dt.date.today().isoformat()}.json"
     runs: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []

@@ -103,3 +103,16 @@ def test_bad_workers_flag_is_one_line() -> None:
         .splitlines()[-1]
         .endswith("--workers: expected comma-separated integers, got 'one'")
     )
+
+
+def test_unusable_out_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--workers", "1", "--out", str(blocker / "results")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip().splitlines()[-1].startswith(f"scaling.py: error: --out {blocker / 'results'}: ")
+    )
