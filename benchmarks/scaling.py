@@ -13,6 +13,13 @@ are handed out one per physical core first (SMT siblings last), so the servers a
 load share no physical core while there are enough; a run where they must is marked.
 An N without 2·N CPUs to spare is skipped, and said so.
 
+``--load loadgen`` drives the same workload with our own load generator instead, as one
+``python -m trio_tlsecho loadgen --workers N`` (64·N clients) pinned to the N load CPUs,
+whose workers inherit them.  It needs no C compiler, but it spends about as much CPU per
+round trip as a server worker does, so N of its workers cannot saturate N server
+workers: its table measures the pair's scaling, and the server-cores-busy column says
+by how much the servers were short of full.
+
 Each run reports the sum of the ``tlsload`` rates (their windows are concurrent) and how
 busy the server cores were over the run (``/proc/stat``): well below 100 % means the
 load, not the servers, was the limit, and the row does not measure scaling.  Runs
@@ -127,11 +134,29 @@ def _tail(log: Path) -> str:
     return " / ".join(lines[-3:]) or f"nothing in {log}"
 
 
+def load_commands(
+    n: int, server: Server, binary: Path | None, pki: Path, args: argparse.Namespace, out: Path
+) -> list[list[str]]:
+    """The (a*) workload against *server*: one command per load CPU (tlsload), or one
+    ``loadgen --workers N`` for all of them, writing its JSON to *out*."""
+    duration, warmup = ("--duration", str(args.duration)), ("--warmup", str(args.warmup))
+    if binary is not None:
+        command = tlsload_command(binary, server, pki, "--clients", str(CLIENTS_PER_LOAD), "--size", "1-100",
+                                  *duration, *warmup)  # fmt: skip
+        return [command] * n
+    return [[
+        sys.executable, "-m", "trio_tlsecho", "--log-level", "warning", "loadgen",
+        "--connect", str(server.address), "--workers", str(n), "--clients", str(CLIENTS_PER_LOAD * n),
+        "--size", "1-100", *duration, *warmup, "--json", str(out),
+        "--cert", str(pki / "client.pem"), "--key", str(pki / "client.key"), "--ca", str(pki / "ca.pem"),
+    ]]  # fmt: skip
+
+
 def one_run(
     n: int,
     order: list[int],
     siblings: dict[int, list[int]],
-    binary: Path,
+    binary: Path | None,
     pki: Path,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
@@ -140,27 +165,28 @@ def one_run(
     log = args.out / f"scaling-workers-{n}.log"
     server = start_workers(n, pki, set(server_cores), log)
     loads: list[subprocess.Popen[bytes]] = []
+    report_file = pki.parent / "loadgen.json"
     try:
-        command = tlsload_command(
-            binary, server, pki, "--clients", str(CLIENTS_PER_LOAD), "--size", "1-100",
-            "--duration", str(args.duration), "--warmup", str(args.warmup),
-        )  # fmt: skip
+        commands = load_commands(n, server, binary, pki, args, report_file)
         busy0, total0 = cpu_ticks(server_cores)
-        for core in load_cores:
+        # One process per load CPU, or one loadgen on all of them (its workers inherit them).
+        pins = [{core} for core in load_cores] if len(commands) == n else [set(load_cores)]
+        for command, cores in zip(commands, pins, strict=True):
             loads.append(
                 subprocess.Popen(
                     command,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
-                    preexec_fn=lambda core=core: os.sched_setaffinity(0, {core}),  # type: ignore[misc]
+                    preexec_fn=lambda cores=cores: os.sched_setaffinity(0, cores),  # type: ignore[misc]
                 )
             )
         reports = []
         for load in loads:
             out, err = load.communicate(timeout=args.warmup + args.duration + START_TIMEOUT)
             if load.returncode != 0:
-                raise RuntimeError(f"tlsload failed against {n} workers: {(err or out).decode().strip()}")
-            reports.append(json.loads(out))
+                said = (err or out).decode(errors="replace").strip().splitlines() or ["no message"]
+                raise RuntimeError(f"{args.load} failed against {n} workers: {said[-1]}")
+            reports.append(json.loads(out if binary is not None else report_file.read_bytes()))
         busy1, total1 = cpu_ticks(server_cores)
         server.check()
     finally:
@@ -172,6 +198,8 @@ def one_run(
     return {
         "workers": n,
         "round_trips_per_sec": round(sum(r["round_trips_per_sec"] for r in reports), 1),
+        # Every echoed byte is checked by either load generator; a failed exchange counts here.
+        "errors": sum(sum(r["errors"].values()) + r.get("mismatches", 0) for r in reports),
         "server_cores_busy": round((busy1 - busy0) / max(total1 - total0, 1), 3),
         "server_cores": server_cores,
         "load_cores": load_cores,
@@ -184,13 +212,15 @@ def table(rows: list[dict[str, Any]], repeat: int) -> str:
     one = rows[0]["median"] if rows and rows[0]["workers"] == 1 else None
     lines = [
         f"| workers N | round trips/s (median of {repeat}) | vs one worker | target 0.75·N"
-        " | server cores busy |",
-        "| --- | --- | --- | --- | --- |",
+        " | server cores busy | errors (all runs) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         n, rate = row["workers"], row["median"]
         times = f"{rate / one:.2f}" if one else "n/a"
-        lines.append(f"| {n} | {rate:,.0f} | {times} | {0.75 * n:.2f} | {row['busy']:.0%} |")
+        lines.append(
+            f"| {n} | {rate:,.0f} | {times} | {0.75 * n:.2f} | {row['busy']:.0%} | {row['errors']:,} |"
+        )
     return "\n".join(lines)
 
 
@@ -201,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first (default: 2)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per N (default: 3)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="default: benchmarks/results")
+    parser.add_argument(
+        "--load",
+        choices=["tlsload", "loadgen"],
+        default="tlsload",
+        help="tlsload (C, N processes; default) or our own loadgen --workers N",
+    )
     args = parser.parse_args(argv)
     try:
         wanted = sorted({int(part) for part in args.workers.split(",")})
@@ -247,9 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tlsecho-scaling-") as tmp:
         pki = Path(tmp) / "pki"
         make_dev_pki(pki)
-        binary = build_tlsload(Path(tmp), print)
-        if binary is None:
-            return 1
+        binary = None
+        if args.load == "tlsload":
+            binary = build_tlsload(Path(tmp), print)
+            if binary is None:
+                print("(--load loadgen needs no C compiler)")
+                return 1
         for rep in range(args.repeat):
             for n in runnable if rep % 2 == 0 else runnable[::-1]:
                 run = one_run(n, order, siblings, binary, pki, args)
@@ -259,8 +298,9 @@ def main(argv: list[str] | None = None) -> int:
                     " (servers share physical cores with the load)"
                     * run["servers_share_physical_cores_with_load"]
                 )
+                errors = f", {run['errors']:,} errors" if run["errors"] else ""
                 print(
-                    f"run {rep + 1} N={n}: {run['round_trips_per_sec']:,.0f} round trips/s, "
+                    f"run {rep + 1} N={n}: {run['round_trips_per_sec']:,.0f} round trips/s{errors}, "
                     f"server cores {run['server_cores_busy']:.0%} busy{shared}",
                     flush=True,
                 )
@@ -269,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             "workers": n,
             "median": statistics.median(r["round_trips_per_sec"] for r in runs if r["workers"] == n),
             "busy": statistics.median(r["server_cores_busy"] for r in runs if r["workers"] == n),
+            "errors": sum(r["errors"] for r in runs if r["workers"] == n),
         }
         for n in runnable
     ]
@@ -276,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"{machine['cpus']} CPUs, {machine['physical_cores']} physical cores ({model}),"
-        f" {args.duration:g} s runs after {args.warmup:g} s warm-up"
+        f" {args.duration:g} s runs after {args.warmup:g} s warm-up, load: {args.load}"
     )
     print()
     print(table(rows, args.repeat))

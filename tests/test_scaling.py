@@ -87,6 +87,28 @@ def test_scaling_runs_one_worker_and_skips_what_it_cannot(tmp_path: Path) -> Non
     assert run["server_cores"] == sorted(os.sched_getaffinity(0))[:1]
     [load] = run["loads"]
     assert load["errors"] == dict.fromkeys(["connect", "handshake", "closed", "mismatch", "timeout", "io"], 0)
+    assert run["errors"] == 0
+
+
+def test_scaling_with_our_loadgen_workers(tmp_path: Path) -> None:
+    # The wording: "shown with the loadgen's --workers".  No C compiler needed.
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 cores: one for the server worker, one for the load")
+    args = [sys.executable, str(SCRIPT), "--load", "loadgen", "--workers", "1", "--duration", "0.5",
+            "--warmup", "0.2", "--repeat", "1", "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "load: loadgen" in done.stdout
+    [written] = tmp_path.glob("scaling-*.json")
+    result = json.loads(written.read_text())
+    assert result["settings"]["load"] == "loadgen"
+    [run] = result["runs"]
+    [load] = run["loads"]  # one loadgen process, with the 64 clients of its one worker
+    assert load["clients"] == 64
+    assert load["round_trips"] > 0
+    assert run["round_trips_per_sec"] == pytest.approx(load["round_trips_per_sec"], abs=0.1)
+    assert load["errors"] == {} or not any(load["errors"].values())
+    assert run["errors"] == 0
 
 
 def test_bad_workers_flag_is_one_line() -> None:
