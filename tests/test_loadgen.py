@@ -25,7 +25,7 @@ from trio_tlsecho import (
     TLSFiles,
     echo,
 )
-from trio_tlsecho._cli_loadgen import add_loadgen_parser, describe, verdict
+from trio_tlsecho._cli_loadgen import add_loadgen_parser, config_from_args, describe, verdict
 from trio_tlsecho._loadconfig import LoadConfig, OpenLoopSchedule, Progress, SizeRange, classify_error, split
 from trio_tlsecho._loadgen import run_load
 from trio_tlsecho._loadworkers import _config_from_wire, _config_to_wire
@@ -68,12 +68,16 @@ def load_config(address: Address, client_config: ClientConfig, **kw: object) -> 
     return LoadConfig(address=address, client=client_config, **kw)  # type: ignore[arg-type]
 
 
-def run_cli(argv: list[str]) -> int:
-    """``loadgen`` as the CLI runs it (its own ``trio.run``: call it in a thread)."""
+def parse_cli(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="trio-tlsecho")
     sub = parser.add_subparsers(dest="command", required=True)
     add_loadgen_parser(sub)
-    args = parser.parse_args(["loadgen", *argv])
+    return parser.parse_args(["loadgen", *argv])
+
+
+def run_cli(argv: list[str]) -> int:
+    """``loadgen`` as the CLI runs it (its own ``trio.run``: call it in a thread)."""
+    args = parse_cli(argv)
     status: int = args.func(args)
     return status
 
@@ -202,6 +206,18 @@ def test_cli_rejects_bad_flags(argv: list[str], capsys: pytest.CaptureFixture[st
         run_cli(argv)
     assert info.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "duration", "requests"),
+    [([], 10.0, None), (["--duration", "2.5"], 2.5, None), (["--requests", "7"], None, 7)],
+)
+def test_cli_runs_for_the_default_duration_unless_told(
+    pki: Path, argv: list[str], duration: float | None, requests: int | None
+) -> None:
+    # The README's `loadgen --size 256k --clients 4` gives neither flag.
+    config = config_from_args(parse_cli(["--certs", str(pki), *argv]))
+    assert (config.duration, config.requests) == (duration, requests)
 
 
 def test_cli_without_certificates_is_a_config_error(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import trio
 from ._cli_common import PROG, add_tls_flags, address, positive_int, require_files, seconds, tls_files
 from ._config import DEFAULT_HOST, DEFAULT_PORT, Address, ClientConfig
 from ._exceptions import ConfigError
-from ._loadconfig import LoadConfig, Progress, SizeRange
+from ._loadconfig import DEFAULT_DURATION, LoadConfig, Progress, SizeRange
 from ._loadgen import run_load
 from ._stats import LoadReport, format_progress, format_report
 
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     SubParsers = argparse._SubParsersAction[Parser]
 
 DEFAULT_CLIENTS = 64
-DEFAULT_DURATION = 10.0
 DEFAULT_SIZES = "1-100"
 
 
@@ -163,12 +162,16 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
     require_files(client.tls, args)
     if args.json is not None and not args.json.parent.is_dir():
         raise ConfigError(f"cannot write --json {args.json}: no directory {args.json.parent}")
+    # The two flags exclude each other; with neither, the run lasts the default duration.
+    duration = args.duration
+    if duration is None and args.requests is None:
+        duration = DEFAULT_DURATION
     return LoadConfig(
         address=args.connect,
+        requests=args.requests,
+        duration=duration,
         client=client,
         clients=args.clients,
-        requests=args.requests,
-        duration=args.duration if args.requests is None else None,
         sizes=args.size,
         rate=args.rate,
         new_connection_per_request=args.new_connection_per_request,

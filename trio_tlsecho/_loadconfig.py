@@ -101,8 +101,12 @@ def _number(*, positive: bool, optional: bool) -> Callable[[object, attrs.Attrib
     return check
 
 
+#: Measured seconds when neither a duration nor a number of requests is given.
+DEFAULT_DURATION = 10.0
+
+
 def _default_duration(config: LoadConfig) -> float | None:
-    return None if config.requests is not None else 10.0
+    return None if config.requests is not None else DEFAULT_DURATION
 
 
 @attrs.frozen(kw_only=True)
@@ -114,7 +118,7 @@ class LoadConfig:
     clients: int = attrs.field(default=64, validator=_count)
     #: Stop after this many measured exchanges in total (successful or not)...
     requests: int | None = attrs.field(default=None, validator=_count)
-    #: ... or after this many measured seconds (10 when neither is given).
+    #: ... or after this many measured seconds (DEFAULT_DURATION when neither is given).
     duration: float | None = attrs.field(
         default=attrs.Factory(_default_duration, takes_self=True),
         validator=_number(positive=True, optional=True),
