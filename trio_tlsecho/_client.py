@@ -146,7 +146,11 @@ async def echo_once(
             f"{address}: short echo: server closed after {len(received)} of {len(payload)} bytes"
         )
     if received != payload:
-        at = next(i for i, (a, b) in enumerate(zip(received, payload, strict=False)) if a != b)
+        at = next((i for i, (a, b) in enumerate(zip(received, payload, strict=False)) if a != b), None)
+        if at is None:  # every byte we sent came back, and more after it
+            raise EchoMismatchError(
+                f"{address}: echo longer than what was sent: {len(received)} bytes for {len(payload)}"
+            )
         raise EchoMismatchError(f"{address}: echo differs from what was sent at byte {at}")
     return EchoResult(
         address=address,
