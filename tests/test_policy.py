@@ -55,6 +55,14 @@ def test_fingerprint_accepts_colons_and_case() -> None:
     assert not allow.permits(_identity(fp="00" * 32))
 
 
+def test_a_single_string_is_one_entry_not_its_characters() -> None:
+    digest = hashlib.sha256(b"cert").hexdigest()
+    allow = AllowList(common_names="alice", sans="DNS:alice.example", fingerprints=digest)
+    assert allow == AllowList(common_names=["alice"], sans=["DNS:alice.example"], fingerprints=[digest])
+    assert allow.permits(_identity("alice"))
+    assert not allow.permits(_identity("e", sans=()))
+
+
 def test_any_entry_admits() -> None:
     allow = AllowList(common_names=["bob"], fingerprints=["cd" * 32])
     assert allow.permits(_identity("bob"))

@@ -46,16 +46,22 @@ def _check_cns(_inst: object, _attr: attrs.Attribute[frozenset[str]], value: fro
         raise ConfigError("an allowed common name is empty or has surrounding spaces")
 
 
-def _cns(values: Iterable[str]) -> frozenset[str]:
-    return frozenset(values)
+def _entries(values: Iterable[str] | str) -> Iterable[str]:
+    # A string is an iterable of strings too: common_names="alice" must mean {"alice"},
+    # not {"a", "l", "i", "c", "e"}, which would let a client named "e" in.
+    return (values,) if isinstance(values, str) else values
 
 
-def _sans(values: Iterable[str]) -> frozenset[str]:
-    return frozenset(_normalize_san(v) for v in values)
+def _cns(values: Iterable[str] | str) -> frozenset[str]:
+    return frozenset(_entries(values))
 
 
-def _fingerprints(values: Iterable[str]) -> frozenset[str]:
-    return frozenset(_normalize_fingerprint(v) for v in values)
+def _sans(values: Iterable[str] | str) -> frozenset[str]:
+    return frozenset(_normalize_san(v) for v in _entries(values))
+
+
+def _fingerprints(values: Iterable[str] | str) -> frozenset[str]:
+    return frozenset(_normalize_fingerprint(v) for v in _entries(values))
 
 
 @attrs.frozen(kw_only=True)
