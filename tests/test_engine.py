@@ -21,6 +21,7 @@ import trio
 import trio.testing
 
 from trio_tlsecho import ClientConfig, ServerConfig, TLSFiles, client_context, server_context
+from trio_tlsecho._meter import Meter
 from trio_tlsecho._sslsocket import SSLSocketStream, _PublicIO, open_ssl_socket_stream
 from trio_tlsecho._tls import describe_tls_error
 
@@ -322,6 +323,35 @@ async def test_8_mib_both_ways_at_once(
         nursery.start_soon(receive, s, got["s"], len(to_server))
     assert got["s"] == to_server
     assert got["c"] == to_client
+
+
+@pytest.mark.parametrize("server", ["engine", "trio"])
+async def test_a_long_send_counts_its_progress(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, server: Kind
+) -> None:
+    # The idle sweep reads these counts: a send_all far larger than the socket buffers,
+    # to a reader, must show bytes moving before it returns (trio's SSLStream is counted
+    # by a Meter on top, as the server does).
+    c, s = await tls_pair(server_ctx, client_ctx, server=server, bufsize=65536)
+    counted = s if isinstance(s, SSLSocketStream) else Meter(s)
+    total = 4 * MiB
+    seen_while_sending: list[int] = []
+    sending = True
+
+    async def send() -> None:
+        nonlocal sending
+        await counted.send_all(bytes(total))
+        sending = False
+
+    async with c, s, trio.open_nursery() as nursery:
+        nursery.start_soon(send)
+        received = 0
+        while received < total:
+            received += len(await c.receive_some())
+            if sending:
+                seen_while_sending.append(counted.sent)
+    assert any(0 < sent < total for sent in seen_while_sending)
+    assert counted.sent == total
 
 
 async def test_large_echo(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None:

@@ -6,7 +6,7 @@ import trio
 import trio.testing
 
 from trio_tlsecho import ServerMetrics
-from trio_tlsecho._meter import Liveness, Meter
+from trio_tlsecho._meter import MIN_PERIOD, Liveness, Meter
 
 
 def _meter() -> Meter:
@@ -70,6 +70,11 @@ async def test_no_idle_timeout_never_cancels() -> None:
 
 async def test_short_timeouts_sweep_more_often() -> None:
     assert Liveness(ServerMetrics(), idle_timeout=2).period == 0.2
+
+
+async def test_a_tiny_timeout_does_not_spin() -> None:
+    # --idle-timeout 1e-6 is accepted; a sweep every 100 ns would take a whole core.
+    assert Liveness(ServerMetrics(), idle_timeout=1e-6).period == MIN_PERIOD == 0.01
 
 
 async def test_meter_counts_what_moves() -> None:

@@ -20,12 +20,15 @@ from trio_tlsecho import (
     ClientError,
     ServerConfig,
     TLSFiles,
+    _server,
     echo_once,
     make_dev_pki,
     open_client,
     serve,
 )
 from trio_tlsecho._certs import revoke
+
+from .test_tls import encrypt_key
 
 
 @pytest.fixture
@@ -91,6 +94,12 @@ def test_crl_file_errors(certs: Path) -> None:
         server_context(_config(certs, crl=certs / "missing.pem"))
     with pytest.raises(CertificateError, match="no PEM certificate revocation list"):
         server_context(_config(certs, crl=certs / "ca.pem"))
+    # The CRL loader also trusts certificates it finds: one pasted in would become a CA.
+    revoke(certs, ["alice"])
+    crl_and_cert = certs / "crl-and-cert.pem"
+    crl_and_cert.write_bytes((certs / "crl.pem").read_bytes() + (certs / "client.pem").read_bytes())
+    with pytest.raises(CertificateError, match="also holds certificates; give the CRL alone"):
+        server_context(_config(certs, crl=crl_and_cert))
 
 
 class Reloads:
@@ -152,6 +161,33 @@ async def test_broken_reload_keeps_the_old_configuration(
     await reloads.reload()
     [line] = [r.getMessage() for r in caplog.records if "reload failed" in r.getMessage()]
     assert line.startswith("reload failed, still using the previous certificates: private key")
+    after = await echo_once(address, client, b"after")
+    assert after.server.fingerprint_sha256 == before.server.fingerprint_sha256
+
+
+async def test_reload_with_an_encrypted_key_or_an_unforeseen_error_keeps_serving(
+    nursery: trio.Nursery, certs: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = ClientConfig(tls=TLSFiles.from_dir(certs, "client"))
+    reloads = Reloads()
+    [address] = await nursery.start(
+        lambda task_status: serve(
+            _config(certs), reload_trigger=reloads.receive.receive, task_status=task_status
+        )
+    )
+    before = await echo_once(address, client, b"before")
+    encrypt_key(certs / "server.key")
+    await reloads.reload()
+
+    def unforeseen(config: ServerConfig) -> ssl.SSLContext:
+        raise RuntimeError("something no one thought of")
+
+    monkeypatch.setattr(_server, "server_context", unforeseen)
+    await reloads.reload()
+    lines = [r.getMessage() for r in caplog.records if "reload failed" in r.getMessage()]
+    assert len(lines) == 2
+    assert "server.key is encrypted: give an unencrypted key" in lines[0]
+    assert lines[1].endswith("previous certificates: RuntimeError: something no one thought of")
     after = await echo_once(address, client, b"after")
     assert after.server.fingerprint_sha256 == before.server.fingerprint_sha256
 

@@ -13,7 +13,16 @@ import pytest
 import trio
 import trio.testing
 
-from trio_tlsecho import Address, ClientConfig, ClientError, ServerConfig, echo_once, open_client, serve
+from trio_tlsecho import (
+    Address,
+    ClientConfig,
+    ClientError,
+    ServerConfig,
+    ServerMetrics,
+    echo_once,
+    open_client,
+    serve,
+)
 
 PAYLOAD = os.urandom(8 << 20)
 
@@ -81,6 +90,36 @@ async def test_grace_period_ends_lingering_connections(
             raise trio.BrokenResourceError
         assert trio.current_time() - start == pytest.approx(7, abs=0.5)
         await trio.aclose_forcefully(lingering)
+
+
+async def test_idle_connections_still_time_out_during_the_grace(
+    server_config: ServerConfig, client_config: ClientConfig, autojump_clock: trio.testing.MockClock
+) -> None:
+    stop = trio.Event()
+    metrics = ServerMetrics()
+    async with trio.open_nursery() as nursery:
+        config = ServerConfig(
+            tls=server_config.tls, listen=["127.0.0.1:0"], shutdown_grace=60, idle_timeout=3
+        )
+        [address] = await nursery.start(
+            lambda task_status: serve(
+                config, shutdown_trigger=stop.wait, metrics=metrics, task_status=task_status
+            )
+        )
+        idle = await open_client(address, client_config)
+        await idle.send_all(b"x")
+        assert await idle.receive_some(10) == b"x"
+        start = trio.current_time()
+        stop.set()
+        # Closed by the idle timeout (3 s; a sweep every 0.3 s adds at most two periods),
+        # not held to the end of the 60 s grace.
+        with pytest.raises(trio.BrokenResourceError):
+            while await idle.receive_some(10):
+                pass
+            raise trio.BrokenResourceError
+        assert trio.current_time() - start <= 3 + 2 * 0.3 + 0.01
+        await trio.aclose_forcefully(idle)
+    assert metrics.idle_closed == 1
 
 
 def test_sigterm_lets_echoes_in_flight_finish(tmp_path: Path, pki: Path, client_config: ClientConfig) -> None:

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 import trio
+from cryptography.hazmat.primitives import serialization
 
 from trio_tlsecho import (
     CertificateError,
     ClientConfig,
     ServerConfig,
     TLSFiles,
+    _tls,
     client_context,
     server_context,
 )
@@ -66,6 +68,46 @@ def test_key_does_not_match_certificate(pki: Path, tmp_path: Path) -> None:
     files = _copy(pki, tmp_path)
     shutil.copy(tmp_path / "client.key", files.key)
     with pytest.raises(CertificateError, match=r"private key .*server\.key does not match certificate"):
+        server_context(_server(files))
+
+
+def encrypt_key(path: Path) -> None:
+    """Rewrite the PEM private key at *path* encrypted with a passphrase."""
+    key = serialization.load_pem_private_key(path.read_bytes(), None)
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+
+
+def test_encrypted_key_is_one_error_not_a_prompt(pki: Path, tmp_path: Path) -> None:
+    # stdin is not read: OpenSSL would otherwise prompt "Enter PEM pass phrase:" and wait.
+    files = _copy(pki, tmp_path)
+    encrypt_key(files.key)
+    with pytest.raises(
+        CertificateError, match=r"^private key .*server\.key is encrypted: give an unencrypted key"
+    ):
+        server_context(_server(files))
+
+
+def test_files_changing_while_loaded_are_a_certificate_error(
+    pki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reload racing a deployment that replaces the files: our read saw them, OpenSSL's did not.
+    files = _copy(pki, tmp_path)
+    read = _tls._read
+
+    def read_then_vanish(path: Path, what: str) -> bytes:
+        data = read(path, what)
+        if path == files.key:
+            path.unlink()
+        return data
+
+    monkeypatch.setattr(_tls, "_read", read_then_vanish)
+    with pytest.raises(CertificateError, match=r"^cannot load certificate .* with key .*server\.key: "):
         server_context(_server(files))
 
 

@@ -16,8 +16,9 @@ every ``period`` seconds and, for each watched connection,
 Moving a cancel-scope deadline on every read and write was the alternative; it
 is a heap operation in trio, and it cost more than the whole meter does now.
 The price is granularity: a connection is closed between ``idle_timeout`` and
-``idle_timeout + period`` after its last byte, and ``period`` is at most a
-tenth of the timeout.
+``idle_timeout + period`` after its last byte, and ``period`` is a tenth of the
+timeout (between 10 ms and 1 s).  Bytes sent are counted as each piece of at most
+``SEND_PIECE`` bytes goes out, so a long send_all to a slow reader is not idle.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ import attrs
 import trio
 
 from ._metrics import ServerMetrics
+from ._sslsocket import SEND_PIECE
+
+#: The shortest time between two sweeps.
+MIN_PERIOD = 0.01
 
 
 class Meter(trio.abc.Stream):
@@ -42,8 +47,17 @@ class Meter(trio.abc.Stream):
         self.sent = 0
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.transport.send_all(data)
-        self.sent += len(data)
+        if len(data) <= SEND_PIECE:
+            await self.transport.send_all(data)
+            self.sent += len(data)
+            return
+        # Counted piece by piece, as the socket engine does: a long transfer to a slow
+        # reader is not idle.
+        with memoryview(data) as view:
+            for start in range(0, len(view), SEND_PIECE):
+                piece = view[start : start + SEND_PIECE]
+                await self.transport.send_all(piece)
+                self.sent += len(piece)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()
@@ -78,7 +92,9 @@ class Liveness:
     def __init__(self, metrics: ServerMetrics, idle_timeout: float | None) -> None:
         self.metrics = metrics
         self.idle_timeout = idle_timeout
-        self.period = min(1.0, idle_timeout / 10) if idle_timeout is not None else 1.0
+        # A tenth of the timeout, within bounds: a sweep a second at most apart, and at
+        # least 10 ms apart (an idle timeout of a microsecond must not spin a core).
+        self.period = max(MIN_PERIOD, min(1.0, idle_timeout / 10)) if idle_timeout is not None else 1.0
         self._watched: dict[Counted, _Watched] = {}
 
     def __len__(self) -> int:

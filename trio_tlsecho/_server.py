@@ -92,20 +92,24 @@ async def serve(
             for socket_listener in await _open(address, reuse_port=config.reuse_port):
                 await stack.enter_async_context(socket_listener)
                 listeners.append(_Listener(socket_listener, state))
-        async with trio.open_nursery() as nursery:
-            for listener in listeners:
-                nursery.start_soon(listener.run)
-            task_status.started([listener.address for listener in listeners])
-            async with trio.open_nursery() as control:
-                control.start_soon(state.liveness.run)
-                if reload_trigger is not None:
-                    control.start_soon(_reload_forever, reload_trigger, state)
-                if shutdown_trigger is None:
-                    await trio.sleep_forever()
-                else:
-                    await shutdown_trigger()
-                control.cancel_scope.cancel()
-            _begin_shutdown(listeners, state)
+        async with trio.open_nursery() as sweeping:
+            # The idle sweep outlives the control tasks: during the shutdown grace an idle
+            # connection must still be closed (and counted), not kept to the grace's end.
+            sweeping.start_soon(state.liveness.run)
+            async with trio.open_nursery() as nursery:
+                for listener in listeners:
+                    nursery.start_soon(listener.run)
+                task_status.started([listener.address for listener in listeners])
+                async with trio.open_nursery() as control:
+                    if reload_trigger is not None:
+                        control.start_soon(_reload_forever, reload_trigger, state)
+                    if shutdown_trigger is None:
+                        await trio.sleep_forever()
+                    else:
+                        await shutdown_trigger()
+                    control.cancel_scope.cancel()
+                _begin_shutdown(listeners, state)
+            sweeping.cancel_scope.cancel()
     log.info("stopped")
 
 
@@ -177,6 +181,8 @@ async def _reload_forever(trigger: Trigger, state: ServerState) -> None:
             state.ssl_context = server_context(state.config)
         except CertificateError as exc:
             log.error("reload failed, still using the previous certificates: %s", exc)
+        except Exception as exc:  # whatever it is, a reload must not stop a running server
+            log.error("reload failed, still using the previous certificates: %s: %s", type(exc).__name__, exc)
         else:
             crl = " and CRL" if state.config.crl is not None else ""
             log.info("reloaded certificate, key, CA%s for new connections", crl)

@@ -97,6 +97,7 @@ import os
 import socket
 import ssl
 import threading
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import trio
@@ -116,6 +117,10 @@ _MAX_RECEIVE = 262144
 # The largest TLS plaintext record (RFC 8446 5.1); a read that returns exactly this
 # much has probably got a bulk sender's next record waiting too.
 _FULL_RECORD = 16384
+#: A larger send_all is encrypted and sent this much at a time, with ``sent`` counted
+#: after each piece: one long transfer to a slow reader must show progress to the idle
+#: sweep (``_meter``), which would otherwise see nothing move until send_all returned.
+SEND_PIECE = 65536
 
 _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 # What a non-blocking OpenSSL call asked for, as a number below any byte count.
@@ -140,6 +145,12 @@ class TLSStream(Protocol):
     def cipher(self) -> tuple[str, str, int] | None: ...
     def version(self) -> str | None: ...
     def selected_alpn_protocol(self) -> str | None: ...
+
+
+def _pieces(data: bytes | bytearray | memoryview) -> Iterator[memoryview]:
+    with memoryview(data) as view:  # released after: the caller may resize a bytearray
+        for start in range(0, len(view), SEND_PIECE):
+            yield view[start : start + SEND_PIECE]
 
 
 class _State(enum.Enum):
@@ -575,20 +586,23 @@ class SSLSocketStream(trio.abc.Stream):
                 await trio.lowlevel.checkpoint()
                 return
             await trio.lowlevel.checkpoint_if_cancelled()
-            try:
-                self._io.write(data)
-                waits = 0
-            except ssl.SSLWantWriteError:
-                waits = _WANT_WRITE
-            except ssl.SSLWantReadError:
-                waits = _WANT_READ
-            except OSError as exc:
-                raise self._broken(exc) from self._cause
-            if waits:
-                await self._send_after_wait(data, waits == _WANT_WRITE)
-            else:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-            self.sent += len(data)
+            # Only the first piece may be cancelled cleanly; after it, only a wait can
+            # be, and that breaks the stream (_send_after_wait).
+            for piece in (data,) if len(data) <= SEND_PIECE else _pieces(data):
+                try:
+                    self._io.write(piece)
+                    waits = 0
+                except ssl.SSLWantWriteError:
+                    waits = _WANT_WRITE
+                except ssl.SSLWantReadError:
+                    waits = _WANT_READ
+                except OSError as exc:
+                    raise self._broken(exc) from self._cause
+                if waits:
+                    await self._send_after_wait(piece, waits == _WANT_WRITE)
+                else:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                self.sent += len(piece)
         finally:
             self._sending = False
 

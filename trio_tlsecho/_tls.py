@@ -92,13 +92,23 @@ def _load_identity(ctx: ssl.SSLContext, tls: TLSFiles) -> None:
     if b"PRIVATE KEY-----" not in key:
         hint = " (it holds a certificate, not a key)" if b"CERTIFICATE-----" in key else ""
         raise CertificateError(f"no PEM private key in {tls.key}{hint}")
+
+    def no_passphrase() -> str:
+        # Without a callback OpenSSL prompts on the terminal, blocking the event loop (or
+        # a reload) until someone types; a server started by systemd has no one to type.
+        raise CertificateError(f"private key {tls.key} is encrypted: give an unencrypted key (mode 0600)")
+
     try:
-        ctx.load_cert_chain(tls.cert, tls.key)
+        ctx.load_cert_chain(tls.cert, tls.key, password=no_passphrase)
     except ssl.SSLError as exc:
         if "KEY_VALUES_MISMATCH" in str(exc) or exc.reason == "KEY_VALUES_MISMATCH":
             raise CertificateError(f"private key {tls.key} does not match certificate {tls.cert}") from None
         raise CertificateError(
             f"cannot load certificate {tls.cert} with key {tls.key}: {_reason(exc)}"
+        ) from None
+    except OSError as exc:  # the files changed between our read and OpenSSL's (a reload)
+        raise CertificateError(
+            f"cannot load certificate {tls.cert} with key {tls.key}: {exc.strerror or exc}"
         ) from None
 
 
@@ -116,11 +126,16 @@ def _load_crl(ctx: ssl.SSLContext, path: Path) -> None:
     data = _read(path, "CRL")
     if b"-----BEGIN X509 CRL-----" not in data:
         raise CertificateError(f"no PEM certificate revocation list in {path}")
+    if b"CERTIFICATE-----" in data:
+        # The loader below would trust them as CAs: a CRL file must not widen who gets in.
+        raise CertificateError(f"CRL file {path} also holds certificates; give the CRL alone")
     try:
         # cafile, not cadata: only the file loader reads CRLs as well as certificates.
         ctx.load_verify_locations(cafile=str(path))
     except (ssl.SSLError, ValueError) as exc:
         raise CertificateError(f"cannot load CRL {path}: {_reason(exc)}") from None
+    except OSError as exc:  # gone or changed since we read it
+        raise CertificateError(f"cannot load CRL {path}: {exc.strerror or exc}") from None
     # Leaf only: our PKI is one CA deep, and CHECK_CHAIN would demand a CRL for the
     # root itself.  Note that OpenSSL then *requires* a current CRL for every client's
     # issuer: an expired CRL refuses everyone, which is the safe way to fail.
