@@ -8,11 +8,17 @@ pass their own files.  Two things differ from trustme's defaults on purpose:
   certificate that never expires is a habit nobody should learn from a demo.
 * An existing CA in the directory is reused, so that ``certs --client NAME`` adds a
   client without invalidating every certificate already handed out.  ``force``
-  makes a new CA.
+  makes a new CA.  A reused CA that ends before the new leaves would is an error,
+  not a silent truncation: a leaf valid past its CA fails the day the CA does.
+
+Every client ``NAME`` is written as ``NAME.pem``/``NAME.key``, one name per file, so
+that ``certs --revoke NAME`` finds it; ``client`` and ``loadgen`` default to the
+client named ``client``, which is why a new CA always gets one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import secrets
@@ -33,6 +39,8 @@ DEFAULT_CLIENT = "client"
 DEFAULT_DAYS = 365
 CA_DAYS = 3650
 _ORG = "trio_tlsecho development PKI"
+# Files of the PKI itself, which no client may be written over.
+_RESERVED = ("ca", "server", "crl")
 # Clock skew between machines: a certificate made a second ago must already verify.
 _BACKDATE = dt.timedelta(hours=1)
 
@@ -62,17 +70,13 @@ def make_dev_pki(
 ) -> IssuedFiles:
     """Write ``ca.pem``/``ca.key``, ``server.pem``/``server.key`` and client pairs.
 
-    The first client is written as ``client.pem``/``client.key``, the others as
-    ``NAME.pem``/``NAME.key``.  Keys are created with mode 0600.
+    Each client is written as ``NAME.pem``/``NAME.key``; a new CA also gets the
+    default client ``client``.  Keys are mode 0600.
     """
-    if not isinstance(days, int) or isinstance(days, bool) or days < 1:
-        raise ConfigError(f"days must be a positive whole number, not {days!r}")
+    _check_days(days)
     if not server_names:
         raise ConfigError("at least one server name is needed")
-    for name in clients:
-        _check_file_name(name)
-    if len(set(clients)) != len(clients):
-        raise ConfigError(f"client names repeat: {', '.join(clients)}")
+    _check_client_names(clients)
     now = now or dt.datetime.now(dt.UTC)
     out = Path(directory)
     try:
@@ -85,18 +89,24 @@ def make_dev_pki(
     reuse = ca_cert.exists() and not force
     if reuse:
         ca = _load_ca(ca_cert, ca_key)
+        _check_ca_outlives(ca_cert, ca, now, days)
     else:
+        # Whatever client.pem was here belongs to the old CA; `client` would fail with it.
+        if all(name.casefold() != DEFAULT_CLIENT for name in clients):
+            clients = (DEFAULT_CLIENT, *clients)
         ca = _new_ca(now)
         _write(ca_cert, ca.cert_pem.bytes(), private=False)
         _write(ca_key, ca.private_key_pem.bytes(), private=True)
         written += [ca_cert, ca_key]
+        # The old CRL is the old CA's: revoke() would drop its entries anyway, and a
+        # broken one must not stop the new CA that replaces it.
+        with contextlib.suppress(FileNotFoundError):
+            (out / CRL_NAME).unlink()
         # An empty CRL from the start, so `serve --crl` works before anything is revoked.
         written.append(revoke(out, [], days=days, now=now))
 
-    not_before = now - _BACKDATE
-    not_after = min(now + dt.timedelta(days=days), _ca_not_after(ca))
     # trustme wants naive UTC datetimes.
-    nb, na = _naive_utc(not_before), _naive_utc(not_after)
+    nb, na = _naive_utc(now - _BACKDATE), _naive_utc(now + dt.timedelta(days=days))
 
     try:
         server = ca.issue_cert(
@@ -111,7 +121,7 @@ def make_dev_pki(
         raise ConfigError(f"bad server name in {list(server_names)}: {exc}") from None
     written += _write_leaf(out, "server", server)
 
-    for i, name in enumerate(clients):
+    for name in clients:
         leaf = ca.issue_cert(
             name,
             common_name=name,
@@ -120,15 +130,50 @@ def make_dev_pki(
             not_before=nb,
             not_after=na,
         )
-        written += _write_leaf(out, DEFAULT_CLIENT if i == 0 else name, leaf)
+        written += _write_leaf(out, name, leaf)
     return IssuedFiles(directory=out, ca_created=not reuse, written=tuple(written))
+
+
+def _check_days(days: int) -> None:
+    # Bounded by the CA's lifetime: no leaf may outlive a new CA, and dates past the
+    # year 9999 would not even be representable.
+    if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= CA_DAYS:
+        raise ConfigError(
+            f"days must be a whole number from 1 to {CA_DAYS} (the CA's lifetime), not {days!r}"
+        )
+
+
+def _check_client_names(names: Sequence[str]) -> None:
+    seen: dict[str, str] = {}
+    for name in names:
+        _check_file_name(name)
+        # Case-folded: on a case-insensitive file system Alice.pem and alice.pem are one file.
+        other = seen.get(name.casefold())
+        if other is not None:
+            raise ConfigError(
+                f"client names repeat: {other!r} and {name!r} would write the same files (names ignore case)"
+            )
+        seen[name.casefold()] = name
 
 
 def _check_file_name(name: str) -> None:
     # Client names become both a DNS SAN and a file name, so keep them to host-name letters.
     ok = name and all(c.isalnum() or c in "-." for c in name) and not name.startswith((".", "-"))
-    if not ok or name in ("ca", "server"):
-        raise ConfigError(f"bad client name {name!r}: use letters, digits, '-' and '.', not 'ca' or 'server'")
+    if not ok or name.casefold() in _RESERVED:
+        raise ConfigError(
+            f"bad client name {name!r}: use letters, digits, '-' and '.', not 'ca', 'server' or 'crl'"
+        )
+
+
+def _check_ca_outlives(path: Path, ca: trustme.CA, now: dt.datetime, days: int) -> None:
+    end = x509.load_pem_x509_certificate(ca.cert_pem.bytes()).not_valid_after_utc
+    if end <= now:
+        raise CertificateError(f"the CA {path} expired on {end:%Y-%m-%d}; use --force to make a new one")
+    if end < now + dt.timedelta(days=days):
+        raise CertificateError(
+            f"the CA {path} expires on {end:%Y-%m-%d}, before certificates valid for {days} days would;"
+            " use --force to make a new one, or fewer --days"
+        )
 
 
 def _new_ca(now: dt.datetime) -> trustme.CA:
@@ -170,11 +215,6 @@ def _load_ca(cert_path: Path, key_path: Path) -> trustme.CA:
         raise CertificateError(f"cannot load the CA {cert_path}: {exc}") from None
 
 
-def _ca_not_after(ca: trustme.CA) -> dt.datetime:
-    cert = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
-    return cert.not_valid_after_utc
-
-
 def _naive_utc(when: dt.datetime) -> dt.datetime:
     return when.astimezone(dt.UTC).replace(tzinfo=None)
 
@@ -188,10 +228,14 @@ def _write_leaf(out: Path, stem: str, leaf: trustme.LeafCert) -> list[Path]:
 
 def _write(path: Path, data: bytes, *, private: bool) -> None:
     # Create keys 0600 from the start (no window where they are world-readable), and
-    # replace files atomically so a reader never sees half a certificate.
+    # replace files atomically so a reader never sees half a certificate.  O_EXCL: a
+    # temp file left by an interrupted run would keep its own mode (say 0644), and a
+    # key written into it would inherit that.
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if private else 0o644)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -214,6 +258,7 @@ def revoke(
     Entries already in the CRL stay.  Returns the CRL's path; the server picks it up
     with ``--crl`` (and again on SIGHUP).
     """
+    _check_days(days)
     now = now or dt.datetime.now(dt.UTC)
     out = Path(directory)
     ca_path, key_path = out / "ca.pem", out / "ca.key"
@@ -228,7 +273,12 @@ def revoke(
     revoked: dict[int, x509.RevokedCertificate] = {}
     number = 1
     if crl_path.exists():
-        old = x509.load_pem_x509_crl(crl_path.read_bytes())
+        try:
+            old = x509.load_pem_x509_crl(crl_path.read_bytes())
+        except (OSError, ValueError):
+            raise CertificateError(
+                f"cannot update {crl_path}: it is not a readable PEM CRL (move it away to start a new one)"
+            ) from None
         if old.is_signature_valid(ca_key.public_key()):  # a CRL of an older CA is dropped
             revoked = {entry.serial_number: entry for entry in old}
             number = old.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
@@ -238,6 +288,10 @@ def revoke(
             leaf = x509.load_pem_x509_certificate(leaf_path.read_bytes())
         except FileNotFoundError:
             raise CertificateError(f"cannot revoke {name!r}: no certificate {leaf_path}") from None
+        except (OSError, ValueError):
+            raise CertificateError(
+                f"cannot revoke {name!r}: {leaf_path} is not a readable PEM certificate"
+            ) from None
         try:
             leaf.verify_directly_issued_by(ca_cert)
         except (ValueError, TypeError, InvalidSignature):

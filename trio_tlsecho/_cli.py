@@ -18,7 +18,7 @@ from pathlib import Path
 import trio
 
 from . import __version__
-from ._certs import DEFAULT_DAYS, DEFAULT_SERVER_NAMES, has_certificates, make_dev_pki, revoke
+from ._certs import CA_DAYS, DEFAULT_DAYS, DEFAULT_SERVER_NAMES, has_certificates, make_dev_pki, revoke
 from ._cli_common import (
     DEFAULT_CERTS_DIR,
     PROG,
@@ -79,9 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--client",
         metavar="NAME",
         action="append",
-        help="client name, repeatable; the first is written as client.pem (default: client)",
+        help="client name, repeatable: writes NAME.pem and NAME.key (default: client; a new CA"
+        " always gets client.pem too)",
     )
-    p.add_argument("--days", type=positive_int, default=DEFAULT_DAYS, help="leaf validity (default: 365)")
+    p.add_argument(
+        "--days",
+        type=positive_int,
+        default=DEFAULT_DAYS,
+        help=f"how long leaves are valid, 1 to {CA_DAYS} (default: {DEFAULT_DAYS})",
+    )
     p.add_argument("--force", action="store_true", help="make a new CA even if DIR has one")
     p.add_argument(
         "--revoke",
