@@ -48,15 +48,27 @@ def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             """
         )
     )
+    (tmp_path / "failing_plugin.py").write_text(
+        textwrap.dedent(
+            """
+            async def handler(conn):
+                pass
+
+            1 / 0
+            """
+        )
+    )
     dist = tmp_path / "shout_plugin-1.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: shout-plugin\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text(
         f"[{ENTRY_POINT_GROUP}]\nshout = shout_plugin:shout\nbroken = shout_plugin:missing\n"
+        "failing = failing_plugin:handler\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path
     sys.modules.pop("shout_plugin", None)
+    sys.modules.pop("failing_plugin", None)
 
 
 def test_entry_point(plugin: Path) -> None:
@@ -70,6 +82,13 @@ def test_broken_entry_point_is_a_clear_error(plugin: Path) -> None:
         HandlerNotFoundError, match=r"handler 'broken' \(shout_plugin:missing\) failed to load"
     ):
         resolve_handler("broken")
+    # A module that raises on import: its error in one line, with where it was raised.
+    with pytest.raises(
+        HandlerNotFoundError,
+        match=r"handler 'failing' \(failing_plugin:handler\) failed to load: ZeroDivisionError: "
+        r"division by zero \(at .*failing_plugin\.py:5\)$",
+    ):
+        resolve_handler("failing")
 
 
 def test_unknown_name_lists_known_ones() -> None:
@@ -83,6 +102,8 @@ def test_unknown_name_lists_known_ones() -> None:
     ("spec", "message"),
     [
         ("no_such_module_xyz:h", "cannot import handler module 'no_such_module_xyz'"),
+        (".relative:h", "cannot import handler module '.relative': TypeError: "),
+        ("failing_plugin:handler", r"failing_plugin': ZeroDivisionError: division by zero \(at "),
         ("trio_tlsecho._handlers:nothing", "has no attribute 'nothing'"),
         (":echo", "expected module:attr"),
         ("trio_tlsecho._handlers:RECEIVE_SIZE", "is not callable"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import traceback
 from importlib.metadata import entry_points
 
 from ._exceptions import HandlerNotFoundError
@@ -37,9 +38,9 @@ def resolve_handler(spec: str) -> Handler:
         if eps:
             try:
                 target = eps[0].load()
-            except (ImportError, AttributeError) as exc:
+            except Exception as exc:  # whatever the plugin's import raises: one line, not ours
                 raise HandlerNotFoundError(
-                    f"handler {spec!r} ({eps[0].value}) failed to load: {exc}"
+                    f"handler {spec!r} ({eps[0].value}) failed to load: {_describe(exc)}"
                 ) from exc
         elif spec in _BUILTINS:
             target = _BUILTINS[spec]
@@ -61,8 +62,8 @@ def _import_attr(spec: str) -> object:
         raise HandlerNotFoundError(f"bad handler reference {spec!r}: expected module:attr")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise HandlerNotFoundError(f"cannot import handler module {module_name!r}: {exc}") from exc
+    except Exception as exc:  # a relative name (TypeError), or the module's own error
+        raise HandlerNotFoundError(f"cannot import handler module {module_name!r}: {_describe(exc)}") from exc
     target: object = module
     for part in attr.split("."):
         try:
@@ -70,3 +71,12 @@ def _import_attr(spec: str) -> object:
         except AttributeError:
             raise HandlerNotFoundError(f"module {module_name!r} has no attribute {attr!r}") from None
     return target
+
+
+def _describe(exc: Exception) -> str:
+    """``ImportError``'s own words; anything else with its type and where it was raised."""
+    if isinstance(exc, ImportError):
+        return str(exc)
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
