@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import struct
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -15,8 +18,10 @@ from trio_tlsecho import (
     ConfigError,
     Connection,
     ServerConfig,
+    ServerMetrics,
     echo_once,
     open_client,
+    serve,
 )
 from trio_tlsecho._proxy import (
     MAX_V2_LENGTH,
@@ -206,6 +211,24 @@ async def test_server_refuses_bad_headers_and_keeps_serving(
     assert logged in caplog.text
     good = encode_v1(("192.0.2.1", 1), ("127.0.0.1", 2))
     assert (await echo_once(address, client_config, b"ok", proxy_header=good)).received == 2
+
+
+async def test_a_health_check_without_a_header_is_counted_not_warned_about(
+    nursery: trio.Nursery, server_config: ServerConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What an L4 balancer's TCP check does: connect, close, no byte.
+    caplog.set_level(logging.DEBUG, logger="trio_tlsecho")
+    metrics = ServerMetrics()
+    config = attrs.evolve(server_config, proxy_protocol=True)
+    [address] = await nursery.start(functools.partial(serve, config, metrics=metrics))
+    tcp = await trio.open_tcp_stream(address.host, address.port)
+    await tcp.aclose()
+    with trio.fail_after(10):
+        while metrics.handshakes["proxy_header"] == 0:
+            await trio.testing.wait_all_tasks_blocked()
+    [record] = [r for r in caplog.records if "PROXY" in r.getMessage()]
+    assert record.levelno == logging.DEBUG
+    assert record.getMessage().endswith("closed before sending a PROXY header (a health check?)")
 
 
 async def test_truncated_header_times_out(

@@ -242,6 +242,11 @@ async def _read_proxy_header(
     if config.proxy_from and not _address_in(peer[0], config.proxy_from):
         log.warning("%s: refused: PROXY header not accepted from this address (--proxy-from)", where)
         return None
+    if not await _first_byte(tcp):
+        # Connect and close with no byte: an L4 balancer's health check, as without
+        # --proxy-protocol.  Counted, logged at DEBUG, never a warning per check.
+        log.debug("%s: closed before sending a PROXY header (a health check?)", where)
+        return None
     try:
         header = await read_header(tcp.socket)
     except ProxyProtocolError as exc:
