@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import shutil
 import signal
 import ssl
@@ -13,12 +15,14 @@ import pytest
 import trio
 import trio.testing
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
 from trio_tlsecho import (
     CertificateError,
     ClientConfig,
     ClientError,
     ServerConfig,
+    ServerMetrics,
     TLSFiles,
     _server,
     echo_once,
@@ -85,6 +89,33 @@ async def test_revoked_client_is_refused(
     assert (
         await echo_once(address, ClientConfig(tls=TLSFiles.from_dir(certs, "client")), b"ok")
     ).received == 2
+
+
+async def test_an_expired_crl_is_counted_as_the_servers_problem(
+    nursery: trio.Nursery, certs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca = x509.load_pem_x509_certificate((certs / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None)
+    now = dt.datetime.now(dt.UTC)
+    expired = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.subject)
+        .last_update(now - dt.timedelta(days=2))
+        .next_update(now - dt.timedelta(days=1))
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    (certs / "crl.pem").write_bytes(expired.public_bytes(serialization.Encoding.PEM))
+    metrics = ServerMetrics()
+    [address] = await nursery.start(
+        functools.partial(serve, _config(certs, crl=certs / "crl.pem"), metrics=metrics)
+    )
+    with pytest.raises(ClientError):
+        await echo_once(address, ClientConfig(tls=TLSFiles.from_dir(certs, "client")), b"x")
+    with trio.fail_after(10):
+        while metrics.handshake_failures == 0:
+            await trio.testing.wait_all_tasks_blocked()
+    assert {result: n for result, n in metrics.handshakes.items() if n} == {"crl": 1}
+    assert "certificate verify failed: the CRL has expired" in caplog.text
 
 
 def test_crl_file_errors(certs: Path) -> None:

@@ -46,6 +46,7 @@ HANDSHAKE_RESULTS = (
     "expired",
     "not_yet_valid",
     "revoked",
+    "crl",
     "identity_refused",
     "timeout",
     "proxy_header",

@@ -278,7 +278,14 @@ def classify_tls_error(exc: BaseException) -> str:
     return "protocol"
 
 
-_VERIFY_LABELS = {9: "not_yet_valid", 10: "expired", 23: "revoked"}
+_VERIFY_LABELS = {
+    9: "not_yet_valid",
+    10: "expired",
+    23: "revoked",
+    # The server's CRL is missing, expired or bad: an operator's problem, not a client's,
+    # and one that refuses every client (VERIFY_CRL_CHECK_LEAF fails closed).
+    **dict.fromkeys((3, 8, 11, 12, 15, 16), "crl"),
+}
 
 # X509_V_ERR_* codes a server meets most, in words that say what to do about them.
 _VERIFY_CODES = {
@@ -287,6 +294,8 @@ _VERIFY_CODES = {
     10: "expired",
     18: "self-signed, not issued by a trusted CA",
     3: "no current CRL for its issuer",
+    8: "the CRL's signature does not verify",
+    11: "the CRL is not yet valid",
     12: "the CRL has expired",
     19: "not issued by a trusted CA",
     20: "not issued by a trusted CA",
