@@ -341,3 +341,21 @@ async def test_connect_and_close_is_not_a_warning(
             await trio.testing.wait_all_tasks_blocked()
     assert [r.levelno for r in probes()] == [logging.DEBUG]
     await _assert_still_serves(server, client_config)
+
+
+async def test_a_handler_that_returns_ends_tls_cleanly(
+    nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    # close_notify, then close: the client reads a clean EOF, not a truncation error
+    # ("peer closed the connection without a TLS close_notify").
+    async def greet(conn: Connection) -> None:
+        await conn.stream.send_all(b"hello, and goodbye")
+
+    [address] = await start_server(nursery, server_config, handler=greet)
+    stream = await open_client(address, client_config)
+    got = b""
+    with trio.fail_after(10):
+        while data := await stream.receive_some(100):
+            got += data
+    assert got == b"hello, and goodbye"
+    await stream.aclose()

@@ -75,6 +75,9 @@ async def _send_alert(stream: trio.SSLStream[Any] | SSLSocketStream) -> None:
             await stream.transport_stream.send_all(outgoing.read())
 
 
+# How long a close_notify may take to go out after the handler is done.
+_CLOSE_NOTIFY_TIMEOUT = 1.0
+
 # After refusing a peer: how long, and how much, we read what it still sends.
 _LINGER_TIMEOUT = 1.0
 _LINGER_BYTES = 256 * 1024
@@ -122,6 +125,7 @@ async def run_connection(tcp: trio.SocketStream, peer: tuple[str, int], server: 
     counted: Meter | SSLSocketStream | None = None
     failed: Exception | None = None
     probe = False
+    handled = False
     closing: trio.abc.AsyncResource = tcp
     try:
         started = trio.current_time()
@@ -210,16 +214,26 @@ async def run_connection(tcp: trio.SocketStream, peer: tuple[str, int], server: 
         )
         try:
             await _run_handler(conn, server, where, counted)
+            handled = True
         finally:
             metrics.connection_seconds.observe(trio.current_time() - verified)
     finally:
         try:
             if counted is not None:
                 server.liveness.forget(counted)  # before closing: the peer's EOF means "counted"
-            await trio.aclose_forcefully(closing)
+            if handled:
+                # The handler is done (or the connection idled out): end the TLS session
+                # with close_notify, as TLS asks, so that the client can tell a finished
+                # conversation from a cut connection.  Bounded: a peer that stopped
+                # reading must not hold the slot.  Not when the grace ran out (cancelled).
+                with trio.move_on_after(_CLOSE_NOTIFY_TIMEOUT):
+                    await closing.aclose()
         finally:
-            if server.slots is not None:
-                server.slots.release()
+            try:
+                await trio.aclose_forcefully(closing)
+            finally:
+                if server.slots is not None:
+                    server.slots.release()
 
 
 def _cipher_name(stream: trio.SSLStream[Any] | SSLSocketStream) -> str:

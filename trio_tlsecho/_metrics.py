@@ -253,7 +253,7 @@ async def serve_metrics(
         raise ListenError(f"cannot serve metrics on {address}: {exc.strerror or exc}") from None
     [listener, *extra] = listeners
     for other in extra:  # one address family is enough for a scrape target
-        await other.aclose()
+        other.socket.close()  # no checkpoint: a cancellation here must not leak *listener*
     async with listener, trio.open_nursery() as nursery:
         sockname = listener.socket.getsockname()
         task_status.started(Address(str(sockname[0]), int(sockname[1])))
