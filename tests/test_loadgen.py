@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import itertools
 import json
 import math
@@ -14,6 +15,7 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
+import trio.testing
 
 from trio_tlsecho import (
     Address,
@@ -23,12 +25,15 @@ from trio_tlsecho import (
     Connection,
     ServerConfig,
     TLSFiles,
+    _loadclient,
+    _loadworkers,
     echo,
 )
 from trio_tlsecho._cli_loadgen import add_loadgen_parser, config_from_args, describe, verdict
+from trio_tlsecho._loadclient import _IO, _Connection, _Target
 from trio_tlsecho._loadconfig import LoadConfig, OpenLoopSchedule, Progress, SizeRange, classify_error, split
 from trio_tlsecho._loadgen import run_load
-from trio_tlsecho._loadworkers import _config_from_wire, _config_to_wire
+from trio_tlsecho._loadworkers import _config_from_wire, _config_to_wire, worker_main
 from trio_tlsecho._stats import ERROR_KINDS, ErrorKind, LoadReport
 
 from .conftest import start_server
@@ -51,6 +56,19 @@ async def slow_echo(conn: Connection) -> None:
     while data := await conn.stream.receive_some(65536):
         await trio.sleep(SLOW_DELAY)
         await conn.stream.send_all(data)
+
+
+async def over_long_echo(conn: Connection) -> None:
+    """Echo every chunk with one byte too many, in the same TLS record."""
+    while data := await conn.stream.receive_some(65536):
+        await conn.stream.send_all(data + b"!")
+
+
+async def echo_then_more(conn: Connection) -> None:
+    """Echo every chunk, then send one byte more in a record of its own."""
+    while data := await conn.stream.receive_some(65536):
+        await conn.stream.send_all(data)
+        await conn.stream.send_all(b"!")
 
 
 async def silent(conn: Connection) -> None:
@@ -136,6 +154,18 @@ def test_load_config_survives_the_trip_to_a_worker(client_config: ClientConfig) 
         Address("::1", 9), client_config, clients=6, requests=7, sizes="3-9", rate=12.5, warmup=1.0
     )
     assert _config_from_wire(json.loads(json.dumps(_config_to_wire(config)))) == config
+
+
+@pytest.mark.parametrize(
+    ("family", "sockaddr"),
+    [(socket.AF_INET, ("127.0.0.1", 9)), (socket.AF_INET6, ("::1", 9, 0, 0))],
+)
+def test_target_survives_the_trip_to_a_worker(
+    client_config: ClientConfig, family: socket.AddressFamily, sockaddr: tuple[object, ...]
+) -> None:
+    config = load_config(Address("localhost", 9), client_config, requests=1, proxy_protocol=2)
+    target = _Target(config.address, family, sockaddr, "localhost", 2)
+    assert _Target.from_wire(config, json.loads(json.dumps(target.to_wire()))) == target
 
 
 def test_split_is_exact() -> None:
@@ -303,6 +333,14 @@ async def test_open_loop_counts_queueing_that_closed_loop_hides(
     assert opened.error_count == closed.error_count == 0
 
 
+async def test_open_loop_window_is_the_whole_duration(server: Address, client_config: ClientConfig) -> None:
+    # Sends are due at 0, 0.125, 0.25 and 0.375 s, none at or after 0.5 s: the client
+    # is done early, but the window (and so the rate) is the duration asked for.
+    report = await run_load(load_config(server, client_config, clients=1, rate=8.0, duration=0.5))
+    assert report.seconds == pytest.approx(0.5)
+    assert report.round_trips_per_sec == pytest.approx(report.round_trips / 0.5)
+
+
 async def test_open_loop_sends_at_the_rate_asked(server: Address, client_config: ClientConfig) -> None:
     report = await run_load(load_config(server, client_config, clients=2, requests=30, rate=300.0))
     assert report.round_trips == 30
@@ -317,6 +355,63 @@ async def test_workers_merge_exactly(server: Address, client_config: ClientConfi
     assert report.handshake_histogram().count == 4
     assert report.bytes_sent == report.bytes_received
     assert report.error_count == report.mismatches == 0
+
+
+async def test_workers_with_an_unknown_host_is_one_error(
+    client_config: ClientConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The parent resolves before it starts any worker (one that started would exit 5).
+    monkeypatch.setattr(_loadworkers, "_WORKER_COMMAND", "raise SystemExit(5)")
+    config = load_config(Address("no-such-host.invalid", 1), client_config, clients=2, requests=2, workers=2)
+    with pytest.raises(ClientError, match=r"^cannot connect to no-such-host\.invalid:1: unknown host"):
+        await run_load(config)
+
+
+async def test_a_worker_error_is_raised_in_the_parent_as_its_message(
+    client_config: ClientConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the parent skips its certificate check: the workers still load the files.
+    monkeypatch.setattr(_loadworkers, "client_context", lambda _config: None)
+    missing = attrs.evolve(client_config, tls=attrs.evolve(client_config.tls, cert=tmp_path / "gone.pem"))
+    config = load_config(Address("127.0.0.1", closed_port()), missing, clients=2, requests=2, workers=2)
+    with pytest.raises(ConfigError, match=r"^certificate file not found: .*gone\.pem$"):
+        await run_load(config)
+
+
+def test_a_worker_reports_our_errors_as_one_message(
+    client_config: ClientConfig,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    missing = attrs.evolve(client_config, tls=attrs.evolve(client_config.tls, cert=tmp_path / "gone.pem"))
+    config = load_config(Address("127.0.0.1", 1), missing, clients=1, requests=1)
+    spec = {"config": _config_to_wire(config), "target": {}, "first_client": 0, "count": 1, "tickets": 1}
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(spec) + "\n"))
+    with pytest.raises(SystemExit) as info:
+        worker_main()
+    assert info.value.code == 1
+    out, err = capfd.readouterr()
+    assert err == ""
+    [line] = out.splitlines()
+    assert json.loads(line) == {
+        "error": f"certificate file not found: {tmp_path / 'gone.pem'}",
+        "config": True,
+    }
+
+
+async def test_a_worker_that_stopped_reading_is_a_dead_worker(
+    server: Address, client_config: ClientConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It says it is ready with its stdin already closed: the parent's "go" meets a broken pipe.
+    monkeypatch.setattr(
+        _loadworkers,
+        "_WORKER_COMMAND",
+        "import os, sys; sys.stdin.readline(); os.close(0); print('{\"ready\": true}', flush=True)",
+    )
+    config = load_config(server, client_config, clients=2, requests=2, workers=2)
+    with pytest.raises(ClientError, match=r"^loadgen worker 0 exited with status 0 without a report"):
+        await run_load(config)
 
 
 async def test_progress_is_reported(server: Address, client_config: ClientConfig) -> None:
@@ -369,6 +464,65 @@ async def test_short_read(
     assert report.errors["short_read"] == 3
     assert report.bytes_received == 0
     assert report.write_ops == 3
+
+
+@pytest.mark.parametrize("per_request", [False, True])
+async def test_an_over_long_echo_is_a_mismatch(
+    nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig, per_request: bool
+) -> None:
+    [address] = await start_server(nursery, server_config, handler=over_long_echo)
+    config = load_config(
+        address, client_config, clients=2, requests=6, new_connection_per_request=per_request
+    )
+    report = await run_load(config)
+    assert (report.mismatches, report.round_trips, report.error_count) == (6, 0, 0)
+    # Out of step, so never reused: a handshake per exchange (persistent clients' first
+    # ones happen before the start).
+    assert report.handshake_histogram().count == 6
+
+
+async def test_more_after_the_echo_is_a_mismatch_if_it_arrived_before_the_close(
+    nursery: trio.Nursery,
+    server_config: ServerConfig,
+    client_config: ClientConfig,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    read_echo = _loadclient._read_echo
+
+    async def read_echo_then_linger(
+        conn: _Connection, payload: memoryview, buffer: memoryview, exchange: _IO
+    ) -> None:
+        await read_echo(conn, payload, buffer, exchange)
+        assert not exchange.mismatched  # the echo's own record held nothing more...
+        await trio.lowlevel.wait_readable(conn._sock)  # ...but the next one has arrived
+
+    monkeypatch.setattr(_loadclient, "_read_echo", read_echo_then_linger)
+    [address] = await start_server(nursery, server_config, handler=echo_then_more)
+    config = load_config(address, client_config, clients=2, requests=4, new_connection_per_request=True)
+    report = await run_load(config)
+    assert (report.mismatches, report.round_trips, report.error_count) == (4, 0, 0)
+
+
+async def test_an_exchange_whose_deadline_passes_as_it_closes_is_counted_once(
+    server: Address,
+    client_config: ClientConfig,
+    mock_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The clock stands still but for this jump: past the deadline after the echo was
+    # verified and recorded, in the close that ends each per-request connection.
+    close = _Connection.close
+
+    def close_late(conn: _Connection) -> None:
+        close(conn)
+        mock_clock.jump(2.0)
+
+    monkeypatch.setattr(_Connection, "close", close_late)
+    config = load_config(
+        server, client_config, clients=1, requests=3, timeout=1.0, new_connection_per_request=True
+    )
+    report = await run_load(config)
+    assert (report.round_trips, report.error_count) == (3, 0)
 
 
 async def test_cli_detects_a_corrupting_server(

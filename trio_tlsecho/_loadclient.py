@@ -12,7 +12,7 @@ import os
 import random
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
@@ -133,6 +133,26 @@ class _Connection:
                 self.waits += 1
                 await trio.lowlevel.wait_writable(sock)
 
+    def pending(self) -> int:
+        """Plaintext bytes OpenSSL already decrypted and holds (one C call, no syscall)."""
+        return self._sock.pending()
+
+    def anything_more(self, buffer: memoryview) -> bool:
+        """Whether the server sent something that has arrived but was not read.
+
+        One non-blocking read (into *buffer*, which it may overwrite): a syscall, so
+        only worth it before closing, when nothing later could find those bytes.
+        Plaintext only; a TLS 1.3 session ticket is taken in and is not "more".
+        """
+        try:
+            return self._sock.recv_into(buffer, 1) > 0
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return False
+        except OSError:
+            # The echo is complete and verified; how the server treats a connection
+            # we are about to close is no part of this exchange's outcome.
+            return False
+
     @property
     def session(self) -> ssl.SSLSession | None:
         """The TLS session to resume later (with TLS 1.3, known once a ticket was read)."""
@@ -195,6 +215,24 @@ class _Target:
         family, _type, _proto, _name, sockaddr = infos[0]
         hostname = config.client.server_hostname or address.host
         return cls(address, family, tuple(sockaddr), hostname, config.proxy_protocol)
+
+    def to_wire(self) -> dict[str, Any]:
+        """What a worker process needs to connect where its parent resolved, as JSON."""
+        return {
+            "family": int(self.family),
+            "sockaddr": list(self.sockaddr),
+            "server_hostname": self.server_hostname,
+        }
+
+    @classmethod
+    def from_wire(cls, config: LoadConfig, data: Mapping[str, Any]) -> _Target:
+        return cls(
+            config.address,
+            socket.AddressFamily(data["family"]),
+            tuple(data["sockaddr"]),
+            data["server_hostname"],
+            config.proxy_protocol,
+        )
 
 
 # -- one process's share of the clients -------------------------------------------
@@ -373,6 +411,7 @@ class _Client:
         """
         run, cfg = self.run, self.run.config
         low, high = cfg.sizes.low, cfg.sizes.high
+        per_request = cfg.new_connection_per_request
         n = low if low == high else self.rng.randint(low, high)
         offset = self.rng.randrange(4096)
         payload = memoryview(run.pool)[offset : offset + n]
@@ -397,6 +436,9 @@ class _Client:
                     if io.received < n:
                         nursery.cancel_scope.cancel()
             done = _now()
+            # Per request, the connection is closed next: the last chance to see more.
+            if per_request and io.received == n and not io.mismatched and conn.anything_more(self.buffer):
+                io.mismatched = io.over_long = True
         except _FAILURES as exc:
             failure = exc
         except BaseExceptionGroup as group:  # from the nursery of a large echo
@@ -405,11 +447,15 @@ class _Client:
                 raise rest from None
             failure = _first_cause(matched) if matched is not None else group
         rec = run.recorder
+        # From here the outcome is recorded before anything that can checkpoint, and
+        # then self.counting is cleared: the deadline may still pass in the close or
+        # checkpoint that follows, and _timed_out must not count this exchange again.
         if failure is not None:
-            await self._drop()
             if counting:
                 rec.io(sent=io.sent, received=io.received, reads=io.reads, writes=io.writes)
             self._failed(failure, during_handshake=in_handshake, counting=counting)
+            self.counting = False
+            await self._drop()
             return
         if counting:
             rec.io(sent=io.sent, received=io.received, reads=io.reads, writes=io.writes)
@@ -419,9 +465,10 @@ class _Client:
                 rec.error(ErrorKind.SHORT_READ)
             else:
                 rec.round_trip(int((done - began) * 1e6))
-        if io.received < n or cfg.new_connection_per_request:
-            # Cut short or out of step: this connection is done.  (A mismatch of the
-            # right length leaves the stream in step, and it is kept.)
+        self.counting = False
+        if io.received < n or io.over_long or per_request:
+            # Cut short or out of step (over-long): this connection is done.  (A
+            # mismatch of the right length leaves the stream in step, and it is kept.)
             await self._close()
         elif self.conn is not None and self.conn.waits == waits_before:
             # Every exchange yields at least once, even against an instant server.
@@ -450,7 +497,10 @@ class _IO:
     received: int = 0
     reads: int = 0
     writes: int = 0
+    #: A byte differed, or the server sent more than the message (then also over_long,
+    #: and the stream is out of step).
     mismatched: bool = False
+    over_long: bool = False
 
 
 async def _send(conn: _Connection, payload: memoryview, io: _IO) -> None:
@@ -459,7 +509,13 @@ async def _send(conn: _Connection, payload: memoryview, io: _IO) -> None:
 
 
 async def _read_echo(conn: _Connection, payload: memoryview, buffer: memoryview, io: _IO) -> None:
-    """Read until *payload* is echoed whole, the server closes, or a byte differs."""
+    """Read until *payload* is echoed whole, the server closes, or a byte differs.
+
+    Reads no more than *payload*'s length, so an echo that goes on is caught only by
+    what is already decrypted: plaintext left in the record that ended the echo.  (A
+    later record is found by the next exchange, or, per request, by the read before
+    closing, :meth:`_Connection.anything_more`.)
+    """
     n = len(payload)
     while io.received < n:
         into = buffer[: min(n - io.received, len(buffer))]
@@ -472,6 +528,8 @@ async def _read_echo(conn: _Connection, payload: memoryview, buffer: memoryview,
             io.received += got
             return
         io.received += got
+    if conn.pending():
+        io.mismatched = io.over_long = True
 
 
 def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -501,7 +559,9 @@ async def _run_here(
         with trio.move_on_at(run.stop_at):
             await run.finished.wait()
         nursery.cancel_scope.cancel()
-    end = min(_now(), run.stop_at)
+    # With a duration the window is the duration, also when the clients are done early
+    # (open loop: no send is due after stop_at, so the last one ends before it).
+    end = run.stop_at if run.stop_at < math.inf else _now()
     return run.recorder.report(clients=run.count, seconds=max(end - run.measure_from, 0.0))
 
 

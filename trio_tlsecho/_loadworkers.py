@@ -1,15 +1,24 @@
 """``loadgen --workers``: worker processes, and merging what they measured.
 
-The parent spawns ``python -c 'from trio_tlsecho._loadworkers import worker_main;
-worker_main()'`` with ``trio.run_process`` and talks JSON lines: it writes the
-config and the worker's share on stdin; the worker connects its clients and
+The parent resolves the server's address (once, so that an unknown host is one
+error, and every worker connects to the same address), then spawns ``python -c
+'from trio_tlsecho._loadworkers import worker_main; worker_main()'`` with
+``trio.run_process`` and talks JSON lines: it writes the config, the resolved
+target and the worker's share on stdin; the worker connects its clients and
 answers ``ready``; when all are ready the parent writes ``go``; workers report
 progress each second and finally their whole report, histograms included, which
 the parent merges exactly (:func:`._stats.merge`).
+
+A worker that meets one of our errors (:class:`TLSEchoError`) answers ``error``
+with its one-line message instead and exits; the parent raises that message (and,
+if it came before the start, stops the others instead of starting them).  A worker
+that dies otherwise closes its pipes: a write to it that fails is that death,
+reported once every worker is done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -21,7 +30,7 @@ import attrs
 import trio
 
 from ._config import ClientConfig, TLSFiles
-from ._exceptions import ClientError
+from ._exceptions import ClientError, ConfigError, TLSEchoError
 from ._loadclient import _Run, _run_here, _Target
 from ._loadconfig import PROGRESS_INTERVAL, LoadConfig, Progress, ProgressCallback, split
 from ._stats import LoadReport, merge
@@ -103,6 +112,8 @@ class _Worker:
     ready: trio.Event = attrs.Factory(trio.Event)
     progress: tuple[int, int, int] = (0, 0, 0)
     report: LoadReport | None = None
+    #: The error the worker reported instead of running (see :func:`worker_main`).
+    error: TLSEchoError | None = None
 
     async def read(self) -> None:
         while (line := await self.lines.next_line()) is not None:
@@ -114,11 +125,22 @@ class _Worker:
                 self.progress = (int(rt), int(errors), int(mismatches))
             elif "report" in message:
                 self.report = LoadReport.from_wire(message["report"])
+            elif "error" in message:
+                kind = ConfigError if message.get("config") else ClientError
+                self.error = kind(str(message["error"]))
         self.ready.set()  # a worker that died early must not hold the barrier
+
+    async def send(self, data: bytes) -> None:
+        """Write to the worker; if it has died, that is all (its exit status tells)."""
+        assert self.process.stdin is not None
+        with contextlib.suppress(trio.BrokenResourceError):
+            await self.process.stdin.send_all(data)
 
 
 async def _run_workers(config: LoadConfig, progress: ProgressCallback | None) -> LoadReport:
-    client_context(config.client)  # fail here, once, on bad certificate files
+    # Fail here, once, on bad certificate files or an unknown host.
+    client_context(config.client)
+    target = await _Target.resolve(config)
     shares = split(config.clients, config.workers)
     requests = split(config.requests, config.workers) if config.requests is not None else None
     wire = _config_to_wire(config)
@@ -139,26 +161,31 @@ async def _run_workers(config: LoadConfig, progress: ProgressCallback | None) ->
             assert process.stdout is not None
             spec = {
                 "config": wire,
+                "target": target.to_wire(),
                 "first_client": first,
                 "count": count,
                 "tickets": requests[number] if requests is not None else None,
             }
-            await process.stdin.send_all(json.dumps(spec).encode() + b"\n")
             worker = _Worker(number, process, _LineReader(process.stdout))
+            await worker.send(json.dumps(spec).encode() + b"\n")
             nursery.start_soon(worker.read)
             workers.append(worker)
             first += count
         with trio.fail_after(_WORKER_START_TIMEOUT + config.timeout):
             for worker in workers:
                 await worker.ready.wait()
-        for worker in workers:
-            assert worker.process.stdin is not None
-            await worker.process.stdin.send_all(b"go\n")
-        if progress is not None:
-            nursery.start_soon(_report_worker_progress, workers, progress)
-        for worker in workers:
-            await worker.process.wait()
+        if not any(worker.error for worker in workers):
+            for worker in workers:
+                await worker.send(b"go\n")
+            if progress is not None:
+                nursery.start_soon(_report_worker_progress, workers, progress)
+            for worker in workers:
+                await worker.process.wait()
+        # Ends the readers, and the workers that still wait for "go" if one failed.
         nursery.cancel_scope.cancel()
+    for worker in workers:
+        if worker.error is not None:
+            raise worker.error
     reports = []
     for worker in workers:
         if worker.report is None:
@@ -186,7 +213,12 @@ def _emit(message: dict[str, Any]) -> None:
 def worker_main() -> None:
     """Entry point of one worker process (see the module docstring for the protocol)."""
     spec = json.loads(sys.stdin.readline())
-    trio.run(_worker, spec)
+    try:
+        trio.run(_worker, spec)
+    except TLSEchoError as exc:
+        # The parent says it once for all workers; a traceback per worker says nothing more.
+        _emit({"error": str(exc), "config": isinstance(exc, ConfigError)})
+        raise SystemExit(1) from None
 
 
 async def _worker(spec: Mapping[str, Any]) -> None:
@@ -194,7 +226,7 @@ async def _worker(spec: Mapping[str, Any]) -> None:
     run = _Run(
         config=config,
         ssl_context=client_context(config.client),
-        target=await _Target.resolve(config),
+        target=_Target.from_wire(config, spec["target"]),
         first_client=int(spec["first_client"]),
         count=int(spec["count"]),
         tickets=spec["tickets"],

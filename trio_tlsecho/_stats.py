@@ -20,7 +20,13 @@ What is counted:
   ``send_all`` calls; ``bytes_sent`` / ``bytes_received``: plaintext bytes.  These
   count every exchange that was measured, including mismatched and failed ones, so
   a clean run has ``bytes_sent == bytes_received`` and ``write_ops == round_trips``.
-* ``mismatches``: echoes of the right length with different bytes.
+* ``mismatches``: echoes that differed from what was sent.  Either a byte differed
+  (echoes are compared chunk by chunk as they arrive, so one that differs and is then
+  cut short is a mismatch, not a short read), or the echo was longer than the
+  message: bytes beyond it were left in the TLS record that ended the echo, or, with
+  a new connection per request, had arrived when the connection was about to close.
+  (Bytes beyond the echo that come later in a record of their own are seen by the
+  next exchange on the connection, which then mismatches.)
 * ``errors``: by kind (:data:`ERROR_KINDS`); each ends the connection it happened on.
 """
 
@@ -255,6 +261,7 @@ class Recorder:
         self.latency.record(latency_us)
 
     def mismatch(self) -> None:
+        """One echo that differed from what was sent (see the module docstring)."""
         self.mismatches += 1
 
     def error(self, kind: ErrorKind) -> None:
