@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
 import os
 import socket
@@ -26,6 +27,7 @@ from trio_tlsecho import (
     open_client,
     serve,
 )
+from trio_tlsecho._server import bind_reuse_port
 from trio_tlsecho._tls import IdentityCache
 
 from .conftest import ipv6_loopback_available, issue_client, start_server
@@ -359,3 +361,30 @@ async def test_a_handler_that_returns_ends_tls_cleanly(
             got += data
     assert got == b"hello, and goodbye"
     await stream.aclose()
+
+
+async def test_reuse_port_skips_an_address_family_the_host_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A name that resolves to 127.0.0.1 and ::1 on a host built without IPv6.
+    real_socket = trio.socket.socket
+
+    async def both(*args: object, **kwargs: object) -> list[tuple[object, ...]]:
+        v4 = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0))
+        v6 = (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 0, 0, 0))
+        return [v6, v4]
+
+    def no_ipv6(family: int = socket.AF_INET, *args: object, **kwargs: object) -> trio.socket.SocketType:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
+        return real_socket(family, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trio.socket, "getaddrinfo", both)
+    monkeypatch.setattr(trio.socket, "socket", no_ipv6)
+    [only] = await bind_reuse_port(Address("dual.example", 0), listen=True)
+    try:
+        assert only.family == socket.AF_INET
+    finally:
+        only.close()
+    # With no family left, the error is the host's.
+    monkeypatch.setattr(trio.socket, "socket", lambda *a, **k: no_ipv6(socket.AF_INET6))
+    with pytest.raises(OSError, match="not supported"):
+        await bind_reuse_port(Address("dual.example", 0), listen=True)

@@ -227,9 +227,18 @@ async def bind_reuse_port(address: Address, *, listen: bool) -> list[trio.socket
         address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
     bound: list[trio.socket.SocketType] = []
+    unsupported: OSError | None = None
     try:
         for family, type_, proto, _, sockaddr in infos:
-            sock = trio.socket.socket(family, type_, proto)
+            try:
+                sock = trio.socket.socket(family, type_, proto)
+            except OSError as exc:
+                # A name can resolve to ::1 on a host without IPv6: skip that family,
+                # as trio.open_tcp_listeners does; fail only if no family is left.
+                if exc.errno != errno.EAFNOSUPPORT:
+                    raise
+                unsupported = exc
+                continue
             bound.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -242,6 +251,8 @@ async def bind_reuse_port(address: Address, *, listen: bool) -> list[trio.socket
         for sock in bound:
             sock.close()
         raise
+    if not bound and unsupported is not None:
+        raise unsupported
     return bound
 
 
