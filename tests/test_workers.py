@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
+import math
+import multiprocessing
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -14,7 +20,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from trio_tlsecho import Address, ClientConfig, ServerConfig, TLSFiles, echo_once, open_client
+from trio_tlsecho import Address, ClientConfig, ServerConfig, TLSFiles, _workers, echo_once, open_client
 from trio_tlsecho._server import bind_reuse_port, open_reuse_port_listeners
 
 from .tools import Lines
@@ -33,10 +39,11 @@ async def test_reuse_port_listeners_share_a_port() -> None:
 
 
 class Supervisor:
-    def __init__(self, cwd: Path, *args: str) -> None:
+    def __init__(self, cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [*PY, "serve", "--listen", "127.0.0.1:0", "--workers", "2", *args],
             cwd=cwd,
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -186,3 +193,194 @@ def test_metrics_port_in_use_fails_before_any_worker_starts(certs: Path) -> None
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
     assert f"cannot serve metrics on 127.0.0.1:{port}" in line
+
+
+# -- workers that start while something happens ----------------------------------------
+
+_HOLD_HOOK = """\
+import os, socket, sys
+
+# A spawned process, while the test has the hold armed: say who we are, then wait for
+# the test to let us go, all before Python has run any of the worker's own code.
+if "--multiprocessing-fork" in sys.orig_argv:
+    try:
+        with open(os.path.join(os.environ["TLSECHO_TEST_HOLD"], "port")) as armed:
+            port = int(armed.read())
+        sock = socket.create_connection(("127.0.0.1", port))
+    except OSError:
+        pass  # not armed
+    else:
+        with sock:
+            sock.sendall(b"%d\\n" % os.getpid())
+            sock.recv(1)
+"""
+
+
+class Held:
+    """A worker process stopped in its interpreter's start-up by a :class:`Hold`."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        with sock.makefile("rb") as lines:
+            self.pid = int(lines.readline())
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError), self.sock:  # a worker that died cannot be let go
+            self.sock.sendall(b"g")
+
+    def wait_gone(self) -> bool:
+        """Whether the process ended (its end of the connection closed) within the timeout."""
+        with self.sock:
+            try:
+                return self.sock.recv(1) == b""
+            except TimeoutError:
+                return False
+
+
+class Hold:
+    """Stops every worker started while armed before it runs our code, until released.
+
+    A ``sitecustomize`` on the children's PYTHONPATH connects to us at interpreter
+    start-up: the moment a spawned worker is most exposed (no handlers of ours yet).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir()
+        (directory / "sitecustomize.py").write_text(_HOLD_HOOK)
+        self.directory = directory
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(30)
+        path = os.pathsep.join(filter(None, [str(directory), os.environ.get("PYTHONPATH")]))
+        self.env = {"PYTHONPATH": path, "TLSECHO_TEST_HOLD": str(directory)}
+
+    def arm(self) -> None:
+        (self.directory / "port").write_text(str(self.listener.getsockname()[1]))
+
+    def disarm(self) -> None:
+        (self.directory / "port").unlink(missing_ok=True)
+        self.listener.close()  # a worker that read the port already is refused, so not held
+
+    def held(self) -> Held:
+        sock, _ = self.listener.accept()  # bounded by the listener's timeout
+        sock.settimeout(30)
+        return Held(sock)
+
+
+def test_a_key_broken_before_a_restart_is_one_line_per_attempt(certs: Path) -> None:
+    sup = Supervisor(certs)
+    try:
+        (certs / "certs" / "server.key").write_text("not a key\n")
+        os.kill(sup.pids[0], signal.SIGKILL)
+        error = sup.stderr.wait_for("worker 0: error:")
+        assert "server.key" in error, error
+        assert sup.stderr.wait_for("exited with status 2; restarting it in")
+    finally:
+        err = sup.stop()
+    assert sup.proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def test_a_reload_while_a_worker_restarts_does_not_kill_it(certs: Path, tmp_path: Path) -> None:
+    hold = Hold(tmp_path / "hold")
+    sup = Supervisor(certs, env={**os.environ, **hold.env})
+    try:
+        hold.arm()
+        os.kill(sup.pids[0], signal.SIGKILL)
+        restarting = hold.held()
+        hold.disarm()
+        sup.proc.send_signal(signal.SIGHUP)
+        # The supervisor relays to worker 0 before worker 1: once 1 has it, so has 0.
+        assert sup.stderr.wait_for("[worker 1] SIGHUP received")
+        restarting.release()
+        assert sup.stderr.wait_for(f"worker 0 restarted: pid {restarting.pid}")
+    finally:
+        err = sup.stop()
+    assert sup.proc.returncode == 0, err
+    assert "did not come back" not in err
+
+
+def test_ctrl_c_while_workers_start_stops_them_cleanly(certs: Path, tmp_path: Path) -> None:
+    hold = Hold(tmp_path / "hold")
+    hold.arm()
+    proc = subprocess.Popen(
+        [*PY, "serve", "--listen", "127.0.0.1:0", "--workers", "2"],
+        cwd=certs,
+        env={**os.environ, **hold.env},
+        start_new_session=True,  # its own process group, as a terminal gives it
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        starting = [hold.held(), hold.held()]
+        hold.disarm()
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends
+        for worker in starting:
+            worker.release()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert out.startswith("listening on "), out
+    assert "SIGINT received, stopping workers gracefully" in err
+    assert "Traceback" not in err
+    assert "KeyboardInterrupt" not in err
+
+
+class _Log(logging.Handler):
+    """The package's log messages, for a test running the supervisor in its own process."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.send, self.receive = trio.open_memory_channel[str](math.inf)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.send.send_nowait(record.getMessage())
+
+    async def wait_for(self, text: str) -> str:
+        with trio.fail_after(30):
+            while True:
+                message = await self.receive.receive()
+                if text in message:
+                    return message
+
+
+async def test_a_worker_hung_while_restarting_is_killed_and_replaced(
+    pki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    hold = Hold(tmp_path / "hold")
+    for name, value in hold.env.items():
+        monkeypatch.setenv(name, value)  # in the environment that spawned workers inherit
+    caplog.set_level(logging.INFO, logger="trio_tlsecho")
+    log = _Log()
+    logger = logging.getLogger("trio_tlsecho")
+    logger.addHandler(log)  # not caplog's: other tests' CLI runs may have stopped propagation
+    started = trio.Event()
+
+    def on_started(addresses: list[Address]) -> None:
+        # Only the restart must give up this soon: two first starts on a busy machine take longer.
+        monkeypatch.setattr(_workers, "_STARTUP_TIMEOUT", 0.5)
+        started.set()
+
+    config = ServerConfig(tls=TLSFiles.from_dir(pki, "server"), listen=["127.0.0.1:0"], handler="echo")
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(_workers.supervise, config, 2, on_started=on_started))
+            with trio.fail_after(60):
+                await started.wait()
+            [first] = [p.pid for p in multiprocessing.active_children() if p.name == "trio-tlsecho-worker-0"]
+            assert first is not None
+            hold.arm()
+            os.kill(first, signal.SIGKILL)
+            hung = await trio.to_thread.run_sync(hold.held)
+            assert await trio.to_thread.run_sync(hung.wait_gone), "the hung worker was left running"
+            monkeypatch.setattr(_workers, "_STARTUP_TIMEOUT", 60.0)
+            hold.disarm()
+            assert "did not start within 0.5s; killed it" in await log.wait_for("worker 0 did not come back")
+            await log.wait_for("worker 0 restarted: pid")
+            nursery.cancel_scope.cancel()
+    finally:
+        logger.removeHandler(log)
+        hold.disarm()

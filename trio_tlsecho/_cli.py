@@ -45,7 +45,7 @@ from ._config import (
     ClientConfig,
     ServerConfig,
 )
-from ._exceptions import ClientError, ConfigError, TLSEchoError
+from ._exceptions import ClientError, ConfigError, user_error
 from ._policy import AllowList
 from ._process import serve_until_signalled
 from ._workers import supervise
@@ -245,26 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except BaseException as exc:
-        error = _user_error(exc)
+        error = user_error(exc)
         if error is None:
             raise
         print(f"{PROG}: error: {error}", file=sys.stderr, flush=True)
         return 1 if isinstance(error, ClientError) else 2
-
-
-def _user_error(exc: BaseException) -> TLSEchoError | None:
-    # trio wraps errors from nursery bodies in ExceptionGroups; a group whose leaves
-    # are all our own errors is still a user error, reported by its first leaf.
-    if isinstance(exc, TLSEchoError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        matched, rest = exc.split(TLSEchoError)
-        if matched is not None and rest is None:
-            leaf: BaseException = matched
-            while isinstance(leaf, BaseExceptionGroup):
-                leaf = leaf.exceptions[0]
-            return leaf if isinstance(leaf, TLSEchoError) else None
-    return None
 
 
 def _setup_logging(level: str) -> None:

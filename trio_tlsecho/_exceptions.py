@@ -34,3 +34,22 @@ class ClientError(TLSEchoError):
 
 class EchoMismatchError(ClientError):
     """The server answered, but not with the bytes we sent."""
+
+
+def user_error(exc: BaseException) -> TLSEchoError | None:
+    """The user mistake that *exc* reports, or None if it is (or holds) anything else.
+
+    A process's one-line error message comes from here: trio wraps errors from
+    nursery bodies in ExceptionGroups, and a group whose leaves are all our own
+    errors is still a user error, reported by its first leaf.
+    """
+    if isinstance(exc, TLSEchoError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split(TLSEchoError)
+        if matched is not None and rest is None:
+            leaf: BaseException = matched
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            return leaf if isinstance(leaf, TLSEchoError) else None
+    return None

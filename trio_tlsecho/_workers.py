@@ -23,7 +23,20 @@ The supervisor (this module, in the parent process):
   (reload) to every worker, and exits 0 once they have all stopped.
 
 Workers ignore SIGINT: Ctrl-C in a terminal reaches the whole process group,
-and only the supervisor should decide what it means.
+and only the supervisor should decide what it means.  A worker ignores SIGHUP
+until its server listens for it (a worker that is starting reads the current
+files anyway).  Both must hold from the first instruction of the new process,
+not from when ``_worker_main`` runs: a spawned worker spends hundreds of
+milliseconds starting Python and importing before that, and with default
+handling a reload relayed then would kill it, a Ctrl-C would print a
+traceback from some import.  So the supervisor blocks both signals around
+``start()``; the child inherits the mask through fork and exec, and unblocks
+them once it ignores them, which discards any that arrived meanwhile (as
+multiprocessing's own resource tracker does with SIGINT and SIGTERM).
+
+A worker that does not report ready within ``_STARTUP_TIMEOUT`` is killed, so
+that a hung start-up is restarted like any other death instead of leaving its
+slot empty until it ends on its own.
 
 Metrics: each worker writes its counters straight into its own slice of shared
 memory (see :mod:`._metrics`); the supervisor sums the slices when scraped.  A
@@ -52,7 +65,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from ._config import Address, ServerConfig
-from ._exceptions import ListenError, TLSEchoError
+from ._exceptions import ListenError, TLSEchoError, user_error
 from ._metrics import SLOTS, ServerMetrics, serve_metrics
 from ._process import serve_until_signalled
 from ._registry import resolve_handler
@@ -66,6 +79,8 @@ log = logging.getLogger("trio_tlsecho")
 _QUICK_DEATH = 1.0
 _RESTART_PAUSE = 1.0
 _STARTUP_TIMEOUT = 60.0
+#: Blocked from before a worker's process exists until it ignores them (see above).
+_STARTUP_BLOCKED = frozenset({signal.SIGINT, signal.SIGHUP})
 
 
 class _Summed(Collector):
@@ -162,14 +177,28 @@ async def _run(
             args=(config, worker.index, len(metrics), shm_name, send, log_level),
             name=f"trio-tlsecho-worker-{worker.index}",
         )
-        worker.process.start()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STARTUP_BLOCKED)
+        try:
+            worker.process.start()
+        finally:
+            # Restored, not unblocked: held ones reach trio's handlers now, as if just sent.
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
         send.close()
         worker.started_at = time.monotonic()
         return receive
 
     async def wait_ready(worker: _Worker, ready: multiprocessing.connection.Connection) -> list[Address]:
-        with ready, trio.fail_after(_STARTUP_TIMEOUT):
-            await trio.lowlevel.wait_readable(ready.fileno())
+        with ready:
+            try:
+                with trio.fail_after(_STARTUP_TIMEOUT):
+                    await trio.lowlevel.wait_readable(ready.fileno())
+            except trio.TooSlowError:
+                # Hung, not dead: only its death lets a keeper restart it.  (A worker that
+                # closed the pipe is exiting already, maybe still printing why: not killed.)
+                worker.process.kill()
+                raise TLSEchoError(
+                    f"worker {worker.index} did not start within {_STARTUP_TIMEOUT:g}s; killed it"
+                ) from None
             try:
                 addresses: list[Address] = ready.recv()
             except EOFError:
@@ -200,8 +229,8 @@ async def _run(
             ready = start(worker)
             try:
                 await wait_ready(worker, ready)
-            except (TLSEchoError, trio.TooSlowError) as exc:
-                log.error("worker %d did not come back: %s", worker.index, exc or "timed out")
+            except TLSEchoError as exc:
+                log.error("worker %d did not come back: %s", worker.index, exc)
             else:
                 log.info("worker %d restarted: pid %d", worker.index, worker.process.pid)
 
@@ -271,10 +300,11 @@ def _worker_main(
     log_level: str,
 ) -> None:
     """A worker process: one server, reporting its addresses once bound."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Until trio's receiver is installed a SIGHUP (a reload relayed while we start)
-    # would kill us; a worker that is starting reads the current files anyway.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for signum in _STARTUP_BLOCKED:
+        signal.signal(signum, signal.SIG_IGN)
+    # Blocked since before exec (see the module's docstring): ignored from now on,
+    # so unblocking discards what arrived while we started.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STARTUP_BLOCKED)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s [worker {index}] %(message)s"))
     log.handlers[:] = [handler]
@@ -297,8 +327,13 @@ def _worker_main(
     )
     try:
         trio.run(run)
-    except TLSEchoError as exc:
-        print(f"trio-tlsecho: worker {index}: error: {exc}", file=sys.stderr, flush=True)
+    except BaseException as exc:
+        # A key or certificate that broke after the supervisor checked it (a restart
+        # reads it again) is still the user's mistake: one line, like the supervisor's.
+        error = user_error(exc)
+        if error is None:
+            raise
+        print(f"trio-tlsecho: worker {index}: error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     finally:
         # Every view of the segment must go before it can be closed.
