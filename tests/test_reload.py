@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from trio_tlsecho import (
+    Address,
     CertificateError,
     ClientConfig,
     ClientError,
@@ -144,16 +145,22 @@ class Reloads:
         await trio.testing.wait_all_tasks_blocked()  # ...and this once it is waiting again
 
 
+async def start_reloadable(nursery: trio.Nursery, certs: Path, **kw: object) -> tuple[Address, Reloads]:
+    """A server on *certs* in *nursery*, and the trigger that reloads it."""
+    reloads = Reloads()
+    [address] = await nursery.start(
+        lambda task_status: serve(
+            _config(certs, **kw), reload_trigger=reloads.receive.receive, task_status=task_status
+        )
+    )
+    return address, reloads
+
+
 async def test_reload_swaps_certificates_for_new_connections_only(
     nursery: trio.Nursery, certs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = ClientConfig(tls=TLSFiles.from_dir(certs, "client"))
-    reloads = Reloads()
-    [address] = await nursery.start(
-        lambda task_status: serve(
-            _config(certs), reload_trigger=reloads.receive.receive, task_status=task_status
-        )
-    )
+    address, reloads = await start_reloadable(nursery, certs)
     before = await echo_once(address, client, b"before")
     steady = await open_client(address, client)
 
@@ -181,12 +188,7 @@ async def test_broken_reload_keeps_the_old_configuration(
     nursery: trio.Nursery, certs: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = ClientConfig(tls=TLSFiles.from_dir(certs, "client"))
-    reloads = Reloads()
-    [address] = await nursery.start(
-        lambda task_status: serve(
-            _config(certs), reload_trigger=reloads.receive.receive, task_status=task_status
-        )
-    )
+    address, reloads = await start_reloadable(nursery, certs)
     before = await echo_once(address, client, b"before")
     shutil.copy(certs / "client.key", certs / "server.key")  # a key that does not match
     await reloads.reload()
@@ -200,12 +202,7 @@ async def test_reload_with_an_encrypted_key_or_an_unforeseen_error_keeps_serving
     nursery: trio.Nursery, certs: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = ClientConfig(tls=TLSFiles.from_dir(certs, "client"))
-    reloads = Reloads()
-    [address] = await nursery.start(
-        lambda task_status: serve(
-            _config(certs), reload_trigger=reloads.receive.receive, task_status=task_status
-        )
-    )
+    address, reloads = await start_reloadable(nursery, certs)
     before = await echo_once(address, client, b"before")
     encrypt_key(certs / "server.key")
     await reloads.reload()
@@ -225,14 +222,7 @@ async def test_reload_with_an_encrypted_key_or_an_unforeseen_error_keeps_serving
 
 async def test_reload_picks_up_a_new_crl(nursery: trio.Nursery, certs: Path) -> None:
     alice = ClientConfig(tls=TLSFiles.from_dir(certs, "alice"))
-    reloads = Reloads()
-    [address] = await nursery.start(
-        lambda task_status: serve(
-            _config(certs, crl=certs / "crl.pem"),
-            reload_trigger=reloads.receive.receive,
-            task_status=task_status,
-        )
-    )
+    address, reloads = await start_reloadable(nursery, certs, crl=certs / "crl.pem")
     assert (await echo_once(address, alice, b"1")).received == 1  # the initial CRL is empty
     revoke(certs, ["alice"])
     await reloads.reload()
@@ -285,11 +275,7 @@ async def test_reload_ends_outstanding_session_tickets(nursery: trio.Nursery, ce
     from trio_tlsecho import LoadConfig, client_context
     from trio_tlsecho._loadclient import _Connection, _Target
 
-    reloads = Reloads()
-    config = _config(certs, session_tickets=True)
-    [address] = await nursery.start(
-        lambda task_status: serve(config, reload_trigger=reloads.receive.receive, task_status=task_status)
-    )
+    address, reloads = await start_reloadable(nursery, certs, session_tickets=True)
     client = ClientConfig(tls=TLSFiles.from_dir(certs, "client"))
     target = await _Target.resolve(LoadConfig(address=address, client=client, requests=1))
     ctx = client_context(client)
