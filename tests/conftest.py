@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,17 @@ import trio.testing
 import trustme
 
 from trio_tlsecho import Address, ClientConfig, ServerConfig, TLSFiles, make_dev_pki, serve
+
+
+@pytest.fixture(autouse=True)
+def _restore_logger() -> Iterator[None]:
+    """Undo what an in-process ``main()`` does to the package logger (a handler on the
+    stderr of its test, no propagation), which would outlive its test: the records of
+    every later test would pile up in that test's captured stderr, and caplog would see none."""
+    logger = logging.getLogger("trio_tlsecho")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture(scope="session")

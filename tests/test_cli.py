@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,15 +15,6 @@ import pytest
 from trio_tlsecho._cli import main
 
 PY = [sys.executable, "-m", "trio_tlsecho"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_logger() -> Iterator[None]:
-    # main() configures the package logger for a terminal; undo it for the next test.
-    logger = logging.getLogger("trio_tlsecho")
-    saved = (logger.handlers[:], logger.level, logger.propagate)
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 class Server:
