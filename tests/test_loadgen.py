@@ -414,10 +414,20 @@ async def test_a_worker_that_stopped_reading_is_a_dead_worker(
         await run_load(config)
 
 
-async def test_progress_is_reported(server: Address, client_config: ClientConfig) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_progress_is_reported_over_the_measured_window(
+    server: Address, client_config: ClientConfig, workers: int
+) -> None:
     seen: list[Progress] = []
-    await run_load(load_config(server, client_config, clients=2, duration=1.5), progress=seen.append)
-    assert seen
+    config = load_config(server, client_config, clients=2, warmup=1.2, duration=2.0, workers=workers)
+    await run_load(config, progress=seen.append)
+    # One report a second: the first inside the warm-up (before the window, nothing
+    # counted), the next ones inside the window, whose time they give.  (With workers,
+    # a report carries the workers' counts of up to a second before.)
+    assert len(seen) >= 3
+    assert seen[0].elapsed < 0
+    assert seen[0].round_trips == 0
+    assert 0 < seen[1].elapsed < seen[2].elapsed <= 2.0
     assert seen[-1].round_trips > 0
 
 

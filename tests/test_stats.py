@@ -175,6 +175,10 @@ def test_format_progress() -> None:
     assert "errors 3" in line
     assert "MISMATCH" not in line
     assert "MISMATCHES 2" in format_progress(elapsed=1.0, round_trips=1, errors=0, mismatches=2)
+    # During the warm-up nothing is counted yet: no rate to show.
+    assert format_progress(elapsed=-0.5, round_trips=0, errors=1, mismatches=0) == (
+        "warming up, 0.5s to go  errors 1"
+    )
 
 
 def test_every_counter_survives_the_wire_and_adds_up_in_a_merge() -> None:

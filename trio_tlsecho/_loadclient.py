@@ -570,4 +570,4 @@ async def _report_progress(run: _Run, progress: ProgressCallback) -> None:
     while True:
         await trio.sleep(PROGRESS_INTERVAL)
         rec = run.recorder
-        progress(Progress(_now() - run.t0, rec.round_trips, rec.error_count, rec.mismatches))
+        progress(Progress(_now() - run.measure_from, rec.round_trips, rec.error_count, rec.mismatches))

@@ -234,6 +234,8 @@ def classify_error(exc: BaseException, *, during_handshake: bool = False) -> Err
 class Progress:
     """Totals so far, for a live display."""
 
+    #: Seconds of the measured window so far; negative during the warm-up (the totals
+    #: count only the window, so a rate over the whole run so far would read low).
     elapsed: float
     round_trips: int
     errors: int

@@ -178,7 +178,7 @@ async def _run_workers(config: LoadConfig, progress: ProgressCallback | None) ->
             for worker in workers:
                 await worker.send(b"go\n")
             if progress is not None:
-                nursery.start_soon(_report_worker_progress, workers, progress)
+                nursery.start_soon(_report_worker_progress, workers, progress, config.warmup)
             for worker in workers:
                 await worker.process.wait()
         # Ends the readers, and the workers that still wait for "go" if one failed.
@@ -197,8 +197,8 @@ async def _run_workers(config: LoadConfig, progress: ProgressCallback | None) ->
     return merge(reports)
 
 
-async def _report_worker_progress(workers: list[_Worker], progress: ProgressCallback) -> None:
-    start = _now()
+async def _report_worker_progress(workers: list[_Worker], progress: ProgressCallback, warmup: float) -> None:
+    start = _now() + warmup  # "go" starts every worker's clock: the window opens after warm-up
     while True:
         await trio.sleep(PROGRESS_INTERVAL)
         rt, errors, mismatches = (sum(w.progress[i] for w in workers) for i in range(3))

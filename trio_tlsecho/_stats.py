@@ -321,7 +321,12 @@ def format_report(report: LoadReport, *, title: str | None = None) -> str:
 
 
 def format_progress(*, elapsed: float, round_trips: int, errors: int, mismatches: int) -> str:
-    """The one-line live display (``\\r``-rewritten on a terminal)."""
+    """The one-line live display (``\\r``-rewritten on a terminal).
+
+    *elapsed* is measured time: negative while warming up, when nothing is counted.
+    """
+    if elapsed < 0:
+        return f"warming up, {-elapsed:.1f}s to go  errors {errors:,}"
     rate = round_trips / elapsed if elapsed > 0 else 0.0
     line = f"{elapsed:6.1f}s  {round_trips:,} round trips  {rate:,.0f}/s  errors {errors:,}"
     if mismatches:
