@@ -299,6 +299,24 @@ def test_a_reload_while_a_worker_restarts_does_not_kill_it(certs: Path, tmp_path
     assert "did not come back" not in err
 
 
+def test_a_stop_while_a_worker_restarts_is_not_reported_as_its_failure(certs: Path, tmp_path: Path) -> None:
+    hold = Hold(tmp_path / "hold")
+    sup = Supervisor(certs, env={**os.environ, **hold.env})
+    try:
+        hold.arm()
+        os.kill(sup.pids[0], signal.SIGKILL)
+        restarting = hold.held()
+        hold.disarm()
+        sup.proc.send_signal(signal.SIGTERM)  # relayed to the held worker too: it ends there
+        assert sup.stderr.wait_for("[worker 1] SIGTERM received")
+        restarting.release()
+    finally:
+        err = sup.stop()
+    assert sup.proc.returncode == 0, err
+    assert "all workers stopped" in err
+    assert "did not come back" not in err
+
+
 def test_ctrl_c_while_workers_start_stops_them_cleanly(certs: Path, tmp_path: Path) -> None:
     hold = Hold(tmp_path / "hold")
     hold.arm()

@@ -230,7 +230,8 @@ async def _run(
             try:
                 await wait_ready(worker, ready)
             except TLSEchoError as exc:
-                log.error("worker %d did not come back: %s", worker.index, exc)
+                if not stopping.is_set():  # a stop relayed while it started ended it on purpose
+                    log.error("worker %d did not come back: %s", worker.index, exc)
             else:
                 log.info("worker %d restarted: pid %d", worker.index, worker.process.pid)
 
