@@ -6,7 +6,10 @@ relay between the two sides splits TLS records where a test needs a partial one.
 
 from __future__ import annotations
 
+import array
+import errno
 import gc
+import os
 import random
 import socket
 import ssl
@@ -352,6 +355,68 @@ async def test_a_long_send_counts_its_progress(
                 seen_while_sending.append(counted.sent)
     assert any(0 < sent < total for sent in seen_while_sending)
     assert counted.sent == total
+
+
+@pytest.mark.parametrize("server", ["engine", "trio"])
+@pytest.mark.parametrize("ending", ["reset", "cancelled"])
+async def test_a_long_send_that_fails_leaves_the_callers_buffer_free(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, server: Kind, ending: str
+) -> None:
+    # trio's streams let a caller resize its bytearray after a send_all, however it
+    # ended; a piece's memoryview kept alive by the exception's traceback would not.
+    c, s = await tls_pair(server_ctx, client_ctx, server=server, bufsize=65536)
+    counted = s if isinstance(s, SSLSocketStream) else Meter(s)
+    data = bytearray(4 * MiB)
+    async with s:
+        with trio.move_on_after(30):
+            if ending == "reset":
+                c.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                await trio.aclose_forcefully(c)
+                with pytest.raises(trio.BrokenResourceError) as info:
+                    await counted.send_all(data)
+                del info  # as a handler's except clause would drop it
+            else:
+                # No reader, 64 KiB buffers: stuck in a piece until the timeout cancels it.
+                with trio.move_on_after(0.2) as stuck:
+                    await counted.send_all(data)
+                assert stuck.cancelled_caught
+        try:
+            data += b"more"  # raises BufferError while a view of it is still exported
+        finally:
+            await trio.aclose_forcefully(c)
+    assert len(data) == 4 * MiB + 4
+
+
+@pytest.mark.parametrize("server", ["engine", "trio"])
+async def test_sent_counts_bytes_not_items(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, server: Kind
+) -> None:
+    c, s = await tls_pair(server_ctx, client_ctx, server=server)
+    counted = s if isinstance(s, SSLSocketStream) else Meter(s)
+    for items in (1000, 70_000):  # under and over one piece
+        wide = memoryview(array.array("I", range(items)))  # 4-byte items
+        received = 0
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(counted.send_all, wide)
+            while received < wide.nbytes:
+                received += len(await c.receive_some())
+        assert received == wide.nbytes
+    assert counted.sent == (1000 + 70_000) * 4
+    await trio.aclose_forcefully(c)
+    await trio.aclose_forcefully(s)
+
+
+async def test_a_peer_that_reset_before_the_wrap_leaves_no_descriptor(server_ctx: ssl.SSLContext) -> None:
+    client, server = await tcp_pair()
+    client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await client.aclose()  # linger 0: a reset, before any byte
+    await trio.lowlevel.wait_readable(server.socket)  # the reset has arrived
+    fd = server.socket.fileno()
+    with pytest.raises(OSError, match=r"not connected|reset"):
+        SSLSocketStream.from_socket_stream(server, server_ctx, server_side=True)
+    with pytest.raises(OSError, match="Bad file descriptor") as info:
+        os.fstat(fd)  # closed then, not left to the garbage collector
+    assert info.value.errno == errno.EBADF
 
 
 async def test_large_echo(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None:

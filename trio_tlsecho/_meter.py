@@ -47,17 +47,18 @@ class Meter(trio.abc.Stream):
         self.sent = 0
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if len(data) <= SEND_PIECE:
+        size = data.nbytes if isinstance(data, memoryview) else len(data)
+        if size <= SEND_PIECE:
             await self.transport.send_all(data)
-            self.sent += len(data)
+            self.sent += size
             return
         # Counted piece by piece, as the socket engine does: a long transfer to a slow
-        # reader is not idle.
-        with memoryview(data) as view:
-            for start in range(0, len(view), SEND_PIECE):
-                piece = view[start : start + SEND_PIECE]
-                await self.transport.send_all(piece)
-                self.sent += len(piece)
+        # reader is not idle.  Every view is released however this ends (see there).
+        with memoryview(data) as whole, whole.cast("B") as octets:
+            for start in range(0, len(octets), SEND_PIECE):
+                with octets[start : start + SEND_PIECE] as piece:
+                    await self.transport.send_all(piece)
+                    self.sent += len(piece)
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()

@@ -97,7 +97,6 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
 from typing import Any, Protocol
 
 import trio
@@ -145,12 +144,6 @@ class TLSStream(Protocol):
     def cipher(self) -> tuple[str, str, int] | None: ...
     def version(self) -> str | None: ...
     def selected_alpn_protocol(self) -> str | None: ...
-
-
-def _pieces(data: bytes | bytearray | memoryview) -> Iterator[memoryview]:
-    with memoryview(data) as view:  # released after: the caller may resize a bytearray
-        for start in range(0, len(view), SEND_PIECE):
-            yield view[start : start + SEND_PIECE]
 
 
 class _State(enum.Enum):
@@ -307,6 +300,10 @@ class SSLSocketStream(trio.abc.Stream):
             raw.setblocking(False)
             with contextlib.suppress(OSError):  # not TCP (a Unix socket, in tests)
                 raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # A peer that reset already: found here, while *raw* owns the fd.  CPython's
+            # wrap_socket would find it after taking the fd over, and then raise
+            # without closing it (3.11: the recv(1) probe of an unconnected socket).
+            raw.getpeername()
             # wrap_socket detaches *raw* into the SSLSocket (and closes the fd itself
             # if it fails after that); closing a detached *raw* below is a no-op.
             ssl_sock = ssl_context.wrap_socket(
@@ -586,25 +583,50 @@ class SSLSocketStream(trio.abc.Stream):
                 await trio.lowlevel.checkpoint()
                 return
             await trio.lowlevel.checkpoint_if_cancelled()
-            # Only the first piece may be cancelled cleanly; after it, only a wait can
-            # be, and that breaks the stream (_send_after_wait).
-            for piece in (data,) if len(data) <= SEND_PIECE else _pieces(data):
-                try:
-                    self._io.write(piece)
-                    waits = 0
-                except ssl.SSLWantWriteError:
-                    waits = _WANT_WRITE
-                except ssl.SSLWantReadError:
-                    waits = _WANT_READ
-                except OSError as exc:
-                    raise self._broken(exc) from self._cause
-                if waits:
-                    await self._send_after_wait(piece, waits == _WANT_WRITE)
-                else:
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-                self.sent += len(piece)
+            size = data.nbytes if isinstance(data, memoryview) else len(data)
+            if size > SEND_PIECE:
+                await self._send_pieces(data)
+                return
+            # The common case, inline: no coroutine more per send.
+            waits = self._try_write(data)
+            if waits:
+                await self._send_after_wait(data, waits == _WANT_WRITE)
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            self.sent += size
         finally:
             self._sending = False
+
+    async def _send_pieces(self, data: bytes | bytearray | memoryview) -> None:
+        # SEND_PIECE bytes at a time, each counted as it goes.  Only the first piece
+        # may be cancelled cleanly (send_all's checkpoint); after it only a wait can
+        # be, and that breaks the stream.  Every view is released however this ends
+        # (the with blocks): a view kept alive by a traceback would stop the caller
+        # from resizing its bytearray.
+        with memoryview(data) as whole, whole.cast("B") as octets:
+            for start in range(0, len(octets), SEND_PIECE):
+                with octets[start : start + SEND_PIECE] as piece:
+                    waits = self._try_write(piece)
+                    if waits:
+                        await self._send_after_wait(piece, waits == _WANT_WRITE)
+                    else:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                    self.sent += len(piece)
+
+    def _try_write(self, data: bytes | bytearray | memoryview) -> int:
+        """0 once OpenSSL took all of *data*, else what it waits for (_WANT_WRITE/_WANT_READ).
+
+        A plain function for the reason given at :meth:`_try_read`.
+        """
+        try:
+            self._io.write(data)
+        except ssl.SSLWantWriteError:
+            return _WANT_WRITE
+        except ssl.SSLWantReadError:
+            return _WANT_READ
+        except OSError as exc:
+            raise self._broken(exc) from self._cause
+        return 0
 
     async def _send_after_wait(self, data: bytes | bytearray | memoryview, want_write: bool) -> None:
         # OpenSSL has started on *data*; it must be finished with the same bytes, so
