@@ -44,11 +44,13 @@ Post-handshake messages (TLS 1.3 NewSessionTicket, KeyUpdate) are consumed by
 because no application data came; we wait and read again.  A server with
 ``num_tickets > 0`` writes its tickets straight to the socket at the end of its
 handshake; that is harmless on a real socket (the MemoryBIO deadlock of trio
-#819 needs the tickets to be sent by a separate await).  One limitation no
-non-blocking OpenSSL user escapes: a KeyUpdate *with update_requested* that
-arrives while our own ``SSL_write`` is blocked half way makes OpenSSL fail the
-reply with BAD_WRITE_RETRY; the stream then becomes BROKEN.  CPython cannot send
-KeyUpdate at all, and our server context disables renegotiation.
+#819 needs the tickets to be sent by a separate await).  A KeyUpdate *with
+update_requested* that arrives while our own ``SSL_write`` is blocked half way
+could, in principle, make OpenSSL fail the reply with BAD_WRITE_RETRY (the stream
+would then become BROKEN); OpenSSL 3.0.19 defers the reply to the next write
+instead, and a 64 MiB send under ``openssl s_client``'s ``K`` finished intact.
+CPython cannot send KeyUpdate at all, and our server context disables
+renegotiation.
 
 End of stream, as ``trio.SSLStream(https_compatible=False)``: the peer's
 close_notify makes ``receive_some`` return ``b""`` (now and on every later
