@@ -88,6 +88,29 @@ def test_serve_makes_dev_certs_on_first_run(tmp_path: Path) -> None:
     assert "no certificates in certs: created a development CA" in warnings[0]
 
 
+def test_serve_makes_no_pki_where_it_could_be_a_mistake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    # A --certs directory without a CA: a typo, not a request for a new PKI.
+    assert main(["serve", "--certs", "elsewhere", "--listen", "127.0.0.1:0"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "trio-tlsecho: error: no certificates in elsewhere (no ca.pem):"
+        " run 'trio-tlsecho certs --out elsewhere', or pass --cert/--key/--ca"
+    )
+    assert not (tmp_path / "elsewhere").exists()
+    # ./certs with somebody's server files but no CA: never written over.
+    (tmp_path / "certs").mkdir()
+    (tmp_path / "certs" / "server.pem").write_text("mine")
+    (tmp_path / "certs" / "server.key").write_text("mine too")
+    assert main(["serve", "--listen", "127.0.0.1:0"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.endswith("certs holds server.key, server.pem but no ca.pem: not making a development PKI"
+                         " over them; pass --cert/--key/--ca, or move them away")  # fmt: skip
+    assert (tmp_path / "certs" / "server.pem").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "certs").iterdir()) == ["server.key", "server.pem"]
+
+
 def test_serve_two_listeners_prints_each(tmp_path: Path, certs: Path) -> None:
     server = Server(["--listen", "127.0.0.1:0", "--listen", "localhost:0"], cwd=tmp_path)
     assert server.proc.stdout is not None

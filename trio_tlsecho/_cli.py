@@ -285,8 +285,22 @@ def _cmd_certs(args: argparse.Namespace) -> int:
 
 
 def _ensure_dev_certs(directory: Path) -> None:
+    # Only the default ./certs, and only where it would overwrite nothing: a --certs DIR
+    # without a CA is a mistake (a typo would otherwise serve a brand-new PKI), and a
+    # directory with keys of its own but no ca.pem is somebody's files.
     if has_certificates(directory):
         return
+    if directory != DEFAULT_CERTS_DIR:
+        raise ConfigError(
+            f"no certificates in {directory} (no ca.pem): run '{PROG} certs --out {directory}',"
+            " or pass --cert/--key/--ca"
+        )
+    present = sorted(p.name for p in directory.glob("*") if p.suffix in (".pem", ".key"))
+    if present:
+        raise ConfigError(
+            f"{directory} holds {', '.join(present)} but no ca.pem: not making a development PKI"
+            " over them; pass --cert/--key/--ca, or move them away"
+        )
     make_dev_pki(directory)
     log.warning(
         "no certificates in %s: created a development CA, server and client certificates"
