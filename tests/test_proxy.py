@@ -213,22 +213,31 @@ async def test_server_refuses_bad_headers_and_keeps_serving(
     assert (await echo_once(address, client_config, b"ok", proxy_header=good)).received == 2
 
 
-async def test_a_health_check_without_a_header_is_counted_not_warned_about(
-    nursery: trio.Nursery, server_config: ServerConfig, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    "sent",
+    [b"", V2_SIGNATURE + struct.pack("!BBH", 0x20, 0x00, 0)],
+    ids=["check", "check-send-proxy"],
+)
+async def test_a_health_check_is_a_probe_not_a_refusal(
+    nursery: trio.Nursery, server_config: ServerConfig, caplog: pytest.LogCaptureFixture, sent: bytes
 ) -> None:
-    # What an L4 balancer's TCP check does: connect, close, no byte.
+    # HAProxy's checks: connect and close; or a PROXY v2 LOCAL header, then close.
     caplog.set_level(logging.DEBUG, logger="trio_tlsecho")
     metrics = ServerMetrics()
     config = attrs.evolve(server_config, proxy_protocol=True)
     [address] = await nursery.start(functools.partial(serve, config, metrics=metrics))
     tcp = await trio.open_tcp_stream(address.host, address.port)
+    await tcp.send_all(sent)
     await tcp.aclose()
     with trio.fail_after(10):
-        while metrics.handshakes["proxy_header"] == 0:
+        while metrics.handshakes["probe"] == 0:
             await trio.testing.wait_all_tasks_blocked()
-    [record] = [r for r in caplog.records if "PROXY" in r.getMessage()]
+    assert {result: n for result, n in metrics.handshakes.items() if n} == {"probe": 1}
+    assert metrics.handshake_failures == 0
+    [record] = [r for r in caplog.records if "before sending" in r.getMessage()]
     assert record.levelno == logging.DEBUG
-    assert record.getMessage().endswith("closed before sending a PROXY header (a health check?)")
+    assert record.getMessage().endswith("closed before sending anything (a health check?)")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 async def test_truncated_header_times_out(

@@ -124,7 +124,6 @@ async def run_connection(tcp: trio.SocketStream, peer: tuple[str, int], server: 
     # The socket engine counts them itself; trio's SSLStream gets a meter on top.
     counted: Meter | SSLSocketStream | None = None
     failed: Exception | None = None
-    probe = False
     handled = False
     closing: trio.abc.AsyncResource = tcp
     try:
@@ -134,15 +133,17 @@ async def run_connection(tcp: trio.SocketStream, peer: tuple[str, int], server: 
         # handshake_timeout to become a verified client, however it spends it.
         with trio.move_on_after(config.handshake_timeout) as scope:
             if config.proxy_protocol:
+                if await _closed_silently(tcp, metrics, where):  # a plain TCP check
+                    return
                 real = await _read_proxy_header(tcp, peer, where, config)
                 if real is None:
                     metrics.handshakes["proxy_header"] += 1
                     return
                 if real != peer:
                     peer, where = real, f"{format_address(*real)} (via {where})"
-            # Wait for the first byte before any TLS: a connect-and-close without one is
-            # a balancer's health check or a port scan, worth a count, not a warning.
-            probe = not await _first_byte(tcp)
+            # Before any TLS (after a PROXY header: HAProxy's check-send-proxy).
+            if await _closed_silently(tcp, metrics, where):
+                return
             if config.engine == "socket":
                 try:
                     stream = counted = SSLSocketStream.from_socket_stream(
@@ -169,8 +170,7 @@ async def run_connection(tcp: trio.SocketStream, peer: tuple[str, int], server: 
             # Outside the handshake deadline: the alert and the linger have their own
             # bounds, and a refusal must not also be counted as a timeout.
             metrics.handshakes[classify_tls_error(failed)] += 1
-            level = logging.DEBUG if probe else logging.WARNING
-            log.log(level, "%s: handshake failed: %s", where, describe_tls_error(failed))
+            log.warning("%s: handshake failed: %s", where, describe_tls_error(failed))
             if stream is not None:  # no TLS stream, no alert to send
                 await _send_alert(stream)
                 await _linger(stream)
@@ -241,6 +241,20 @@ def _cipher_name(stream: trio.SSLStream[Any] | SSLSocketStream) -> str:
     return cipher[0] if cipher else "?"
 
 
+async def _closed_silently(tcp: trio.SocketStream, metrics: ServerMetrics, where: str) -> bool:
+    """Whether the peer closed without sending (anything more): counted as a probe.
+
+    A connect-and-close is a balancer's health check or a port scan: worth a count of
+    its own, not a refusal (alerts on refusals must not fire on every check), and not
+    a warning.
+    """
+    if await _first_byte(tcp):
+        return False
+    metrics.handshakes["probe"] += 1
+    log.debug("%s: closed before sending anything (a health check?)", where)
+    return True
+
+
 async def _first_byte(tcp: trio.SocketStream) -> bool:
     """Wait until the peer sends something (without consuming it); ``False`` on EOF."""
     try:
@@ -255,11 +269,6 @@ async def _read_proxy_header(
     """The client address the balancer reports, or ``None`` (logged) if refused."""
     if config.proxy_from and not _address_in(peer[0], config.proxy_from):
         log.warning("%s: refused: PROXY header not accepted from this address (--proxy-from)", where)
-        return None
-    if not await _first_byte(tcp):
-        # Connect and close with no byte: an L4 balancer's health check, as without
-        # --proxy-protocol.  Counted, logged at DEBUG, never a warning per check.
-        log.debug("%s: closed before sending a PROXY header (a health check?)", where)
         return None
     try:
         header = await read_header(tcp.socket)

@@ -51,6 +51,7 @@ HANDSHAKE_RESULTS = (
     "timeout",
     "proxy_header",
     "protocol",
+    "probe",
 )
 
 
@@ -180,7 +181,8 @@ class ServerMetrics(Collector):
 
     @property
     def handshake_failures(self) -> int:
-        return sum(n for result, n in self.handshakes.items() if result != "ok")
+        # A probe (connect and close, no byte) never tried a handshake.
+        return sum(n for result, n in self.handshakes.items() if result not in ("ok", "probe"))
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
