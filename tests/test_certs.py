@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from trio_tlsecho import CertificateError, ConfigError, make_dev_pki
-from trio_tlsecho._certs import CA_DAYS, has_certificates, revoke
+from trio_tlsecho._certs import CA_DAYS, DEFAULT_SERVER_NAMES, has_certificates, revoke
 from trio_tlsecho._cli import main
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -112,8 +114,7 @@ def test_every_client_gets_its_own_files(tmp_path: Path) -> None:
     default_client = (tmp_path / "client.pem").read_bytes()
     issued = make_dev_pki(tmp_path, clients=["alice", "bob"], now=NOW)
     assert {p.name for p in issued.written} == {
-        "server.pem",
-        "server.key",
+        "crl.pem",
         "alice.pem",
         "alice.key",
         "bob.pem",
@@ -193,6 +194,7 @@ def test_revoke_days_are_bounded(tmp_path: Path) -> None:
         (["--days", "3000000"], "days must be a whole number from 1 to 3650"),
         (["--client", "alice", "--client", "Alice"], "client names repeat: 'alice' and 'Alice'"),
         (["--revoke", "client"], "cannot update"),
+        (["--client", "alice"], "cannot update"),  # a rerun renews the CRL
     ],
 )
 def test_cli_mistakes_are_one_line(
@@ -227,3 +229,188 @@ def test_cli_mistakes_are_one_line(
 def test_bad_arguments(tmp_path: Path, kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         make_dev_pki(tmp_path, **kwargs)  # type: ignore[arg-type]
+
+
+# -- a rerun keeps the server certificate and renews the CRL ---------------------------
+
+
+def _crl(directory: Path) -> x509.CertificateRevocationList:
+    return x509.load_pem_x509_crl((directory / "crl.pem").read_bytes())
+
+
+def _crl_number(crl: x509.CertificateRevocationList) -> int:
+    return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+
+
+def test_adding_a_client_leaves_the_server_certificate_alone(tmp_path: Path) -> None:
+    make_dev_pki(tmp_path, server_names=["myhost.example"], now=NOW)
+    before = [(tmp_path / f).read_bytes() for f in ("server.pem", "server.key")]
+    issued = make_dev_pki(tmp_path, clients=["alice"], now=NOW + dt.timedelta(days=200))
+    assert [(tmp_path / f).read_bytes() for f in ("server.pem", "server.key")] == before
+    assert not {"server.pem", "server.key"} & {p.name for p in issued.written}
+
+
+def test_a_renewed_server_certificate_keeps_its_names(tmp_path: Path) -> None:
+    make_dev_pki(tmp_path, server_names=["myhost.example", "10.0.0.1"], now=NOW)
+    # Past two thirds of its year: due for renewal, and without --server-name.
+    later = NOW + dt.timedelta(days=250)
+    issued = make_dev_pki(tmp_path, clients=["alice"], now=later)
+    assert tmp_path / "server.pem" in issued.written
+    server = _cert(tmp_path / "server.pem")
+    assert _sans(server) == ["myhost.example", "10.0.0.1"]
+    assert _cn(tmp_path / "server.pem") == "myhost.example"
+    assert server.not_valid_after_utc == later + dt.timedelta(days=365)
+
+
+def test_server_names_given_on_a_rerun_replace_the_old_ones(tmp_path: Path) -> None:
+    make_dev_pki(tmp_path, server_names=["myhost.example"], now=NOW)
+    make_dev_pki(tmp_path, server_names=DEFAULT_SERVER_NAMES, now=NOW)
+    assert _sans(_cert(tmp_path / "server.pem")) == ["localhost", "127.0.0.1", "::1"]
+
+
+@pytest.mark.parametrize(
+    ("damage", "names"),
+    [
+        ("no key", ["myhost.example"]),  # the names are still worth keeping
+        ("other key", ["myhost.example"]),
+        ("no certificate", list(DEFAULT_SERVER_NAMES)),
+        ("garbage", list(DEFAULT_SERVER_NAMES)),
+        ("another CA", list(DEFAULT_SERVER_NAMES)),
+        ("no names", list(DEFAULT_SERVER_NAMES)),
+    ],
+)
+def test_a_server_certificate_that_cannot_serve_is_reissued(
+    tmp_path: Path, damage: str, names: list[str]
+) -> None:
+    make_dev_pki(tmp_path, server_names=["myhost.example"], now=NOW)
+    server_pem, server_key = tmp_path / "server.pem", tmp_path / "server.key"
+    if damage == "no key":
+        server_key.unlink()
+    elif damage == "other key":
+        server_key.write_bytes((tmp_path / "client.key").read_bytes())
+    elif damage == "no certificate":
+        server_pem.unlink()
+    elif damage == "garbage":
+        server_pem.write_text("garbage")
+    elif damage == "no names":
+        server_pem.write_bytes(_without_names(tmp_path, _cert(server_pem)))
+    else:
+        other = tmp_path / "other"
+        make_dev_pki(other, server_names=["myhost.example"], now=NOW)
+        server_pem.write_bytes((other / "server.pem").read_bytes())
+        server_key.write_bytes((other / "server.key").read_bytes())
+    issued = make_dev_pki(tmp_path, clients=["alice"], now=NOW)
+    assert {server_pem, server_key} <= set(issued.written)
+    assert _sans(_cert(server_pem)) == names
+    assert _cert(server_pem).issuer == _cert(tmp_path / "ca.pem").subject
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(server_pem, server_key)  # the pair matches
+
+
+def _without_names(directory: Path, cert: x509.Certificate) -> bytes:
+    """*cert* re-signed by the CA in *directory* without its subjectAltName."""
+    ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(cert.issuer)
+        .public_key(cert.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(cert.not_valid_before_utc)
+        .not_valid_after(cert.not_valid_after_utc)
+    )
+    signed = builder.sign(ca_key, hashes.SHA256())
+    return signed.public_bytes(serialization.Encoding.PEM)
+
+
+def test_every_rerun_renews_the_crl_and_keeps_its_entries(tmp_path: Path) -> None:
+    make_dev_pki(tmp_path, clients=["alice"], now=NOW)
+    revoke(tmp_path, ["alice"], now=NOW)
+    before = _crl(tmp_path)
+    later = NOW + dt.timedelta(days=300)
+    issued = make_dev_pki(tmp_path, clients=["bob"], now=later)
+    assert tmp_path / "crl.pem" in issued.written
+    crl = _crl(tmp_path)
+    assert crl.next_update_utc == later + dt.timedelta(days=365)
+    assert [e.serial_number for e in crl] == [_cert(tmp_path / "alice.pem").serial_number]
+    assert _crl_number(crl) > _crl_number(before)
+    ca_key = serialization.load_pem_private_key((tmp_path / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    assert crl.is_signature_valid(ca_key.public_key())
+
+
+def test_revoke_without_names_renews_the_crl(tmp_path: Path) -> None:
+    make_dev_pki(tmp_path, clients=["alice"], now=NOW)
+    revoke(tmp_path, ["alice"], now=NOW)
+    later = NOW + dt.timedelta(days=400)  # the CRL has lapsed
+    revoke(tmp_path, [], now=later)
+    crl = _crl(tmp_path)
+    assert crl.next_update_utc == later + dt.timedelta(days=365)
+    assert len(list(crl)) == 1
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_short_lived_leaves_do_not_shorten_the_crl(tmp_path: Path, force: bool) -> None:
+    make_dev_pki(tmp_path, now=NOW)
+    make_dev_pki(tmp_path, clients=["temp"], days=1, force=force, now=NOW)
+    assert _crl(tmp_path).next_update_utc == NOW + dt.timedelta(days=365)
+    revoke(tmp_path, [], days=1, now=NOW)  # as `certs --revoke --days 1` does
+    assert _crl(tmp_path).next_update_utc == NOW + dt.timedelta(days=365)
+    make_dev_pki(tmp_path, days=500, now=NOW)
+    assert _crl(tmp_path).next_update_utc == NOW + dt.timedelta(days=500)
+
+
+def test_a_broken_crl_stops_a_rerun_before_any_leaf_is_written(tmp_path: Path) -> None:
+    make_dev_pki(tmp_path, now=NOW)
+    (tmp_path / "crl.pem").write_text("garbage")
+    with pytest.raises(CertificateError, match=r"cannot update .*crl.pem"):
+        make_dev_pki(tmp_path, clients=["alice"], now=NOW)
+    assert not (tmp_path / "alice.pem").exists()
+
+
+def test_a_new_ca_reports_the_old_cas_leaves(tmp_path: Path) -> None:
+    make_dev_pki(tmp_path, clients=["client", "alice", "bob"], now=NOW)
+    other = tmp_path / "other"
+    make_dev_pki(other, now=NOW)
+    (tmp_path / "mine.pem").write_bytes((other / "server.pem").read_bytes())  # not the old CA's
+    assert make_dev_pki(tmp_path, clients=["bob"], now=NOW).stale == ()
+    issued = make_dev_pki(tmp_path, clients=["bob"], force=True, now=NOW)
+    assert issued.stale == (tmp_path / "alice.pem",)
+    assert (tmp_path / "alice.pem").exists()  # reported, not deleted
+
+
+def test_a_new_ca_over_an_unreadable_one_reports_nothing(tmp_path: Path) -> None:
+    make_dev_pki(tmp_path, clients=["client", "alice"], now=NOW)
+    (tmp_path / "ca.pem").write_text("garbage")
+    assert make_dev_pki(tmp_path, force=True, now=NOW).stale == ()
+
+
+def test_cli_adding_a_client_keeps_the_server_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["certs", "--out", str(tmp_path), "--server-name", "myhost.example"]) == 0
+    before = (tmp_path / "server.pem").read_bytes()
+    assert main(["certs", "--out", str(tmp_path), "--client", "alice"]) == 0
+    assert (tmp_path / "server.pem").read_bytes() == before
+    assert "server.pem" not in capsys.readouterr().out.split("reusing")[1]
+
+
+def test_cli_revoke_without_names_renews_the_crl(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["certs", "--out", str(tmp_path), "--client", "alice"]) == 0
+    assert main(["certs", "--out", str(tmp_path), "--revoke", "alice"]) == 0
+    before = (tmp_path / "crl.pem").read_bytes()
+    capsys.readouterr()
+    assert main(["certs", "--out", str(tmp_path), "--revoke"]) == 0
+    assert capsys.readouterr().out == f"renewed {tmp_path / 'crl.pem'}\n"
+    crl = x509.load_pem_x509_crl((tmp_path / "crl.pem").read_bytes())
+    assert (tmp_path / "crl.pem").read_bytes() != before
+    assert len(list(crl)) == 1
+
+
+def test_cli_force_lists_the_old_cas_leaves(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["certs", "--out", str(tmp_path), "--client", "client", "--client", "alice"]) == 0
+    capsys.readouterr()
+    assert main(["certs", "--out", str(tmp_path), "--force"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == f"left {tmp_path / 'alice.pem'}: issued by the old CA, no longer trusted"

@@ -14,6 +14,24 @@ pass their own files.  Two things differ from trustme's defaults on purpose:
 Every client ``NAME`` is written as ``NAME.pem``/``NAME.key``, one name per file, so
 that ``certs --revoke NAME`` finds it; ``client`` and ``loadgen`` default to the
 client named ``client``, which is why a new CA always gets one.
+
+A run that reuses the CA is for adding or refreshing clients, so it leaves what a
+running server depends on as it was, unless asked:
+
+* ``server.pem`` is re-issued only when server names are given, or when it is
+  missing, unreadable, not from this CA, without its key, or in the last third of
+  its validity (the point where step-ca and certbot renew).  A re-issue without
+  names keeps the old certificate's names: a ``--server-name myhost.example`` given
+  once must not turn back into ``localhost`` behind the user's back, or the next
+  reload serves a certificate that fails every hostname check.
+* ``crl.pem`` is re-signed with a fresh ``nextUpdate``, keeping its entries.  A CRL
+  past its ``nextUpdate`` makes OpenSSL refuse every client, and nothing else renews
+  it, so any run of ``certs`` does.  Its validity never follows a short ``days``: a
+  one-day test client must not make the whole server's CRL lapse tomorrow.
+
+A new CA (``force``) untrusts every leaf of the old one.  ``client.pem`` and
+``server.pem`` are rewritten; other ``NAME.pem`` files of the old CA are reported in
+:attr:`IssuedFiles.stale`, not deleted: they are somebody's files, merely useless now.
 """
 
 from __future__ import annotations
@@ -38,6 +56,8 @@ DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1", "::1")
 DEFAULT_CLIENT = "client"
 DEFAULT_DAYS = 365
 CA_DAYS = 3650
+# A CRL is valid for at least this long, whatever the leaves' days (see the top).
+CRL_DAYS = DEFAULT_DAYS
 _ORG = "trio_tlsecho development PKI"
 # Files of the PKI itself, which no client may be written over.
 _RESERVED = ("ca", "server", "crl")
@@ -52,6 +72,9 @@ class IssuedFiles:
     directory: Path
     ca_created: bool
     written: tuple[Path, ...]
+    #: With a new CA: the other ``NAME.pem`` files here that the old CA issued, which
+    #: nothing trusts any more.  Left in place, for the caller to report.
+    stale: tuple[Path, ...] = ()
 
 
 def has_certificates(directory: str | Path) -> bool:
@@ -62,7 +85,7 @@ def has_certificates(directory: str | Path) -> bool:
 def make_dev_pki(
     directory: str | Path,
     *,
-    server_names: Sequence[str] = DEFAULT_SERVER_NAMES,
+    server_names: Sequence[str] | None = None,
     clients: Sequence[str] = (DEFAULT_CLIENT,),
     days: int = DEFAULT_DAYS,
     force: bool = False,
@@ -71,10 +94,13 @@ def make_dev_pki(
     """Write ``ca.pem``/``ca.key``, ``server.pem``/``server.key`` and client pairs.
 
     Each client is written as ``NAME.pem``/``NAME.key``; a new CA also gets the
-    default client ``client``.  Keys are mode 0600.
+    default client ``client``.  Keys are mode 0600.  *server_names* defaults to
+    :data:`DEFAULT_SERVER_NAMES` for a new CA; with a reused CA, ``None`` keeps the
+    server certificate (or its names, when it is due for renewal), and the CRL is
+    re-signed with a fresh ``nextUpdate``.
     """
     _check_days(days)
-    if not server_names:
+    if server_names is not None and not server_names:
         raise ConfigError("at least one server name is needed")
     _check_client_names(clients)
     now = now or dt.datetime.now(dt.UTC)
@@ -87,13 +113,19 @@ def make_dev_pki(
     written: list[Path] = []
     ca_cert, ca_key = out / "ca.pem", out / "ca.key"
     reuse = ca_cert.exists() and not force
+    old_ca: x509.Certificate | None = None
+    names: Sequence[str] | None
     if reuse:
         ca = _load_ca(ca_cert, ca_key)
         _check_ca_outlives(ca_cert, ca, now, days)
+        # First, so that a broken CRL stops the run before any leaf is rewritten.
+        written.append(revoke(out, [], days=days, now=now))
+        names = _server_names_to_issue(out, ca, server_names, now)
     else:
         # Whatever client.pem was here belongs to the old CA; `client` would fail with it.
         if all(name.casefold() != DEFAULT_CLIENT for name in clients):
             clients = (DEFAULT_CLIENT, *clients)
+        old_ca = _read_cert(ca_cert)
         ca = _new_ca(now)
         _write(ca_cert, ca.cert_pem.bytes(), private=False)
         _write(ca_key, ca.private_key_pem.bytes(), private=True)
@@ -104,22 +136,24 @@ def make_dev_pki(
             (out / CRL_NAME).unlink()
         # An empty CRL from the start, so `serve --crl` works before anything is revoked.
         written.append(revoke(out, [], days=days, now=now))
+        names = server_names or DEFAULT_SERVER_NAMES
 
     # trustme wants naive UTC datetimes.
     nb, na = _naive_utc(now - _BACKDATE), _naive_utc(now + dt.timedelta(days=days))
 
-    try:
-        server = ca.issue_cert(
-            *server_names,
-            common_name=server_names[0],
-            organization_name=_ORG,
-            organization_unit_name="server",
-            not_before=nb,
-            not_after=na,
-        )
-    except ValueError as exc:  # idna rejects names that are not host names
-        raise ConfigError(f"bad server name in {list(server_names)}: {exc}") from None
-    written += _write_leaf(out, "server", server)
+    if names is not None:
+        try:
+            server = ca.issue_cert(
+                *names,
+                common_name=names[0],
+                organization_name=_ORG,
+                organization_unit_name="server",
+                not_before=nb,
+                not_after=na,
+            )
+        except ValueError as exc:  # idna rejects names that are not host names
+            raise ConfigError(f"bad server name in {list(names)}: {exc}") from None
+        written += _write_leaf(out, "server", server)
 
     for name in clients:
         leaf = ca.issue_cert(
@@ -131,7 +165,66 @@ def make_dev_pki(
             not_after=na,
         )
         written += _write_leaf(out, name, leaf)
-    return IssuedFiles(directory=out, ca_created=not reuse, written=tuple(written))
+    stale = _issued_by(out, old_ca, exclude={ca_cert, *written}) if old_ca is not None else ()
+    return IssuedFiles(directory=out, ca_created=not reuse, written=tuple(written), stale=stale)
+
+
+def _server_names_to_issue(
+    out: Path, ca: trustme.CA, requested: Sequence[str] | None, now: dt.datetime
+) -> Sequence[str] | None:
+    """The names for a new ``server.pem`` under a reused CA, or ``None`` to keep the one there."""
+    if requested is not None:
+        return requested
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    current = _read_cert(out / "server.pem")
+    if current is None or not _signed_by(current, ca_cert):
+        return DEFAULT_SERVER_NAMES
+    try:
+        sans = list(current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        sans = []
+    # str() of these is what trustme's issue_cert() parses back (names, addresses, networks).
+    kept = [str(n.value) for n in sans if isinstance(n, (x509.DNSName, x509.IPAddress, x509.RFC822Name))]
+    if not kept:
+        return DEFAULT_SERVER_NAMES
+    start, end = current.not_valid_before_utc, current.not_valid_after_utc
+    if end - now < (end - start) / 3 or not _key_matches(out / "server.key", current):
+        return kept
+    return None
+
+
+def _read_cert(path: Path) -> x509.Certificate | None:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _signed_by(leaf: x509.Certificate, ca: x509.Certificate) -> bool:
+    try:
+        leaf.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _key_matches(path: Path, cert: x509.Certificate) -> bool:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError):  # missing, garbage, encrypted
+        return False
+    return key.public_key() == cert.public_key()
+
+
+def _issued_by(out: Path, ca: x509.Certificate, *, exclude: set[Path]) -> tuple[Path, ...]:
+    found = []
+    for path in sorted(out.glob("*.pem")):
+        if path in exclude or path.name == CRL_NAME:
+            continue
+        cert = _read_cert(path)
+        if cert is not None and _signed_by(cert, ca):
+            found.append(path)
+    return tuple(found)
 
 
 def _check_days(days: int) -> None:
@@ -255,8 +348,9 @@ def revoke(
 ) -> Path:
     """Add the certificates ``NAME.pem`` in *directory* to its CRL (``crl.pem``), signed by its CA.
 
-    Entries already in the CRL stay.  Returns the CRL's path; the server picks it up
-    with ``--crl`` (and again on SIGHUP).
+    Entries already in the CRL stay, and the CRL is re-signed valid for *days* from
+    now, but at least :data:`CRL_DAYS`, so no *names* just renews it.  Returns the
+    CRL's path; the server picks it up with ``--crl`` (and again on SIGHUP).
     """
     _check_days(days)
     now = now or dt.datetime.now(dt.UTC)
@@ -292,10 +386,8 @@ def revoke(
             raise CertificateError(
                 f"cannot revoke {name!r}: {leaf_path} is not a readable PEM certificate"
             ) from None
-        try:
-            leaf.verify_directly_issued_by(ca_cert)
-        except (ValueError, TypeError, InvalidSignature):
-            raise CertificateError(f"cannot revoke {leaf_path}: it was not issued by {ca_path}") from None
+        if not _signed_by(leaf, ca_cert):
+            raise CertificateError(f"cannot revoke {leaf_path}: it was not issued by {ca_path}")
         revoked.setdefault(
             leaf.serial_number,
             x509.RevokedCertificateBuilder().serial_number(leaf.serial_number).revocation_date(now).build(),
@@ -305,7 +397,7 @@ def revoke(
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca_cert.subject)
         .last_update(now - _BACKDATE)
-        .next_update(now + dt.timedelta(days=days))
+        .next_update(now + dt.timedelta(days=max(days, CRL_DAYS)))
         .add_extension(x509.CRLNumber(number), critical=False)
     )
     for entry in revoked.values():

@@ -92,8 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--revoke",
         metavar="NAME",
-        action="append",
-        help="revoke DIR/NAME.pem: add it to DIR/crl.pem (serve --crl DIR/crl.pem; SIGHUP reloads)",
+        action="extend",
+        nargs="*",
+        help="revoke DIR/NAME.pem: add it to DIR/crl.pem (serve --crl DIR/crl.pem; SIGHUP reloads);"
+        " with no NAME, only renew crl.pem",
     )
     p.set_defaults(func=_cmd_certs)
 
@@ -264,15 +266,15 @@ def _setup_logging(level: str) -> None:
 
 
 def _cmd_certs(args: argparse.Namespace) -> int:
-    if args.revoke:
+    if args.revoke is not None:
         if args.client or args.server_name or args.force:
             raise ConfigError("--revoke only updates the CRL; give --client/--server-name/--force separately")
         crl = revoke(args.out, args.revoke, days=args.days)
-        print(f"revoked {', '.join(args.revoke)}: wrote {crl}")
+        print(f"revoked {', '.join(args.revoke)}: wrote {crl}" if args.revoke else f"renewed {crl}")
         return 0
     issued = make_dev_pki(
         args.out,
-        server_names=args.server_name or DEFAULT_SERVER_NAMES,
+        server_names=args.server_name,  # None: keep server.pem (and its names)
         clients=args.client or ["client"],
         days=args.days,
         force=args.force,
@@ -281,6 +283,8 @@ def _cmd_certs(args: argparse.Namespace) -> int:
         print(f"reusing the CA in {issued.directory / 'ca.pem'} (--force makes a new one)")
     for path in issued.written:
         print(f"wrote {path}")
+    for path in issued.stale:
+        print(f"left {path}: issued by the old CA, no longer trusted")
     return 0
 
 
