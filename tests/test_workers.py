@@ -266,6 +266,22 @@ class Hold:
         return Held(sock)
 
 
+def test_a_port_held_by_another_server_is_in_use(certs: Path) -> None:
+    # Without the check, SO_REUSEPORT let the second join the first's group silently.
+    first = Supervisor(certs)
+    try:
+        second = subprocess.run(
+            [*PY, "serve", "--listen", str(first.address), "--workers", "2"],
+            cwd=certs, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        first.stop()
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.strip().splitlines()[-1] == (
+        f"trio-tlsecho: error: cannot listen on {first.address}: Address already in use"
+    )
+
+
 def test_a_key_broken_before_a_restart_is_one_line_per_attempt(certs: Path) -> None:
     sup = Supervisor(certs)
     try:

@@ -217,11 +217,14 @@ async def open_reuse_port_listeners(address: Address) -> list[trio.SocketListene
     return [trio.SocketListener(sock) for sock in await bind_reuse_port(address, listen=True)]
 
 
-async def bind_reuse_port(address: Address, *, listen: bool) -> list[trio.socket.SocketType]:
+async def bind_reuse_port(
+    address: Address, *, listen: bool, reuse_port: bool = True
+) -> list[trio.socket.SocketType]:
     """Sockets bound with SO_REUSEPORT to every address *address* resolves to.
 
     With ``listen=False`` a socket only holds the port (a supervisor's reservation):
-    it never joins the accept group, so the kernel hands it no connections.
+    it never joins the accept group, so the kernel hands it no connections.  With
+    ``reuse_port=False`` the bind fails where anything holds the port already.
     """
     infos = await trio.socket.getaddrinfo(
         address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -241,7 +244,8 @@ async def bind_reuse_port(address: Address, *, listen: bool) -> list[trio.socket
                 continue
             bound.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             await sock.bind(sockaddr)

@@ -141,6 +141,11 @@ async def supervise(
 async def _reserve(address: Address, held: list[trio.socket.SocketType]) -> Address:
     """Hold *address*'s port (port 0: pick one) for the workers; add the sockets to *held*."""
     try:
+        if address.port:
+            # SO_REUSEPORT would let us join whatever holds the port with it too (a
+            # second `serve --workers`) and quietly share its clients: check first.
+            for probe in await bind_reuse_port(address, listen=False, reuse_port=False):
+                probe.close()
         first = await bind_reuse_port(address, listen=False)
         held += first
         if address.port or len(first) == 1:
