@@ -571,8 +571,11 @@ async def test_cli_json_has_every_key(server: Address, pki: Path, tmp_path: Path
         "errors",
         "mismatches",
         "latency_us",
+        "handshakes",
+        "handshakes_resumed",
         "handshake_us",
     }
+    assert (data["handshakes"], data["handshakes_resumed"]) == (3, 0)
     assert set(data["errors"]) == set(ERROR_KINDS)
     assert set(data["latency_us"]) == {"p50", "p90", "p99", "p999", "max"}
     assert set(data["handshake_us"]) == {"p50", "p90", "p99", "max"}

@@ -32,6 +32,8 @@ JSON_KEYS = {
     "errors",
     "mismatches",
     "latency_us",
+    "handshakes",
+    "handshakes_resumed",
     "handshake_us",
 }
 

@@ -226,7 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--server-name", metavar="NAME", help="name to verify in the server certificate (default: the host)"
     )
     p.add_argument(
-        "--timeout", metavar="SECONDS", type=seconds, default=30.0, help="for the whole echo (default: 30)"
+        "--timeout",
+        metavar="SECONDS",
+        type=seconds,
+        default=30.0,
+        help="for the echo, once connected (default: 30; connecting and the handshake have 10 s)",
     )
     add_tls_flags(p, "client")
     p.set_defaults(func=_cmd_client)

@@ -168,10 +168,9 @@ class LoadReport:
         return Histogram.decode(self.handshake)
 
     def to_json(self) -> dict[str, Any]:
-        """The summary object ``loadgen --json`` writes (its keys are a documented interface).
-
-        ``handshakes_resumed`` is added only when a session was resumed (``--resume``),
-        so that the object of every other run is exactly the documented one.
+        """The summary object ``loadgen --json`` writes (its keys are a documented
+        interface, README "loadgen"): every key in every run, zeros included, so that a
+        consumer never has to ask whether one is there.
         """
         summary = {
             "clients": self.clients,
@@ -186,10 +185,10 @@ class LoadReport:
             "errors": dict(self.errors),
             "mismatches": self.mismatches,
             "latency_us": _summary(self.latency_histogram(), LATENCY_PERCENTILES),
+            "handshakes": self.handshake_histogram().count,
+            "handshakes_resumed": self.resumed,
             "handshake_us": _summary(self.handshake_histogram(), HANDSHAKE_PERCENTILES),
         }
-        if self.resumed:
-            summary["handshakes_resumed"] = self.resumed
         return summary
 
     def to_wire(self) -> dict[str, Any]:
