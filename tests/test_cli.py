@@ -20,9 +20,9 @@ PY = [sys.executable, "-m", "trio_tlsecho"]
 class Server:
     """``serve`` as a subprocess; ``address`` once it has printed ``listening on``."""
 
-    def __init__(self, args: list[str], cwd: Path) -> None:
+    def __init__(self, args: list[str], cwd: Path, program: list[str] = PY) -> None:
         self.proc = subprocess.Popen(
-            [*PY, "serve", *args],
+            [*program, "serve", *args],
             cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -109,6 +109,30 @@ def test_serve_makes_no_pki_where_it_could_be_a_mistake(
                          " over them; pass --cert/--key/--ca, or move them away")  # fmt: skip
     assert (tmp_path / "certs" / "server.pem").read_text() == "mine"
     assert sorted(p.name for p in (tmp_path / "certs").iterdir()) == ["server.key", "server.pem"]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_console_script_finds_a_handler_module_in_the_current_directory(
+    tmp_path: Path, certs: Path, workers: str
+) -> None:
+    script = Path(sys.executable).parent / "trio-tlsecho"
+    assert script.exists(), "the package is installed with its console script"
+    (tmp_path / "local_handler.py").write_text(
+        "async def shout(conn):\n"
+        "    while data := await conn.stream.receive_some(100):\n"
+        "        await conn.stream.send_all(data.upper())\n"
+    )
+    server = Server(["--listen", "127.0.0.1:0", "--handler", "local_handler:shout", "--workers", workers],
+                    cwd=tmp_path, program=[str(script)])  # fmt: skip
+    try:
+        done = subprocess.run(
+            [*PY, "client", "--connect", str(server.address), "--message", "hi"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        code, err = server.stop()
+    assert code == 0, err
+    assert "echo differs from what was sent at byte 0" in done.stderr  # "HI": our handler ran
 
 
 def test_serve_two_listeners_prints_each(tmp_path: Path, certs: Path) -> None:

@@ -323,6 +323,10 @@ def _ensure_dev_certs(directory: Path) -> None:
 def _cmd_serve(args: argparse.Namespace) -> int:
     if not explicit_files(args):
         _ensure_dev_certs(args.certs)
+    if ":" in args.handler and not {"", os.getcwd()} & set(sys.path):
+        # `python -m` looks up a --handler module:attr from the current directory; the
+        # trio-tlsecho script must too (as uvicorn and gunicorn do).  Workers inherit it.
+        sys.path.insert(0, os.getcwd())
     config = ServerConfig(
         tls=tls_files(args, "server"),
         listen=args.listen or (Address(DEFAULT_HOST, DEFAULT_PORT),),
