@@ -47,6 +47,16 @@ def test_sans_dns_and_uri() -> None:
     assert not allow.permits(_identity("x", sans=("URI:alice",)))
 
 
+def test_ip_sans_in_any_spelling() -> None:
+    allow = AllowList(sans=["IP:10.0.0.1", "ip:2001:db8::1"])
+    assert allow.sans == frozenset({"IP:10.0.0.1", "IP:2001:db8::1"})
+    # As getpeercert() writes them: "IP Address", IPv6 uncompressed and upper-case.
+    assert allow.permits(_identity("x", sans=("IP Address:10.0.0.1",)))
+    assert allow.permits(_identity("x", sans=("IP Address:2001:DB8:0:0:0:0:0:1",)))
+    assert not allow.permits(_identity("x", sans=("IP Address:10.0.0.2",)))
+    assert not allow.permits(_identity("x", sans=("DNS:10.0.0.1",)))
+
+
 def test_fingerprint_accepts_colons_and_case() -> None:
     digest = hashlib.sha256(b"cert").hexdigest()
     colons = ":".join(digest[i : i + 2] for i in range(0, 64, 2)).upper()
@@ -77,6 +87,7 @@ def test_any_entry_admits() -> None:
         ({"fingerprints": ["zz" * 32]}, "expected 64 hex digits"),
         ({"sans": ["DNS:"]}, "bad --allow-san"),
         ({"sans": ["a b"]}, "bad --allow-san"),
+        ({"sans": ["IP:10.0.0.300"]}, "'IP:10.0.0.300': not an IP address"),
         ({"common_names": [""]}, "empty or has surrounding spaces"),
     ],
 )

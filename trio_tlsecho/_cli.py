@@ -145,10 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--allow-cn", metavar="NAME", action="append", default=[], help="client subject CN")
     g.add_argument(
         "--allow-san",
-        metavar="DNS:NAME|URI:URI",
+        metavar="DNS:NAME|URI:URI|IP:ADDR",
         action="append",
         default=[],
-        help="client subject alternative name, e.g. URI:spiffe://example.org/app",
+        help="client subject alternative name, e.g. URI:spiffe://example.org/app or IP:10.0.0.7",
     )
     g.add_argument(
         "--allow-fingerprint",

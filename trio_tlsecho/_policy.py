@@ -11,6 +11,7 @@ case-insensitively).
 
 from __future__ import annotations
 
+import ipaddress
 import string
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -25,13 +26,26 @@ if TYPE_CHECKING:
 
 def _normalize_san(value: str) -> str:
     kind, sep, rest = value.partition(":")
-    if sep and kind.upper() in ("DNS", "URI"):
+    if sep and kind.upper() in ("DNS", "URI", "IP"):
         kind, value = kind.upper(), rest
     else:
         kind = "URI" if "://" in value else "DNS"
     if not value or any(c.isspace() for c in value):
-        raise ConfigError(f"bad --allow-san value {value!r}: expected DNS:NAME or URI:URI")
+        raise ConfigError(f"bad --allow-san value {value!r}: expected DNS:NAME, URI:URI or IP:ADDRESS")
+    if kind == "IP":
+        ip = _ip(value)
+        if ip is None:
+            raise ConfigError(f"bad --allow-san value 'IP:{value}': not an IP address")
+        return ip
     return f"{kind}:{value.lower() if kind == 'DNS' else value}"
+
+
+def _ip(text: str) -> str | None:
+    """``IP:`` and the address in one spelling (getpeercert writes IPv6 uncompressed)."""
+    try:
+        return f"IP:{ipaddress.ip_address(text)}"
+    except ValueError:
+        return None
 
 
 def _normalize_fingerprint(value: str) -> str:
@@ -69,7 +83,7 @@ class AllowList:
     """Client identities the server accepts; empty means any certificate our CA signed."""
 
     common_names: frozenset[str] = attrs.field(default=frozenset(), converter=_cns, validator=_check_cns)
-    #: ``"DNS:name"`` or ``"URI:spiffe://trust-domain/path"``.
+    #: ``"DNS:name"``, ``"URI:spiffe://trust-domain/path"`` or ``"IP:10.0.0.1"``.
     sans: frozenset[str] = attrs.field(default=frozenset(), converter=_sans)
     #: SHA-256 of the DER certificate, hex (colons and case are ignored).
     fingerprints: frozenset[str] = attrs.field(default=frozenset(), converter=_fingerprints)
@@ -90,6 +104,11 @@ class AllowList:
 
 
 def _peer_san(san: str) -> str:
-    # PeerIdentity renders SANs the way getpeercert() names them ("DNS:x", "URI:x").
+    # PeerIdentity renders SANs the way getpeercert() names them ("DNS:x", "URI:x",
+    # "IP Address:x").
     kind, _, value = san.partition(":")
-    return f"DNS:{value.lower()}" if kind == "DNS" else san
+    if kind == "DNS":
+        return f"DNS:{value.lower()}"
+    if kind == "IP Address":
+        return _ip(value) or san
+    return san
