@@ -25,7 +25,7 @@ import trio.testing
 
 from trio_tlsecho import ClientConfig, ServerConfig, TLSFiles, client_context, server_context
 from trio_tlsecho._meter import Meter
-from trio_tlsecho._sslsocket import SSLSocketStream, _PublicIO, open_ssl_socket_stream
+from trio_tlsecho._sslsocket import SEND_PIECE, SSLSocketStream, _PublicIO, open_ssl_socket_stream
 from trio_tlsecho._tls import describe_tls_error
 
 from .tools import require_tool
@@ -355,6 +355,25 @@ async def test_a_long_send_counts_its_progress(
                 seen_while_sending.append(counted.sent)
     assert any(0 < sent < total for sent in seen_while_sending)
     assert counted.sent == total
+
+
+async def test_a_blocked_send_shows_progress_before_it_is_done(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> None:
+    # One piece, to a reader slower than the buffers: sent moves only at its end, but
+    # every time the peer takes bytes the idle sweep must see that something moved.
+    c, s = await engine_pair(server_ctx, client_ctx, bufsize=4096)
+    size = SEND_PIECE
+    progress_while_unsent: list[int] = []
+    async with c, s, trio.open_nursery() as nursery:
+        nursery.start_soon(s.send_all, bytes(size))
+        received = 0
+        while received < size:
+            received += len(await c.receive_some(4096))
+            if s.sent == 0:
+                progress_while_unsent.append(s.send_progress)
+    assert max(progress_while_unsent) > 0
+    assert s.sent == size
 
 
 @pytest.mark.parametrize("server", ["engine", "trio"])

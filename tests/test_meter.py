@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import trio
 import trio.testing
 
 from trio_tlsecho import ServerMetrics
 from trio_tlsecho._meter import MIN_PERIOD, Liveness, Meter
+from trio_tlsecho._sslsocket import SEND_PIECE
 
 
 def _meter() -> Meter:
@@ -86,3 +90,61 @@ async def test_meter_counts_what_moves() -> None:
     assert await meter.receive_some(10) == b"abc"
     assert (meter.sent, meter.received) == (5, 3)
     await meter.aclose()
+
+
+class _StallingTransport(trio.abc.Stream):
+    """Takes *pieces* send_all calls, then blocks; records how it was closed."""
+
+    def __init__(self, pieces: int) -> None:
+        self.pieces = pieces
+        self.closed_forcefully: bool | None = None
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.pieces == 0:
+            await trio.sleep_forever()
+        self.pieces -= 1
+        await trio.lowlevel.checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return b""
+
+    async def aclose(self) -> None:
+        self.closed_forcefully = trio.current_effective_deadline() == -math.inf
+        await trio.lowlevel.checkpoint()
+
+
+@pytest.mark.parametrize(("pieces", "broken"), [(0, False), (1, True)])
+async def test_a_send_cut_short_between_pieces_breaks_the_meter(
+    pieces: int, broken: bool, autojump_clock: trio.testing.MockClock
+) -> None:
+    # trio's SSLStream breaks itself only when cancelled inside one of its send_alls;
+    # cut between two, after a piece went out, the peer has half a message: no
+    # close_notify may follow (it would read as a complete reply).
+    transport = _StallingTransport(pieces)
+    meter = Meter(transport)
+    with trio.move_on_after(1) as scope:  # virtual time (autojump)
+        await meter.send_all(bytes(3 * SEND_PIECE))
+    assert scope.cancelled_caught
+    assert meter.broken is broken
+    assert meter.sent == pieces * SEND_PIECE
+    if broken:
+        with pytest.raises(trio.BrokenResourceError):
+            await meter.send_all(b"more")
+    await meter.aclose()
+    assert transport.closed_forcefully is broken
+
+
+async def test_send_progress_alone_keeps_a_connection_alive() -> None:
+    # A slow reader of one long send: the socket engine's sent moves only when a piece
+    # is done, its send_progress whenever the peer took bytes.
+    live = Liveness(ServerMetrics(), idle_timeout=10)
+    meter, scope = _meter(), trio.CancelScope()
+    live.watch(meter, scope, now=0)
+    for second in range(1, 50):
+        meter.send_progress += 1
+        live.sweep(now=second)
+    assert not scope.cancel_called

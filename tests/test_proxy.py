@@ -271,6 +271,24 @@ async def test_proxy_from_refuses_other_balancers(
     assert (await echo_once(address2, client_config, b"ok", proxy_header=header)).received == 2
 
 
+async def test_proxy_from_refuses_a_silent_stranger_at_once(
+    nursery: trio.Nursery,
+    server_config: ServerConfig,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Not a balancer we listen to: refused before any wait, not held to the deadline.
+    [address] = await start_server(
+        nursery, server_config, proxy_protocol=True, proxy_from=["192.0.2.0/24"], handshake_timeout=30
+    )
+    tcp = await trio.open_tcp_stream(address.host, address.port)
+    start = trio.current_time()
+    assert await tcp.receive_some(10) == b""
+    assert trio.current_time() - start < 1
+    await tcp.aclose()
+    assert "refused: PROXY header not accepted from this address (--proxy-from)" in caplog.text
+
+
 def test_proxy_from_validation(pki: Path) -> None:
     from trio_tlsecho import TLSFiles
 

@@ -388,3 +388,21 @@ async def test_reuse_port_skips_an_address_family_the_host_lacks(monkeypatch: py
     monkeypatch.setattr(trio.socket, "socket", lambda *a, **k: no_ipv6(socket.AF_INET6))
     with pytest.raises(OSError, match="not supported"):
         await bind_reuse_port(Address("dual.example", 0), listen=True)
+
+
+async def test_a_handler_that_fails_does_not_end_tls_cleanly(
+    nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    # A crash in mid-reply must not read as a finished conversation: no close_notify.
+    async def crash(conn: Connection) -> None:
+        await conn.stream.send_all(b"partial reply, then ")
+        raise ValueError("handler bug")
+
+    [address] = await start_server(nursery, server_config, handler=crash)
+    stream = await open_client(address, client_config)
+    got = b""
+    with trio.fail_after(10), pytest.raises(trio.BrokenResourceError):
+        while data := await stream.receive_some(100):
+            got += data
+    assert got == b"partial reply, then "
+    await trio.aclose_forcefully(stream)

@@ -133,6 +133,13 @@ async def run_connection(tcp: trio.SocketStream, peer: tuple[str, int], server: 
         # handshake_timeout to become a verified client, however it spends it.
         with trio.move_on_after(config.handshake_timeout) as scope:
             if config.proxy_protocol:
+                if config.proxy_from and not _address_in(peer[0], config.proxy_from):
+                    # Refused at once, before any wait: not a balancer we listen to.
+                    log.warning(
+                        "%s: refused: PROXY header not accepted from this address (--proxy-from)", where
+                    )
+                    metrics.handshakes["proxy_header"] += 1
+                    return
                 if await _closed_silently(tcp, metrics, where):  # a plain TCP check
                     return
                 real = await _read_proxy_header(tcp, peer, where, config)
@@ -160,7 +167,8 @@ async def run_connection(tcp: trio.SocketStream, peer: tuple[str, int], server: 
                     del tcp  # closed and detached: the stream owns the file descriptor
             else:
                 stream = closing = trio.SSLStream(tcp, server.ssl_context, server_side=True)
-                counted = Meter(stream)
+                # Closed through the meter, which knows when a send was cut short.
+                counted = closing = Meter(stream)
             if stream is not None:
                 try:
                     await stream.do_handshake()
@@ -213,8 +221,7 @@ async def run_connection(tcp: trio.SocketStream, peer: tuple[str, int], server: 
             cipher=_cipher_name(stream),
         )
         try:
-            await _run_handler(conn, server, where, counted)
-            handled = True
+            handled = await _run_handler(conn, server, where, counted)
         finally:
             metrics.connection_seconds.observe(trio.current_time() - verified)
     finally:
@@ -222,10 +229,11 @@ async def run_connection(tcp: trio.SocketStream, peer: tuple[str, int], server: 
             if counted is not None:
                 server.liveness.forget(counted)  # before closing: the peer's EOF means "counted"
             if handled:
-                # The handler is done (or the connection idled out): end the TLS session
+                # The handler returned (or the connection idled out): end the TLS session
                 # with close_notify, as TLS asks, so that the client can tell a finished
-                # conversation from a cut connection.  Bounded: a peer that stopped
-                # reading must not hold the slot.  Not when the grace ran out (cancelled).
+                # conversation from a cut one.  Not after a handler error or a lost
+                # connection, nor when the grace ran out (cancelled).  Bounded: a peer
+                # that stopped reading must not hold the slot.
                 with trio.move_on_after(_CLOSE_NOTIFY_TIMEOUT):
                     await closing.aclose()
         finally:
@@ -267,9 +275,6 @@ async def _read_proxy_header(
     tcp: trio.SocketStream, peer: tuple[str, int], where: str, config: ServerConfig
 ) -> tuple[str, int] | None:
     """The client address the balancer reports, or ``None`` (logged) if refused."""
-    if config.proxy_from and not _address_in(peer[0], config.proxy_from):
-        log.warning("%s: refused: PROXY header not accepted from this address (--proxy-from)", where)
-        return None
     try:
         header = await read_header(tcp.socket)
     except ProxyProtocolError as exc:
@@ -293,7 +298,8 @@ def _address_in(host: str, networks: tuple[Network, ...]) -> bool:
 
 async def _run_handler(
     conn: Connection, server: ServerState, where: str, counted: Meter | SSLSocketStream
-) -> None:
+) -> bool:
+    """Run the handler; whether it completed (returned, or idled out) rather than failed."""
     metrics, idle_timeout = server.metrics, server.config.idle_timeout
     metrics.connections_open += 1
     metrics.connections_total += 1
@@ -316,6 +322,7 @@ async def _run_handler(
         if idle_scope.cancelled_caught:
             metrics.idle_closed += 1
             log.info("%s: closed: idle for %gs", where, idle_timeout)
+        return True
     except trio.BrokenResourceError as exc:
         log.info("%s: connection lost: %s", where, describe_tls_error(exc))
     except Exception as exc:
@@ -332,3 +339,4 @@ async def _run_handler(
             raise cancelled from None
     finally:
         metrics.connections_open -= 1
+    return False

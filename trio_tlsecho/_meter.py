@@ -39,14 +39,20 @@ MIN_PERIOD = 0.01
 class Meter(trio.abc.Stream):
     """A stream that counts the bytes moving through it, and nothing more."""
 
-    __slots__ = ("received", "sent", "transport")
+    __slots__ = ("broken", "received", "send_progress", "sent", "transport")
 
     def __init__(self, transport: trio.abc.Stream) -> None:
         self.transport = transport
         self.received = 0
         self.sent = 0
+        self.send_progress = 0  # as the socket engine's; here it moves with ``sent``
+        #: A send stopped between two pieces: the peer has part of a message, and no
+        #: close_notify may follow it (see aclose).
+        self.broken = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.broken:
+            raise trio.BrokenResourceError("a send on this stream was cut short")
         size = data.nbytes if isinstance(data, memoryview) else len(data)
         if size <= SEND_PIECE:
             await self.transport.send_all(data)
@@ -54,11 +60,18 @@ class Meter(trio.abc.Stream):
             return
         # Counted piece by piece, as the socket engine does: a long transfer to a slow
         # reader is not idle.  Every view is released however this ends (see there).
+        # trio's SSLStream breaks itself when cancelled inside a send_all, not between
+        # two of them: cut short between pieces, this stream breaks instead.
         with memoryview(data) as whole, whole.cast("B") as octets:
             for start in range(0, len(octets), SEND_PIECE):
                 with octets[start : start + SEND_PIECE] as piece:
-                    await self.transport.send_all(piece)
+                    try:
+                        await self.transport.send_all(piece)
+                    except BaseException:
+                        self.broken = self.broken or start > 0
+                        raise
                     self.sent += len(piece)
+                    self.send_progress += 1
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()
@@ -69,7 +82,10 @@ class Meter(trio.abc.Stream):
         return data
 
     async def aclose(self) -> None:
-        await self.transport.aclose()
+        if self.broken:  # no close_notify after half a message: it would read as complete
+            await trio.aclose_forcefully(self.transport)
+        else:
+            await self.transport.aclose()
 
 
 class Counted(Protocol):
@@ -77,6 +93,8 @@ class Counted(Protocol):
 
     received: int
     sent: int
+    #: Moves while a long send makes headway, before ``sent`` does.
+    send_progress: int
 
 
 @attrs.define(eq=False)
@@ -85,6 +103,7 @@ class _Watched:
     last_moved: float
     received: int = 0  # what has been added to the metrics so far
     sent: int = 0
+    send_progress: int = 0
 
 
 class Liveness:
@@ -118,7 +137,8 @@ class Liveness:
         """Flush byte counts, and cancel connections idle for ``idle_timeout``."""
         idle = self.idle_timeout if self.idle_timeout is not None else math.inf
         for meter, watched in self._watched.items():
-            if self._flush(meter, watched):
+            if self._flush(meter, watched) or meter.send_progress != watched.send_progress:
+                watched.send_progress = meter.send_progress
                 watched.last_moved = now
             elif watched.scope is not None and now - watched.last_moved >= idle:
                 watched.scope.cancel()

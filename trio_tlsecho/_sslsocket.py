@@ -229,6 +229,7 @@ class SSLSocketStream(trio.abc.Stream):
         "_write_waiting",
         "close_notify_timeout",
         "received",
+        "send_progress",
         "sent",
     )
 
@@ -270,6 +271,10 @@ class SSLSocketStream(trio.abc.Stream):
         #: wire bytes are not seen; these are what a meter can count instead).
         self.received = 0
         self.sent = 0
+        #: Times a blocked send found the socket writable again: the peer took bytes,
+        #: though ``sent`` only moves when a piece is done.  The idle sweep reads it,
+        #: so that a slow reader of a long send is not idle.
+        self.send_progress = 0
 
     # ------------------------------------------------------------------ building
 
@@ -637,6 +642,7 @@ class SSLSocketStream(trio.abc.Stream):
             while True:
                 if want_write:
                     await self._wait_writable()
+                    self.send_progress += 1
                 else:
                     await self._wait_readable()
                 try:
