@@ -31,6 +31,17 @@ def _restore_logger() -> Iterator[None]:
     logger.handlers[:], logger.level, logger.propagate = saved
 
 
+@pytest.fixture
+def refusing_port() -> Iterator[int]:
+    """A loopback port that refuses connections for the whole test: bound, never listening.
+
+    Not a port found free and closed: another process could take that in between.
+    """
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield int(held.getsockname()[1])
+
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA with server.pem, client.pem and alice.pem (each with its .key)."""

@@ -216,12 +216,6 @@ def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
     return lines[0]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -251,7 +245,7 @@ def test_startup_errors(
     tmp_path: Path, certs: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    listen = ["--listen", f"127.0.0.1:{_free_port()}"]
+    listen = ["--listen", "127.0.0.1:0"]
     broken_ca = tmp_path / "broken-ca.pem"
     broken_ca.write_text("not a certificate")
     cases = [
@@ -306,10 +300,14 @@ def test_client_without_certs(
 
 
 def test_client_refused(
-    tmp_path: Path, certs: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    certs: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    refusing_port: int,
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    assert main(["client", "--connect", f"127.0.0.1:{_free_port()}"]) == 1
+    assert main(["client", "--connect", f"127.0.0.1:{refusing_port}"]) == 1
     assert "connection refused (is the server running?)" in _error_line(capsys)
 
 

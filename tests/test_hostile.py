@@ -680,6 +680,8 @@ LEAK_ROUNDS = 10_000
 #: Untraced first: first-use allocations (caches, the SSL session table), and trio's heap
 #: of cancel-scope deadlines reaching its steady size.
 LEAK_UNTRACED = 5_000
+#: The whole leak test, both loops, fails rather than runs on past this (seconds).
+LEAK_DEADLINE = 300
 #: trio keeps up to 1,000 stale deadline entries between prunes (~250 KiB of cancel
 #: scopes), so growth below this is noise.  A leaked per-connection object is bigger than
 #: 1 KiB (a task, a socket, an SSLObject with its BIOs): 5,000 of them would be 5 MiB.
@@ -739,25 +741,27 @@ async def test_many_failed_handshakes_leak_nothing(
     monkeypatch.setattr(logger, "propagate", False)
     logger.addHandler(counter)
     try:
-        async with good_client(address, client_config) as good:
-            await fail_once(0)
-            await fail_once(1)
-            fds = open_fds()
-            for i in range(2, LEAK_UNTRACED):
-                await fail_once(i)
-            await assert_fds_settle(fds)
-            gc.collect()
-            tracemalloc.start()
-            try:
-                before, _ = tracemalloc.get_traced_memory()
-                for i in range(LEAK_UNTRACED, LEAK_ROUNDS):
+        # Bounded as a whole, not only per connection: about 20 s of work here.
+        with trio.fail_after(LEAK_DEADLINE):
+            async with good_client(address, client_config) as good:
+                await fail_once(0)
+                await fail_once(1)
+                fds = open_fds()
+                for i in range(2, LEAK_UNTRACED):
                     await fail_once(i)
+                await assert_fds_settle(fds)
                 gc.collect()
-                after, _ = tracemalloc.get_traced_memory()
-            finally:
-                tracemalloc.stop()
-            await assert_fds_settle(fds)
-            await good.still_served()
+                tracemalloc.start()
+                try:
+                    before, _ = tracemalloc.get_traced_memory()
+                    for i in range(LEAK_UNTRACED, LEAK_ROUNDS):
+                        await fail_once(i)
+                    gc.collect()
+                    after, _ = tracemalloc.get_traced_memory()
+                finally:
+                    tracemalloc.stop()
+                await assert_fds_settle(fds)
+                await good.still_served()
     finally:
         logger.removeHandler(counter)
     grown = after - before

@@ -60,12 +60,7 @@ async def test_counters_are_exact(
     other_pki: Path,
 ) -> None:
     metrics = ServerMetrics()
-    config = ServerConfig(
-        tls=server_config.tls,
-        listen=["127.0.0.1:0"],
-        handler=echo_exactly,
-        allow=AllowList(common_names=["client"]),
-    )
+    config = attrs.evolve(server_config, handler=echo_exactly, allow=AllowList(common_names=["client"]))
     [address] = await nursery.start(
         lambda task_status: serve(config, metrics=metrics, task_status=task_status)
     )

@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -55,6 +58,12 @@ def test_try_it_commands(tmp_path: Path) -> None:
     """`serve` exactly as the first README line starts it, then the README's `client` line."""
     serve = [sys.executable, "-m", "trio_tlsecho", "serve"]
     assert " ".join(serve[1:]) in _blocks("sh")[0]
+    # The README's command takes the default port: say so plainly if something has it.
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", 8443))
+        except OSError as exc:
+            pytest.fail(f"port 8443, which the README's serve uses, is taken ({exc.strerror}): free it")
     proc = subprocess.Popen(serve, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -68,5 +77,10 @@ def test_try_it_commands(tmp_path: Path) -> None:
         assert "verdict:               OK" in client.stdout
     finally:
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=15)
+        try:
+            _, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # never left holding 8443 for the next run
+            _, err = proc.communicate()
+            raise
     assert proc.returncode == 0, err

