@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import logging
@@ -406,3 +407,27 @@ async def test_a_handler_that_fails_does_not_end_tls_cleanly(
             got += data
     assert got == b"partial reply, then "
     await trio.aclose_forcefully(stream)
+
+
+async def test_a_handler_group_logs_its_errors_and_lets_the_rest_go_on(
+    server_config: ServerConfig, client_config: ClientConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A handler's nursery fails with an error and a SystemExit together: the error is
+    # the handler's (one log line), the SystemExit is not ours to swallow.
+    async def fail(exc: BaseException) -> None:
+        raise exc  # at its first step, before any checkpoint: both children raise
+
+    async def two_children(conn: Connection) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fail, ValueError("child bug"))
+            nursery.start_soon(fail, SystemExit(3))
+
+    with trio.fail_after(30), pytest.raises(BaseExceptionGroup) as info:
+        async with trio.open_nursery() as nursery:
+            [address] = await start_server(nursery, server_config, handler=two_children)
+            with contextlib.suppress(ClientError):
+                await echo_once(address, client_config, b"x")
+            await trio.sleep_forever()  # until the SystemExit ends the server, and this
+    assert info.group_contains(SystemExit, depth=None)
+    assert not info.group_contains(ValueError, depth=None)
+    assert "handler error: ValueError: child bug" in caplog.text

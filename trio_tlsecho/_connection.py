@@ -20,6 +20,7 @@ import ipaddress
 import logging
 import socket
 import ssl
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -329,14 +330,24 @@ async def _run_handler(
         metrics.handler_errors += 1
         log.error("%s: handler error: %s: %s", where, type(exc).__name__, exc)
     except BaseExceptionGroup as group:
-        # A handler's own nursery, cancelled (grace over) while a child failed: log the
-        # failure, let only the cancellation go on.
-        cancelled, rest = group.split(trio.Cancelled)
-        if rest is not None:
+        # A handler's own nursery, e.g. cancelled (grace over) while a child failed: log
+        # the failures, let the rest (the cancellation, a KeyboardInterrupt) go on.
+        errors, rest = group.split(Exception)
+        if errors is not None:
             metrics.handler_errors += 1
-            log.error("%s: handler error: %s", where, rest)
-        if cancelled is not None:
-            raise cancelled from None
+            described = "; ".join(f"{type(e).__name__}: {e}" for e in _leaves(errors))
+            log.error("%s: handler error: %s", where, described)
+        if rest is not None:
+            raise rest from None
     finally:
         metrics.connections_open -= 1
     return False
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    """The exceptions in *group* and its nested groups: what a log line should name."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
