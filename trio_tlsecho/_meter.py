@@ -39,13 +39,15 @@ MIN_PERIOD = 0.01
 class Meter(trio.abc.Stream):
     """A stream that counts the bytes moving through it, and nothing more."""
 
-    __slots__ = ("broken", "received", "send_progress", "sent", "transport")
+    __slots__ = ("broken", "received", "sent", "transport")
+
+    #: Always 0: ``sent`` moves with every piece already, and the sweep reads both.
+    send_progress = 0
 
     def __init__(self, transport: trio.abc.Stream) -> None:
         self.transport = transport
         self.received = 0
         self.sent = 0
-        self.send_progress = 0  # as the socket engine's; here it moves with ``sent``
         #: A send stopped between two pieces: the peer has part of a message, and no
         #: close_notify may follow it (see aclose).
         self.broken = False
@@ -68,10 +70,9 @@ class Meter(trio.abc.Stream):
                     try:
                         await self.transport.send_all(piece)
                     except BaseException:
-                        self.broken = self.broken or start > 0
+                        self.broken = start > 0  # False at entry (checked above)
                         raise
                     self.sent += len(piece)
-                    self.send_progress += 1
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport.wait_send_all_might_not_block()
