@@ -60,6 +60,8 @@ def test_try_it_commands(tmp_path: Path) -> None:
     assert " ".join(serve[1:]) in _blocks("sh")[0]
     # The README's command takes the default port: say so plainly if something has it.
     with socket.socket() as probe:
+        # As the server binds (trio sets it): a TIME_WAIT left by an earlier run is no owner.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", 8443))
         except OSError as exc:
