@@ -28,7 +28,7 @@ from typing import Any
 import trio
 
 from trio_tlsecho import ClientConfig, ServerConfig, TLSFiles, client_context, make_dev_pki, server_context
-from trio_tlsecho._sslsocket import SSLSocketStream
+from trio_tlsecho._engines import SSLSocketStream
 
 Stream = Any  # trio.SSLStream or SSLSocketStream: the same duck type
 Wrap = Callable[[trio.SocketStream, ssl.SSLContext, bool], Stream]

@@ -60,8 +60,8 @@ from typing import Any
 import trio
 
 from trio_tlsecho import Address, ClientConfig, LoadConfig, TLSFiles, make_dev_pki, open_client, run_load
-from trio_tlsecho._loadconfig import Progress
-from trio_tlsecho._stats import Histogram, LoadReport, merge
+from trio_tlsecho._load._config import Progress
+from trio_tlsecho._load._stats import Histogram, LoadReport, merge
 from trio_tlsecho._tls import client_context
 
 HERE = Path(__file__).resolve().parent

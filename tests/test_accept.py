@@ -8,7 +8,7 @@ from typing import Any, cast
 import pytest
 import trio
 
-from trio_tlsecho._accept import accept
+from trio_tlsecho._net import accept
 
 
 class _Socket:

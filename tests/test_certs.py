@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from trio_tlsecho import CertificateError, ConfigError, make_dev_pki
-from trio_tlsecho._certs import CA_DAYS, DEFAULT_SERVER_NAMES, has_certificates, revoke
 from trio_tlsecho._cli import main
+from trio_tlsecho._tls import CA_DAYS, DEFAULT_SERVER_NAMES, has_certificates, revoke
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 

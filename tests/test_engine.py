@@ -24,8 +24,8 @@ import trio
 import trio.testing
 
 from trio_tlsecho import ClientConfig, ServerConfig, TLSFiles, client_context, server_context
-from trio_tlsecho._meter import Meter
-from trio_tlsecho._sslsocket import SEND_PIECE, SSLSocketStream, _PublicIO, open_ssl_socket_stream
+from trio_tlsecho._engines import SEND_PIECE, Meter, SSLSocketStream, open_ssl_socket_stream
+from trio_tlsecho._engines._socket import _PublicIO
 from trio_tlsecho._tls import describe_tls_error
 
 from .tools import require_tool

@@ -25,16 +25,23 @@ from trio_tlsecho import (
     Connection,
     ServerConfig,
     TLSFiles,
-    _loadclient,
-    _loadworkers,
     echo,
 )
-from trio_tlsecho._cli_loadgen import add_loadgen_parser, config_from_args, describe, verdict
-from trio_tlsecho._loadclient import _IO, _Connection, _Target
-from trio_tlsecho._loadconfig import LoadConfig, OpenLoopSchedule, Progress, SizeRange, classify_error, split
-from trio_tlsecho._loadgen import run_load
-from trio_tlsecho._loadworkers import _config_from_wire, _config_to_wire, worker_main
-from trio_tlsecho._stats import ERROR_KINDS, ErrorKind, LoadReport
+from trio_tlsecho._cli._loadgen import add_loadgen_parser, config_from_args, describe, verdict
+from trio_tlsecho._load import _client as _loadclient
+from trio_tlsecho._load import _workers as _loadworkers
+from trio_tlsecho._load import run_load
+from trio_tlsecho._load._client import _IO, _Connection, _Target
+from trio_tlsecho._load._config import (
+    LoadConfig,
+    OpenLoopSchedule,
+    Progress,
+    SizeRange,
+    classify_error,
+    split,
+)
+from trio_tlsecho._load._stats import ERROR_KINDS, ErrorKind, LoadReport
+from trio_tlsecho._load._workers import _config_from_wire, _config_to_wire, worker_main
 
 from .conftest import start_server
 

@@ -9,8 +9,8 @@ import trio
 import trio.testing
 
 from trio_tlsecho import ServerMetrics
-from trio_tlsecho._meter import MIN_PERIOD, Liveness, Meter
-from trio_tlsecho._sslsocket import SEND_PIECE
+from trio_tlsecho._engines import SEND_PIECE, Meter
+from trio_tlsecho._server._liveness import MIN_PERIOD, Liveness
 
 
 def _meter() -> Meter:

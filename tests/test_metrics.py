@@ -29,7 +29,7 @@ from trio_tlsecho import (
     serve,
     serve_metrics,
 )
-from trio_tlsecho._metrics import HANDSHAKE_RESULTS, Histogram
+from trio_tlsecho._server import HANDSHAKE_RESULTS, Histogram
 
 
 async def echo_exactly(conn: Connection) -> None:

@@ -11,8 +11,7 @@ import pytest
 import trio
 
 from trio_tlsecho import ClientConfig, ClientError, ConfigError, ServerConfig, TLSFiles, echo_once
-from trio_tlsecho._policy import AllowList
-from trio_tlsecho._tls import PeerIdentity
+from trio_tlsecho._tls import AllowList, PeerIdentity
 
 from .conftest import issue_with_uri, start_server
 

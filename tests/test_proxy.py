@@ -23,15 +23,15 @@ from trio_tlsecho import (
     open_client,
     serve,
 )
-from trio_tlsecho._proxy import (
+from trio_tlsecho._net._proxy import (
     MAX_V2_LENGTH,
     V2_SIGNATURE,
     ProxyHeader,
     ProxyProtocolError,
     encode_v1,
     encode_v2,
-    parse,
-    read_header,
+    parse_proxy_header,
+    read_proxy_header,
 )
 
 from .conftest import start_server
@@ -54,25 +54,28 @@ V1_CASES = [
 
 @pytest.mark.parametrize(("raw", "expected"), V1_CASES)
 def test_v1(raw: bytes, expected: ProxyHeader) -> None:
-    assert parse(raw + TLS_START) == (expected, len(raw))
+    assert parse_proxy_header(raw + TLS_START) == (expected, len(raw))
 
 
 def test_v2_roundtrip_ipv4_and_ipv6() -> None:
     for src, dst in [(("192.0.2.1", 5000), ("127.0.0.1", 443)), (("2001:db8::7", 1), ("::1", 2))]:
         raw = encode_v2(src, dst)
-        assert parse(raw + TLS_START) == (ProxyHeader(2, src, dst), len(raw))
+        assert parse_proxy_header(raw + TLS_START) == (ProxyHeader(2, src, dst), len(raw))
         raw1 = encode_v1(src, dst)
-        assert parse(raw1) == (ProxyHeader(1, src, dst), len(raw1))
+        assert parse_proxy_header(raw1) == (ProxyHeader(1, src, dst), len(raw1))
 
 
 def test_v2_local_and_unspec_and_tlvs() -> None:
     local = V2_SIGNATURE + struct.pack("!BBH", 0x20, 0x00, 0)
-    assert parse(local) == (ProxyHeader(2, None, None), 16)
+    assert parse_proxy_header(local) == (ProxyHeader(2, None, None), 16)
     # TLVs after the addresses (HAProxy's SSL/unique-id extensions) are skipped whole.
     tlv = b"\x05\x00\x04abcd"
     body = bytes([192, 0, 2, 1, 127, 0, 0, 1]) + struct.pack("!HH", 1234, 443) + tlv
     raw = V2_SIGNATURE + struct.pack("!BBH", 0x21, 0x11, len(body)) + body
-    assert parse(raw + TLS_START) == (ProxyHeader(2, ("192.0.2.1", 1234), ("127.0.0.1", 443)), len(raw))
+    assert parse_proxy_header(raw + TLS_START) == (
+        ProxyHeader(2, ("192.0.2.1", 1234), ("127.0.0.1", 443)),
+        len(raw),
+    )
 
 
 @pytest.mark.parametrize(
@@ -81,7 +84,7 @@ def test_v2_local_and_unspec_and_tlvs() -> None:
 )
 def test_every_prefix_is_incomplete(raw: bytes) -> None:
     for cut in range(len(raw)):
-        assert parse(raw[:cut]) is None, cut
+        assert parse_proxy_header(raw[:cut]) is None, cut
 
 
 @pytest.mark.parametrize(
@@ -110,7 +113,7 @@ def test_every_prefix_is_incomplete(raw: bytes) -> None:
 )
 def test_malformed(raw: bytes, message: str) -> None:
     with pytest.raises(ProxyProtocolError, match=message):
-        parse(raw)
+        parse_proxy_header(raw)
 
 
 @pytest.mark.parametrize(
@@ -128,7 +131,7 @@ async def test_reader_consumes_exactly_the_header_however_it_arrives(header: byt
         with a, b:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(sender, a, split)
-                parsed = await read_header(b)
+                parsed = await read_proxy_header(b)
             assert parsed.source == ("192.0.2.9", 4321)
             assert await b.recv(100) == TLS_START  # not one byte of what follows was eaten
 
@@ -139,7 +142,7 @@ async def test_reader_eof_mid_header() -> None:
         await a.send(b"PROXY TCP4 1.2")
         a.shutdown(trio.socket.SHUT_WR)
         with pytest.raises(ProxyProtocolError, match=r"closed before a complete PROXY header \(14 bytes\)"):
-            await read_header(b)
+            await read_proxy_header(b)
 
 
 # -- the server ---------------------------------------------------------------------

@@ -19,7 +19,7 @@ from trio_tlsecho import (
     open_client,
     resolve_handler,
 )
-from trio_tlsecho._registry import ENTRY_POINT_GROUP
+from trio_tlsecho._handlers import ENTRY_POINT_GROUP
 
 from .conftest import start_server
 
@@ -104,9 +104,9 @@ def test_unknown_name_lists_known_ones() -> None:
         ("no_such_module_xyz:h", "cannot import handler module 'no_such_module_xyz'"),
         (".relative:h", "cannot import handler module '.relative': TypeError: "),
         ("failing_plugin:handler", r"failing_plugin': ZeroDivisionError: division by zero \(at "),
-        ("trio_tlsecho._handlers:nothing", "has no attribute 'nothing'"),
+        ("trio_tlsecho._handlers._builtin:nothing", "has no attribute 'nothing'"),
         (":echo", "expected module:attr"),
-        ("trio_tlsecho._handlers:RECEIVE_SIZE", "is not callable"),
+        ("trio_tlsecho._handlers._api:RECEIVE_SIZE", "is not callable"),
         ("shout_plugin:not_async", "must be an async function"),
     ],
 )

@@ -25,13 +25,13 @@ from trio_tlsecho import (
     ServerConfig,
     ServerMetrics,
     TLSFiles,
-    _server,
     echo_once,
     make_dev_pki,
     open_client,
     serve,
 )
-from trio_tlsecho._certs import revoke
+from trio_tlsecho._server import _serve as _server
+from trio_tlsecho._tls import revoke
 
 from .test_tls import encrypt_key
 
@@ -273,7 +273,7 @@ def test_sighup_reloads_and_revokes_via_cli(certs: Path, tmp_path: Path) -> None
 
 async def test_reload_ends_outstanding_session_tickets(nursery: trio.Nursery, certs: Path) -> None:
     from trio_tlsecho import LoadConfig, client_context
-    from trio_tlsecho._loadclient import _Connection, _Target
+    from trio_tlsecho._load._client import _Connection, _Target
 
     address, reloads = await start_reloadable(nursery, certs, session_tickets=True)
     client = ClientConfig(tls=TLSFiles.from_dir(certs, "client"))

@@ -28,7 +28,7 @@ from trio_tlsecho import (
     open_client,
     serve,
 )
-from trio_tlsecho._server import bind_reuse_port
+from trio_tlsecho._net import bind_reuse_port
 from trio_tlsecho._tls import IdentityCache
 
 from .conftest import ipv6_loopback_available, issue_client, start_server

@@ -7,7 +7,7 @@ import random
 import attrs
 import pytest
 
-from trio_tlsecho._stats import (
+from trio_tlsecho._load._stats import (
     ERROR_KINDS,
     HIGHEST_US,
     ErrorKind,
@@ -184,7 +184,7 @@ def test_format_progress() -> None:
 
 
 def test_every_counter_survives_the_wire_and_adds_up_in_a_merge() -> None:
-    from trio_tlsecho._stats import COUNTERS
+    from trio_tlsecho._load._stats import COUNTERS
 
     rec = Recorder()
     for i, name in enumerate(COUNTERS, start=1):

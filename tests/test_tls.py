@@ -15,10 +15,10 @@ from trio_tlsecho import (
     ClientConfig,
     ServerConfig,
     TLSFiles,
-    _tls,
     client_context,
     server_context,
 )
+from trio_tlsecho._tls import _context as _tls
 from trio_tlsecho._tls import describe_tls_error
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from trio_tlsecho import Address, ClientConfig, ServerConfig, TLSFiles, _workers, echo_once, open_client
-from trio_tlsecho._server import bind_reuse_port, open_reuse_port_listeners
+from trio_tlsecho import Address, ClientConfig, ServerConfig, TLSFiles, echo_once, open_client
+from trio_tlsecho._net import bind_reuse_port, open_reuse_port_listeners
+from trio_tlsecho._process import _workers
 
 from .tools import Lines
 
@@ -166,7 +167,7 @@ def test_worker_startup_errors_are_one_line(certs: Path, pki: Path) -> None:
 
 def test_workers_need_a_named_handler(pki: Path) -> None:
     from trio_tlsecho._exceptions import TLSEchoError
-    from trio_tlsecho._workers import supervise
+    from trio_tlsecho._process import supervise
 
     async def inline(conn: object) -> None:
         raise AssertionError("never called")

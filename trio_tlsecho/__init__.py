@@ -3,17 +3,11 @@
 The public API is what this module exports; everything in ``_modules`` is private.
 """
 
-__version__ = "0.1.0"
-
-from ._certs import IssuedFiles as IssuedFiles
-from ._certs import make_dev_pki as make_dev_pki
 from ._client import EchoResult as EchoResult
 from ._client import echo_once as echo_once
 from ._client import open_client as open_client
-from ._config import Address as Address
 from ._config import ClientConfig as ClientConfig
 from ._config import ServerConfig as ServerConfig
-from ._config import TLSFiles as TLSFiles
 from ._exceptions import CertificateError as CertificateError
 from ._exceptions import ClientError as ClientError
 from ._exceptions import ConfigError as ConfigError
@@ -25,23 +19,28 @@ from ._handlers import Connection as Connection
 from ._handlers import Handler as Handler
 from ._handlers import discard as discard
 from ._handlers import echo as echo
-from ._loadconfig import LoadConfig as LoadConfig
-from ._loadconfig import SizeRange as SizeRange
-from ._loadgen import run_load as run_load
-from ._metrics import ServerMetrics as ServerMetrics
-from ._metrics import serve_metrics as serve_metrics
-from ._policy import AllowList as AllowList
-from ._proxy import ProxyHeader as ProxyHeader
-from ._proxy import ProxyProtocolError as ProxyProtocolError
-from ._proxy import encode_v1 as encode_proxy_v1
-from ._proxy import encode_v2 as encode_proxy_v2
-from ._registry import handler_names as handler_names
-from ._registry import resolve_handler as resolve_handler
+from ._handlers import handler_names as handler_names
+from ._handlers import resolve_handler as resolve_handler
+from ._load import LoadConfig as LoadConfig
+from ._load import LoadReport as LoadReport
+from ._load import SizeRange as SizeRange
+from ._load import run_load as run_load
+from ._net import Address as Address
+from ._net import ProxyHeader as ProxyHeader
+from ._net import ProxyProtocolError as ProxyProtocolError
+from ._net import encode_v1 as encode_proxy_v1
+from ._net import encode_v2 as encode_proxy_v2
+from ._server import ServerMetrics as ServerMetrics
 from ._server import serve as serve
-from ._stats import LoadReport as LoadReport
+from ._server import serve_metrics as serve_metrics
+from ._tls import AllowList as AllowList
+from ._tls import IssuedFiles as IssuedFiles
 from ._tls import PeerIdentity as PeerIdentity
+from ._tls import TLSFiles as TLSFiles
 from ._tls import client_context as client_context
+from ._tls import make_dev_pki as make_dev_pki
 from ._tls import server_context as server_context
+from ._version import __version__ as __version__
 
 __all__ = [
     "Address",
@@ -83,3 +82,12 @@ __all__ = [
     "serve_metrics",
     "server_context",
 ]
+
+
+# As trio does: the public names say they live here (in reprs, docs and pickles),
+# not in the private module that defines them.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith(__name__ + "._"):
+        _obj.__module__ = __name__
+del _name, _obj

@@ -53,3 +53,23 @@ def user_error(exc: BaseException) -> TLSEchoError | None:
                 leaf = leaf.exceptions[0]
             return leaf if isinstance(leaf, TLSEchoError) else None
     return None
+
+
+def causes(exc: BaseException, *, limit: int = 64) -> list[BaseException]:
+    """*exc*, then what caused it: ``__cause__``/``__context__`` chains and group members, in order.
+
+    The one walk over exception chains: trio wraps an ``ssl.SSLError`` in
+    ``BrokenResourceError``, nurseries wrap errors in groups, and what a log line or a
+    metric label needs is usually some levels down.  Each exception once; bounded.
+    """
+    found: list[BaseException] = []
+    todo = [exc]
+    while todo and len(found) < limit:
+        cur = todo.pop(0)
+        if any(cur is seen for seen in found):
+            continue
+        found.append(cur)
+        if isinstance(cur, BaseExceptionGroup):
+            todo.extend(cur.exceptions)
+        todo.extend(e for e in (cur.__cause__, cur.__context__) if e is not None)
+    return found

@@ -1,0 +1,263 @@
+"""The ``loadgen`` subcommand: flags -> :class:`LoadConfig` -> :func:`run_load` -> a table.
+
+Kept apart from :mod:`._cli` because it is the one command with a dozen flags of
+its own; it reuses ``_cli``'s certificate flags and argument types, imported when
+the parser is built (``_cli`` imports this module, so not at the top).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .._config import ClientConfig
+from .._exceptions import ConfigError
+from .._load import (
+    DEFAULT_DURATION,
+    LoadConfig,
+    LoadReport,
+    Progress,
+    SizeRange,
+    format_progress,
+    format_report,
+    run_load,
+)
+from .._net import DEFAULT_HOST, DEFAULT_PORT, Address
+from ._common import PROG, add_tls_flags, address, positive_int, require_files, seconds, tls_files
+
+if TYPE_CHECKING:
+    from ._common import Parser
+
+    SubParsers = argparse._SubParsersAction[Parser]
+
+DEFAULT_CLIENTS = 64
+DEFAULT_SIZES = "1-100"
+
+
+def _sizes(text: str) -> SizeRange:
+    try:
+        return SizeRange.parse(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of round trips per second") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of round trips per second")
+    return value
+
+
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number of seconds >= 0")
+    return value
+
+
+def add_loadgen_parser(subparsers: SubParsers) -> None:
+    """Add ``loadgen`` to the ``trio-tlsecho`` subcommands."""
+    p = subparsers.add_parser(
+        "loadgen",
+        help="load an mTLS echo server with many verified clients; report rate and latency",
+        description="Run many mutual-TLS echo clients against a server and report round trips/s,"
+        " MB/s and latency percentiles (HdrHistogram, coordinated-omission corrected with --rate).",
+    )
+    p.add_argument(
+        "--connect",
+        metavar="HOST:PORT",
+        type=address,
+        default=Address(DEFAULT_HOST, DEFAULT_PORT),
+        help=f"server address (default: {DEFAULT_HOST}:{DEFAULT_PORT})",
+    )
+    p.add_argument(
+        "--clients",
+        metavar="N",
+        type=positive_int,
+        default=DEFAULT_CLIENTS,
+        help=f"concurrent clients (default: {DEFAULT_CLIENTS})",
+    )
+    until = p.add_mutually_exclusive_group()
+    until.add_argument(
+        "--duration",
+        metavar="SECONDS",
+        type=seconds,
+        help=f"measure for this long (default: {DEFAULT_DURATION:g})",
+    )
+    until.add_argument(
+        "--requests", metavar="N", type=positive_int, help="measure this many exchanges in total"
+    )
+    p.add_argument(
+        "--size",
+        metavar="BYTES",
+        type=_sizes,
+        default=SizeRange.parse(DEFAULT_SIZES),
+        help=f"message size: LOW-HIGH (uniform) or fixed, e.g. 65536 or 256k (default: {DEFAULT_SIZES})",
+    )
+    p.add_argument(
+        "--rate",
+        metavar="R",
+        type=_rate,
+        help="open loop: R round trips/s in total, latency from the intended send time"
+        " (default: closed loop, full speed)",
+    )
+    p.add_argument(
+        "--new-connection-per-request",
+        action="store_true",
+        help="connect, handshake, echo once and close for every exchange (handshakes/s)",
+    )
+    p.add_argument(
+        "--warmup",
+        metavar="SECONDS",
+        type=_non_negative_seconds,
+        default=0.0,
+        help="run this long before measuring (default: 0)",
+    )
+    p.add_argument(
+        "--ramp",
+        metavar="SECONDS",
+        type=_non_negative_seconds,
+        default=0.0,
+        help="start the clients evenly over this time instead of together (default: 0)",
+    )
+    p.add_argument(
+        "--workers",
+        metavar="N",
+        type=positive_int,
+        default=1,
+        help="processes to share the clients, each with its own event loop (default: 1)",
+    )
+    p.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=seconds,
+        default=10.0,
+        help="for one exchange, connecting included (default: 10)",
+    )
+    p.add_argument("--json", metavar="FILE", type=Path, help="also write the summary as JSON to FILE")
+    p.add_argument(
+        "--server-name", metavar="NAME", help="name to verify in the server certificate (default: the host)"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="resume the previous TLS session on each reconnect (serve --session-tickets)",
+    )
+    p.add_argument(
+        "--proxy-protocol",
+        choices=["v1", "v2"],
+        help="send a PROXY protocol header before each handshake (for serve --proxy-protocol)",
+    )
+    add_tls_flags(p, "client")
+    p.set_defaults(func=_cmd_loadgen)
+
+
+def config_from_args(args: argparse.Namespace) -> LoadConfig:
+    """The :class:`LoadConfig` the parsed flags describe (``ConfigError`` if they do not fit)."""
+    client = ClientConfig(tls=tls_files(args, "client"), server_hostname=args.server_name)
+    require_files(client.tls, args)
+    if args.json is not None and not args.json.parent.is_dir():
+        raise ConfigError(f"cannot write --json {args.json}: no directory {args.json.parent}")
+    # The two flags exclude each other; with neither, the run lasts the default duration.
+    duration = args.duration
+    if duration is None and args.requests is None:
+        duration = DEFAULT_DURATION
+    return LoadConfig(
+        address=args.connect,
+        requests=args.requests,
+        duration=duration,
+        client=client,
+        clients=args.clients,
+        sizes=args.size,
+        rate=args.rate,
+        new_connection_per_request=args.new_connection_per_request,
+        warmup=args.warmup,
+        ramp=args.ramp,
+        workers=args.workers,
+        timeout=args.timeout,
+        proxy_protocol=int(args.proxy_protocol[1]) if args.proxy_protocol else None,
+        resume=args.resume,
+    )
+
+
+def describe(config: LoadConfig) -> str:
+    """One line saying what was run."""
+    loop = f"open loop at {config.rate:g} round trips/s" if config.rate else "closed loop"
+    what = "new connection per request" if config.new_connection_per_request else "persistent connections"
+    until = f"{config.requests:,} requests" if config.requests is not None else f"{config.duration:g}s"
+    workers = f", {config.workers} workers" if config.workers > 1 else ""
+    return (
+        f"loadgen {config.address}: {config.clients} clients, {config.sizes} bytes, {loop},"
+        f" {what}, {until}{workers}"
+    )
+
+
+class _ProgressLine:
+    """Rewrites one terminal line in place."""
+
+    def __init__(self) -> None:
+        self.width = 0
+
+    def __call__(self, progress: Progress) -> None:
+        line = format_progress(
+            elapsed=progress.elapsed,
+            round_trips=progress.round_trips,
+            errors=progress.errors,
+            mismatches=progress.mismatches,
+        )
+        sys.stdout.write("\r" + line.ljust(self.width))
+        sys.stdout.flush()
+        self.width = len(line)
+
+    def finish(self) -> None:
+        if self.width:
+            sys.stdout.write("\r" + " " * self.width + "\r")
+            sys.stdout.flush()
+
+
+def _cmd_loadgen(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    line = _ProgressLine() if sys.stdout.isatty() else None
+    try:
+        report = trio.run(partial(run_load, config, progress=line))
+    finally:
+        if line is not None:
+            line.finish()
+    print(format_report(report, title=describe(config)), flush=True)
+    if args.json is not None:
+        _write_json(args.json, report.to_json())
+    problem = verdict(report)
+    if problem:
+        print(f"{PROG}: error: {problem}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def verdict(report: LoadReport) -> str | None:
+    """Why the run failed (mismatched echoes, nothing succeeded), or ``None``."""
+    if report.mismatches:
+        plural = "es" if report.mismatches != 1 else ""
+        return f"{report.mismatches:,} echo{plural} differed from what was sent"
+    if not report.round_trips:
+        kinds = ", ".join(f"{kind} {n:,}" for kind, n in report.errors.items() if n)
+        return f"no round trip succeeded ({kinds or 'no errors either: nothing was measured'})"
+    return None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    try:
+        path.write_text(json.dumps(data, indent=2) + "\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot write --json {path}: {exc.strerror or exc}") from None

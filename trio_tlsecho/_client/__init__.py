@@ -1,0 +1,8 @@
+"""The one-shot client: open a verified mutual-TLS stream, and check one echo.
+
+May import: ``_exceptions``, ``_net``, ``_tls``, ``_handlers``, ``_config``.
+"""
+
+from ._echo import EchoResult as EchoResult
+from ._echo import echo_once as echo_once
+from ._echo import open_client as open_client

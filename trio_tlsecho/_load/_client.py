@@ -1,0 +1,572 @@
+"""One process's share of a load run: the client tasks and their transport.
+
+See :mod:`._run` for the theory of operation (phases, closed and open loop,
+what is counted).
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import random
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from .._exceptions import ClientError
+from .._net import Address, encode_v1, encode_v2
+from ._config import (
+    PROGRESS_INTERVAL,
+    LoadConfig,
+    OpenLoopSchedule,
+    Progress,
+    ProgressCallback,
+    _causes,
+    classify_error,
+)
+from ._stats import ErrorKind, LoadReport, Recorder
+
+#: Echoes up to this size are sent, then read.  Larger ones are sent and read at once:
+#: a 256 KiB echo can fill both directions' socket buffers and deadlock a client that
+#: is still writing while the server waits to write back.
+_SEQUENTIAL_MAX = 65536
+#: Bounds a clean close (close_notify) of a connection we are done with.
+_CLOSE_TIMEOUT = 1.0
+
+_now = trio.current_time
+#: What ends one exchange (and its connection) and is counted as an error by kind
+#: (``ssl.SSLError`` and ``ConnectionError`` are ``OSError``s).
+_FAILURES = (OSError, trio.TooSlowError)
+
+
+# -- the transport -------------------------------------------------------------------
+
+
+class _Connection:
+    """One client connection: a non-blocking ``ssl.SSLSocket`` driven by trio's I/O waits.
+
+    Why not ``trio.SSLStream`` (``open_client``)?  A load generator must not be the
+    bottleneck, and on this project's 2-core machine one worker using ``SSLStream``
+    spent ~52 µs of CPU per small round trip and saturated its core at ~20,000 round
+    trips/s; driving OpenSSL's socket directly costs ~27 µs (benchmarks/README.md).
+    The TLS policy is still the one :func:`client_context` builds.
+
+    One task may send while another receives (large echoes); each call is atomic with
+    respect to the event loop, and partial writes are retried with the same bytes.
+    """
+
+    __slots__ = ("_sock", "waits")
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self._sock = sock
+        #: How often a call had to wait for the socket (so callers know they yielded).
+        self.waits = 0
+
+    @classmethod
+    async def open(
+        cls, target: _Target, ctx: ssl.SSLContext, session: ssl.SSLSession | None = None
+    ) -> _Connection:
+        raw = socket.socket(target.family, socket.SOCK_STREAM)
+        try:
+            await _connect(raw, target)
+            if target.proxy_protocol is not None:
+                _send_proxy_header(raw, target.proxy_protocol)
+            sock = ctx.wrap_socket(
+                raw, server_hostname=target.server_hostname, do_handshake_on_connect=False, session=session
+            )
+        except BaseException:
+            raw.close()
+            raise
+        try:
+            while True:
+                try:
+                    sock.do_handshake()
+                    return cls(sock)
+                except ssl.SSLWantReadError:
+                    await trio.lowlevel.wait_readable(sock)
+                except ssl.SSLWantWriteError:
+                    await trio.lowlevel.wait_writable(sock)
+        except BaseException:
+            sock.close()
+            raise
+
+    async def send_all(self, data: memoryview) -> None:
+        sock, sent, n = self._sock, 0, len(data)
+        while sent < n:
+            try:
+                sent += sock.send(data[sent:])
+            except ssl.SSLWantWriteError:
+                self.waits += 1
+                await trio.lowlevel.wait_writable(sock)
+            except ssl.SSLWantReadError:
+                self.waits += 1
+                await trio.lowlevel.wait_readable(sock)
+
+    async def receive_reply_into(self, buffer: memoryview) -> int:
+        """:meth:`receive_into` for a reply just asked for: waits for the socket first.
+
+        Reading at once could only say EAGAIN, a failed recv and an exception on every
+        exchange (unless OpenSSL already holds plaintext, which is asked first).  Waiting
+        first: +21 % round trips/s per loadgen worker (benchmarks/README.md).
+        """
+        if not self._sock.pending():
+            self.waits += 1
+            await trio.lowlevel.wait_readable(self._sock)
+        return await self.receive_into(buffer)
+
+    async def receive_into(self, buffer: memoryview) -> int:
+        """Read at least one byte into *buffer*; 0 means the server closed the connection."""
+        sock = self._sock
+        while True:
+            try:
+                return sock.recv_into(buffer)
+            except ssl.SSLWantReadError:
+                self.waits += 1
+                await trio.lowlevel.wait_readable(sock)
+            except ssl.SSLWantWriteError:
+                self.waits += 1
+                await trio.lowlevel.wait_writable(sock)
+
+    def pending(self) -> int:
+        """Plaintext bytes OpenSSL already decrypted and holds (one C call, no syscall)."""
+        return self._sock.pending()
+
+    def anything_more(self, buffer: memoryview) -> bool:
+        """Whether the server sent something that has arrived but was not read.
+
+        One non-blocking read (into *buffer*, which it may overwrite): a syscall, so
+        only worth it before closing, when nothing later could find those bytes.
+        Plaintext only; a TLS 1.3 session ticket is taken in and is not "more".
+        """
+        try:
+            return self._sock.recv_into(buffer, 1) > 0
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return False
+        except OSError:
+            # The echo is complete and verified; how the server treats a connection
+            # we are about to close is no part of this exchange's outcome.
+            return False
+
+    @property
+    def session(self) -> ssl.SSLSession | None:
+        """The TLS session to resume later (with TLS 1.3, known once a ticket was read)."""
+        return self._sock.session
+
+    @property
+    def resumed(self) -> bool:
+        return bool(self._sock.session_reused)
+
+    def close(self) -> None:
+        """Close now, with a close_notify if it can go out without waiting."""
+        try:
+            self._sock.unwrap()  # sends close_notify; would then wait for the server's
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._sock.close()
+
+    def abort(self) -> None:
+        self._sock.close()
+
+
+def _send_proxy_header(raw: socket.socket, version: int) -> None:
+    encode = encode_v1 if version == 1 else encode_v2
+    header = encode(raw.getsockname()[:2], raw.getpeername()[:2])
+    # A fresh connection's send buffer is empty: the header (at most 108 bytes) fits.
+    if raw.send(header) != len(header):
+        raise OSError(errno.EAGAIN, "could not send the PROXY header at once")
+
+
+async def _connect(raw: socket.socket, target: _Target) -> None:
+    raw.setblocking(False)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    err = raw.connect_ex(target.sockaddr)
+    if err == errno.EINPROGRESS:
+        await trio.lowlevel.wait_writable(raw)
+        err = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        # OSError(errno, ...) is ConnectionRefusedError for ECONNREFUSED, and so on.
+        raise OSError(err, f"connecting to {target.address}: {os.strerror(err)}")
+
+
+@attrs.frozen
+class _Target:
+    """Where the clients connect, resolved once (a load generator has no use for happy eyeballs)."""
+
+    address: Address
+    family: socket.AddressFamily
+    sockaddr: tuple[Any, ...]
+    server_hostname: str
+    proxy_protocol: int | None = None
+
+    @classmethod
+    async def resolve(cls, config: LoadConfig) -> _Target:
+        address = config.address
+        try:
+            infos = await trio.socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise ClientError(f"cannot connect to {address}: unknown host ({exc.strerror})") from None
+        family, _type, _proto, _name, sockaddr = infos[0]
+        hostname = config.client.server_hostname or address.host
+        return cls(address, family, tuple(sockaddr), hostname, config.proxy_protocol)
+
+    def to_wire(self) -> dict[str, Any]:
+        """What a worker process needs to connect where its parent resolved, as JSON."""
+        return {
+            "family": int(self.family),
+            "sockaddr": list(self.sockaddr),
+            "server_hostname": self.server_hostname,
+        }
+
+    @classmethod
+    def from_wire(cls, config: LoadConfig, data: Mapping[str, Any]) -> _Target:
+        return cls(
+            config.address,
+            socket.AddressFamily(data["family"]),
+            tuple(data["sockaddr"]),
+            data["server_hostname"],
+            config.proxy_protocol,
+        )
+
+
+# -- one process's share of the clients -------------------------------------------
+
+
+@attrs.define(eq=False)
+class _Run:
+    """What the client tasks of one process share."""
+
+    config: LoadConfig
+    ssl_context: ssl.SSLContext
+    target: _Target
+    #: Global index of this process's first client, and how many it runs.
+    first_client: int
+    count: int
+    #: Measured exchanges this process may still start; ``None``: until the time is up.
+    tickets: int | None
+    recorder: Recorder = attrs.Factory(Recorder)
+    t0: float = math.inf
+    measure_from: float = math.inf
+    stop_at: float = math.inf
+    started: trio.Event = attrs.Factory(trio.Event)
+    connected: trio.Event = attrs.Factory(trio.Event)
+    finished: trio.Event = attrs.Factory(trio.Event)
+    arrived: int = 0
+    done: int = 0
+    pool: bytes = b""
+
+    def __attrs_post_init__(self) -> None:
+        # Messages are slices of one random block at random offsets: no allocation
+        # and no random-number generation per byte on the hot path.
+        self.pool = os.urandom(self.config.sizes.high + 4096)
+        if self.count == 0:
+            self.finished.set()
+        if self.count == 0 or self.config.ramp or self.config.new_connection_per_request:
+            self.connected.set()  # no barrier: nobody connects before the start
+
+    def start(self, t0: float) -> None:
+        self.t0 = t0
+        self.measure_from = t0 + self.config.warmup
+        if self.config.duration is not None:
+            self.stop_at = self.measure_from + self.config.duration
+        self.started.set()
+
+    def counting(self, t: float) -> bool:
+        """Whether something that began at *t* is measured (not warm-up)."""
+        return not self.t0 <= t < self.measure_from
+
+    def take_ticket(self) -> bool:
+        if self.tickets is None:
+            return True
+        if self.tickets <= 0:
+            return False
+        self.tickets -= 1
+        return True
+
+    def arrive(self) -> None:
+        self.arrived += 1
+        if self.arrived == self.count:
+            self.connected.set()
+
+    def leave(self) -> None:
+        self.done += 1
+        if self.done == self.count:
+            self.finished.set()
+
+
+class _Client:
+    """One client task's state: its connection, its random numbers, its schedule."""
+
+    def __init__(self, run: _Run, local_index: int) -> None:
+        self.run = run
+        self.index = run.first_client + local_index
+        self.local_index = local_index
+        self.rng = random.Random(self.index)
+        self.conn: _Connection | None = None
+        self.session: ssl.SSLSession | None = None
+        self.buffer = memoryview(bytearray(min(run.config.sizes.high, 65536)))
+        self.schedule: OpenLoopSchedule | None = None
+        self.k = 0
+        #: The exchange in progress, and whether it is measured: what a timeout commits.
+        self.io = _IO()
+        self.counting = False
+
+    async def main(self) -> None:
+        run, cfg = self.run, self.run.config
+        persistent = not cfg.new_connection_per_request
+        arrived = False
+        try:
+            if persistent and not cfg.ramp:
+                await self._connect_or_record(_now())
+                run.arrive()
+                arrived = True
+            await run.started.wait()
+            start = run.t0
+            if cfg.ramp:
+                start += cfg.ramp * self.local_index / run.count
+                await trio.sleep_until(start)
+            if cfg.rate is not None:
+                self.schedule = OpenLoopSchedule.for_client(
+                    start, index=self.index, clients=cfg.clients, rate=cfg.rate
+                )
+            # One cancel scope for many exchanges, its deadline moved before each: a scope
+            # per exchange (fail_after) was a fifth of the loadgen's CPU time.  Only an
+            # exchange's deadline cancels it, and then a new one is opened.
+            finished = False
+            while not finished:
+                with trio.CancelScope() as scope:
+                    finished = await self._exchanges(scope)
+                if scope.cancelled_caught:
+                    self._timed_out()
+        finally:
+            if not arrived and persistent and not cfg.ramp:
+                run.arrive()
+            run.leave()
+            if self.conn is not None:
+                self.conn.abort()
+
+    async def _exchanges(self, scope: trio.CancelScope) -> bool:
+        """Exchange until done (``True``) or cancelled by an exchange's deadline."""
+        run, timeout, schedule = self.run, self.run.config.timeout, self.schedule
+        while True:
+            if schedule is not None:
+                intended = schedule.due(self.k)
+                self.k += 1
+                if intended >= run.stop_at:
+                    return True
+                if intended > _now():
+                    await trio.sleep_until(intended)
+            else:
+                intended = _now()
+            counting = run.counting(intended)
+            if counting and not run.take_ticket():
+                return True
+            self.counting = counting
+            self.io = _IO()
+            scope.deadline = intended + timeout
+            await self._exchange(intended, counting, self.io)
+            scope.deadline = math.inf
+
+    def _timed_out(self) -> None:
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            conn.abort()
+        if self.counting:
+            io = self.io
+            self.run.recorder.io(sent=io.sent, received=io.received, reads=io.reads, writes=io.writes)
+            self.run.recorder.error(ErrorKind.TIMEOUT)
+
+    async def _connect_or_record(self, began: float) -> None:
+        try:
+            with trio.fail_after(self.run.config.timeout):
+                await self._connect(began, counting=self.run.counting(began))
+        except _FAILURES as exc:
+            self._failed(exc, during_handshake=True, counting=self.run.counting(began))
+
+    async def _connect(self, began: float, *, counting: bool) -> None:
+        run = self.run
+        self.conn = await _Connection.open(run.target, run.ssl_context, self.session)
+        if counting:
+            run.recorder.handshake_done(int((_now() - began) * 1e6), resumed=self.conn.resumed)
+
+    def _failed(self, exc: BaseException, *, during_handshake: bool, counting: bool) -> None:
+        kind = classify_error(exc, during_handshake=during_handshake)
+        if kind is None:
+            raise exc
+        if counting:
+            self.run.recorder.error(kind)
+
+    async def _exchange(self, began: float, counting: bool, io: _IO) -> None:
+        """One send and its echo (and, per request mode, the connection around it).
+
+        Latency runs from *began*: the send in a closed loop, the intended send time in
+        an open one.  *io* is filled in as the exchange goes, so that however it ends,
+        what it did is committed.
+        """
+        run, cfg = self.run, self.run.config
+        low, high = cfg.sizes.low, cfg.sizes.high
+        per_request = cfg.new_connection_per_request
+        n = low if low == high else self.rng.randint(low, high)
+        offset = self.rng.randrange(4096)
+        payload = memoryview(run.pool)[offset : offset + n]
+        in_handshake = False
+        failure: BaseException | None = None
+        try:
+            if self.conn is None:
+                in_handshake = True
+                await self._connect(_now(), counting=counting)
+                in_handshake = False
+            conn = self.conn
+            assert conn is not None
+            waits_before = conn.waits
+            if n <= _SEQUENTIAL_MAX:
+                await conn.send_all(payload)
+                io.writes, io.sent = 1, n
+                await _read_echo(conn, payload, self.buffer, io)
+            else:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_send, conn, payload, io)
+                    await _read_echo(conn, payload, self.buffer, io)
+                    if io.received < n:
+                        nursery.cancel_scope.cancel()
+            done = _now()
+            # Per request, the connection is closed next: the last chance to see more.
+            if per_request and io.received == n and not io.mismatched and conn.anything_more(self.buffer):
+                io.mismatched = io.over_long = True
+        except _FAILURES as exc:
+            failure = exc
+        except BaseExceptionGroup as group:  # from the nursery of a large echo
+            matched, rest = group.split(_FAILURES)
+            if rest is not None:  # cancelled (a deadline, the end of the run), or a bug
+                raise rest from None
+            failure = _first_cause(matched) if matched is not None else group
+        rec = run.recorder
+        # From here the outcome is recorded before anything that can checkpoint, and
+        # then self.counting is cleared: the deadline may still pass in the close or
+        # checkpoint that follows, and _timed_out must not count this exchange again.
+        if failure is not None:
+            if counting:
+                rec.io(sent=io.sent, received=io.received, reads=io.reads, writes=io.writes)
+            self._failed(failure, during_handshake=in_handshake, counting=counting)
+            self.counting = False
+            await self._drop()
+            return
+        if counting:
+            rec.io(sent=io.sent, received=io.received, reads=io.reads, writes=io.writes)
+            if io.mismatched:
+                rec.mismatch()
+            elif io.received < n:
+                rec.error(ErrorKind.SHORT_READ)
+            else:
+                rec.round_trip(int((done - began) * 1e6))
+        self.counting = False
+        if io.received < n or io.over_long or per_request:
+            # Cut short or out of step (over-long): this connection is done.  (A
+            # mismatch of the right length leaves the stream in step, and it is kept.)
+            await self._close()
+        elif self.conn is not None and self.conn.waits == waits_before:
+            # Every exchange yields at least once, even against an instant server.
+            await trio.lowlevel.checkpoint()
+
+    async def _drop(self) -> None:
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            conn.abort()
+        await trio.lowlevel.checkpoint()
+
+    async def _close(self) -> None:
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            if self.run.config.resume:
+                self.session = conn.session
+            conn.close()
+        await trio.lowlevel.checkpoint()
+
+
+@attrs.define
+class _IO:
+    """The I/O of one exchange so far."""
+
+    sent: int = 0
+    received: int = 0
+    reads: int = 0
+    writes: int = 0
+    #: A byte differed, or the server sent more than the message (then also over_long,
+    #: and the stream is out of step).
+    mismatched: bool = False
+    over_long: bool = False
+
+
+async def _send(conn: _Connection, payload: memoryview, io: _IO) -> None:
+    await conn.send_all(payload)
+    io.writes, io.sent = 1, len(payload)
+
+
+async def _read_echo(conn: _Connection, payload: memoryview, buffer: memoryview, io: _IO) -> None:
+    """Read until *payload* is echoed whole, the server closes, or a byte differs.
+
+    Reads no more than *payload*'s length, so an echo that goes on is caught only by
+    what is already decrypted: plaintext left in the record that ended the echo.  (A
+    later record is found by the next exchange, or, per request, by the read before
+    closing, :meth:`_Connection.anything_more`.)
+    """
+    n = len(payload)
+    while io.received < n:
+        into = buffer[: min(n - io.received, len(buffer))]
+        got = await (conn.receive_into(into) if io.received else conn.receive_reply_into(into))
+        if not got:
+            return
+        io.reads += 1
+        if buffer[:got] != payload[io.received : io.received + got]:
+            io.mismatched = True
+            io.received += got
+            return
+        io.received += got
+    if conn.pending():
+        io.mismatched = io.over_long = True
+
+
+def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    leaves = [e for e in _causes(group) if not isinstance(e, BaseExceptionGroup)]
+    with_cause = [e for e in leaves if e.__cause__ is not None]
+    return (with_cause or leaves or [group])[0]
+
+
+async def _run_here(
+    run: _Run,
+    *,
+    before_start: Callable[[], Awaitable[None]] | None = None,
+    progress: ProgressCallback | None = None,
+) -> LoadReport:
+    cfg = run.config
+    async with trio.open_nursery() as nursery:
+        for i in range(run.count):
+            nursery.start_soon(_Client(run, i).main)
+        # Bounded: every connect attempt is bounded by the timeout.
+        with trio.move_on_after(cfg.timeout + 1.0):
+            await run.connected.wait()
+        if before_start is not None:
+            await before_start()
+        run.start(_now())
+        if progress is not None:
+            nursery.start_soon(_report_progress, run, progress)
+        with trio.move_on_at(run.stop_at):
+            await run.finished.wait()
+        nursery.cancel_scope.cancel()
+    # With a duration the window is the duration, also when the clients are done early
+    # (open loop: no send is due after stop_at, so the last one ends before it).
+    end = run.stop_at if run.stop_at < math.inf else _now()
+    return run.recorder.report(clients=run.count, seconds=max(end - run.measure_from, 0.0))
+
+
+async def _report_progress(run: _Run, progress: ProgressCallback) -> None:
+    # Ends when the run's nursery is cancelled; at most one call per interval.
+    while True:
+        await trio.sleep(PROGRESS_INTERVAL)
+        rec = run.recorder
+        progress(Progress(_now() - run.measure_from, rec.round_trips, rec.error_count, rec.mismatches))

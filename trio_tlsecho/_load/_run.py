@@ -1,0 +1,70 @@
+"""The load generator: many mutual-TLS clients echoing at once, measured honestly.
+
+Theory of operation
+-------------------
+``run_load(config)`` starts ``config.clients`` client tasks in one nursery (or, with
+``workers > 1``, that many processes each running its own ``trio.run`` over a share
+of the clients, see below).  A client connects, then repeats *exchanges*: send one
+message, read back exactly as many bytes, compare them byte for byte.  Reading no
+more than that keeps the hot path at one ``pending()`` call to notice an echo that
+goes on (plaintext left over in its last TLS record); a connection closed after one
+exchange also gets one non-blocking read for anything that arrived later.
+
+Phases.  Without ``ramp``, every client first connects and the measurement clock
+starts only when all have (a barrier), so that 64 handshakes queueing at the server
+are reported as handshake latency, not as the first round trips' latency.  With
+``ramp``, client *i* starts at ``t0 + ramp * i / clients`` instead.  Whatever begins
+in ``[t0, t0 + warmup)`` is not counted; the measured window is
+``[t0 + warmup, t0 + warmup + duration)``, or until ``requests`` exchanges are done.
+With a duration the reported seconds are that window whenever the clients stop (an
+open loop's last send is due before its end, and its clients stop after its echo).
+
+Closed loop (no ``rate``): each client sends as soon as its previous echo is back;
+latency is measured from the send.  Open loop (``rate`` round trips/s in total): each
+client owns ``rate / clients`` of it and its *k*-th exchange is due at
+``start + phase + k * clients / rate``, with the clients' phases spread evenly.  A
+client that falls behind sends at once, and latency is measured from the *intended*
+time, so queueing delay that a closed loop hides (coordinated omission) is counted,
+as wrk2 does.  Sends due after the end are not made.
+
+Every exchange that starts inside the window is committed to the :class:`Recorder`
+when it ends, however it ends, and once: its I/O counts, and a round trip, a mismatch
+or an error by kind.  An error ends the connection; the next exchange reconnects.
+Every exchange, connecting included, runs under ``timeout``; a deadline that passes
+after its outcome is recorded (in the close that follows) costs at most the
+connection, never a second count.
+
+Transport.  Clients drive a non-blocking ``ssl.SSLSocket`` with trio's
+``wait_readable``/``wait_writable`` instead of ``trio.SSLStream``: half the CPU per
+round trip (see :class:`_Connection`), with the same ``client_context`` policy.
+
+Workers: see :mod:`._workers`.  Modules: :mod:`._config` (sans-io),
+:mod:`._client` (the clients), :mod:`._workers` (processes), and here
+the one entry point.
+"""
+
+from __future__ import annotations
+
+from .._tls import client_context
+from ._client import _Run, _run_here, _Target
+from ._config import LoadConfig, ProgressCallback
+from ._stats import LoadReport
+from ._workers import _run_workers
+
+
+async def run_load(config: LoadConfig, *, progress: ProgressCallback | None = None) -> LoadReport:
+    """Run the load *config* describes against a server and return what it measured.
+
+    *progress*, if given, is called about once a second with the totals so far.
+    """
+    if config.workers == 1:
+        run = _Run(
+            config=config,
+            ssl_context=client_context(config.client),
+            target=await _Target.resolve(config),
+            first_client=0,
+            count=config.clients,
+            tickets=config.requests,
+        )
+        return await _run_here(run, progress=progress)
+    return await _run_workers(config, progress)

@@ -1,0 +1,25 @@
+"""Sockets below TLS: addresses, listening, accepting, and the PROXY protocol header.
+
+Owns everything that happens on a plain TCP socket before (or without) TLS.
+May import: ``_exceptions`` only.
+"""
+
+from ._accept import CAPACITY_ERRNOS as CAPACITY_ERRNOS
+from ._accept import accept as accept
+from ._address import DEFAULT_HOST as DEFAULT_HOST
+from ._address import DEFAULT_PORT as DEFAULT_PORT
+from ._address import Address as Address
+from ._address import Network as Network
+from ._address import address_in as address_in
+from ._address import format_address as format_address
+from ._address import to_networks as to_networks
+from ._listen import bind_reuse_port as bind_reuse_port
+from ._listen import bound_address as bound_address
+from ._listen import open_listeners as open_listeners
+from ._listen import open_reuse_port_listeners as open_reuse_port_listeners
+from ._proxy import ProxyHeader as ProxyHeader
+from ._proxy import ProxyProtocolError as ProxyProtocolError
+from ._proxy import encode_v1 as encode_v1
+from ._proxy import encode_v2 as encode_v2
+from ._proxy import parse_proxy_header as parse_proxy_header
+from ._proxy import read_proxy_header as read_proxy_header

@@ -1,0 +1,186 @@
+"""``serve()``: bind every listener, run each in a nursery of its own, stop gracefully.
+
+Theory of operation
+-------------------
+``serve`` follows trio's ``serve_*`` contract: it calls
+``task_status.started(addresses)`` only once *every* listener is bound, so a
+caller that asked for port 0 learns the real ports and can connect at once.
+All configuration is checked (certificate files loaded, handler resolved,
+sockets bound) before ``started``; a failure there raises a one-line
+:class:`TLSEchoError` to the caller of ``nursery.start`` and nothing is left
+open.
+
+Each listener owns one nursery, and each accepted connection runs in the
+nursery of the listener that accepted it.  ``run_connection`` swallows every
+per-connection failure, so a nursery only ever ends by cancellation or by
+running out of connections after accepting has stopped.
+
+Two ways to stop:
+
+* Cancel the scope around ``serve``: everything stops now.  Without a
+  ``shutdown_trigger`` this is the only way, and ``serve`` never returns.
+* ``shutdown_trigger`` returns: every listener is closed at once (new clients
+  are refused, not queued), open connections get ``shutdown_grace`` seconds to
+  finish, the rest are cancelled, and ``serve`` returns.
+
+``reload_trigger`` is awaited in a loop; each time it returns, certificate,
+key, CA and CRL are read again and used for connections accepted from then on.
+A broken new file is logged and the previous context stays in force.
+
+Backpressure: with ``max_connections`` a listener takes a slot *before* it
+calls ``accept``, so at the limit the server stops accepting and the kernel's
+backlog holds new clients until a connection closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from .._config import ServerConfig
+from .._exceptions import CertificateError
+from .._handlers import resolve_handler
+from .._net import Address, accept, bound_address, open_listeners
+from .._tls import server_context
+from ._metrics import ServerMetrics
+from ._pipeline import ServerState, run_connection
+
+log = logging.getLogger("trio_tlsecho")
+
+Trigger = Callable[[], Awaitable[object]]
+
+
+async def serve(
+    config: ServerConfig,
+    *,
+    shutdown_trigger: Trigger | None = None,
+    reload_trigger: Trigger | None = None,
+    metrics: ServerMetrics | None = None,
+    task_status: trio.TaskStatus[list[Address]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a mutual-TLS server until cancelled, or until *shutdown_trigger* returns.
+
+    Use as ``addresses = await nursery.start(serve, config)``: *addresses* are the
+    bound ``Address``es, with real ports where port 0 was asked for.  Pass *metrics*
+    to read the server's counters (or serve them with :func:`serve_metrics`).
+    """
+    handler = config.handler
+    if isinstance(handler, str):
+        handler = resolve_handler(handler)
+    state = ServerState(
+        config=config,
+        handler=handler,
+        ssl_context=server_context(config),
+        metrics=metrics if metrics is not None else ServerMetrics(),
+        slots=trio.Semaphore(config.max_connections) if config.max_connections else None,
+    )
+    if config.keylog is not None:
+        log.warning(
+            "writing TLS session secrets to %s: anyone with that file can decrypt this traffic",
+            config.keylog,
+        )
+    listeners: list[_Listener] = []
+    # An exit stack, not a loop of awaits: closing a listener inside a cancelled scope
+    # raises Cancelled, which must not skip closing the ones after it.
+    async with contextlib.AsyncExitStack() as stack:
+        for address in config.listen:
+            for socket_listener in await open_listeners(address, reuse_port=config.reuse_port):
+                await stack.enter_async_context(socket_listener)
+                listeners.append(_Listener(socket_listener, state))
+        async with trio.open_nursery() as sweeping:
+            # The idle sweep outlives the control tasks: during the shutdown grace an idle
+            # connection must still be closed (and counted), not kept to the grace's end.
+            sweeping.start_soon(state.liveness.run)
+            async with trio.open_nursery() as nursery:
+                for listener in listeners:
+                    nursery.start_soon(listener.run)
+                task_status.started([listener.address for listener in listeners])
+                async with trio.open_nursery() as control:
+                    if reload_trigger is not None:
+                        control.start_soon(_reload_forever, reload_trigger, state)
+                    if shutdown_trigger is None:
+                        await trio.sleep_forever()
+                    else:
+                        await shutdown_trigger()
+                    control.cancel_scope.cancel()
+                _begin_shutdown(listeners, state)
+            sweeping.cancel_scope.cancel()
+    log.info("stopped")
+
+
+class _Listener:
+    """One listening socket and the nursery its connections run in."""
+
+    def __init__(self, socket_listener: trio.SocketListener, state: ServerState) -> None:
+        self.socket_listener = socket_listener
+        self.state = state
+        self.address = bound_address(socket_listener)
+        self.accepting = trio.CancelScope()
+        self.connections: trio.CancelScope | None = None
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as connections:
+            self.connections = connections.cancel_scope
+            with self.accepting:
+                await self._accept_forever(connections)
+            # Stopped accepting: close the socket now so that new clients are
+            # refused at once instead of waiting in the backlog for a server that left.
+            await trio.aclose_forcefully(self.socket_listener)
+
+    async def _accept_forever(self, connections: trio.Nursery) -> None:
+        slots = self.state.slots
+        while True:
+            if slots is not None:
+                if slots.value == 0:
+                    log.warning(
+                        "%s: %d connections open, the maximum: not accepting until one closes",
+                        self.address,
+                        self.state.config.max_connections,
+                    )
+                await slots.acquire()
+            try:
+                tcp, peer = await accept(self.socket_listener, self.address)
+            except BaseException:
+                if slots is not None:
+                    slots.release()
+                raise
+            # A constant name: trio would otherwise build a new string per task.
+            connections.start_soon(run_connection, tcp, peer, self.state, name=_CONNECTION_TASK)
+
+    def stop(self, grace_deadline: float) -> None:
+        self.accepting.cancel()
+        if self.connections is not None:
+            self.connections.deadline = min(self.connections.deadline, grace_deadline)
+
+
+_CONNECTION_TASK = "trio_tlsecho.run_connection"
+
+
+def _begin_shutdown(listeners: list[_Listener], state: ServerState) -> None:
+    grace = state.config.shutdown_grace
+    log.info(
+        "shutting down: listeners closed; %d open connection%s %gs to finish",
+        state.metrics.connections_open,
+        " gets" if state.metrics.connections_open == 1 else "s get",
+        grace,
+    )
+    deadline = trio.current_time() + grace
+    for listener in listeners:
+        listener.stop(deadline)
+
+
+async def _reload_forever(trigger: Trigger, state: ServerState) -> None:
+    while True:
+        await trigger()
+        try:
+            state.ssl_context = server_context(state.config)
+        except CertificateError as exc:
+            log.error("reload failed, still using the previous certificates: %s", exc)
+        except Exception as exc:  # whatever it is, a reload must not stop a running server
+            log.error("reload failed, still using the previous certificates: %s: %s", type(exc).__name__, exc)
+        else:
+            crl = " and CRL" if state.config.crl is not None else ""
+            log.info("reloaded certificate, key, CA%s for new connections", crl)
