@@ -24,7 +24,7 @@ import trio
 import trio.testing
 
 from trio_tlsecho import ClientConfig, ServerConfig, TLSFiles, client_context, server_context
-from trio_tlsecho._engines import SEND_PIECE, Meter, SSLSocketStream, open_ssl_socket_stream
+from trio_tlsecho._engines import SEND_PIECE, SSLSocketStream, TrioTLSStream, open_ssl_socket_stream
 from trio_tlsecho._engines._socket import _PublicIO
 from trio_tlsecho._tls import describe_tls_error
 
@@ -334,9 +334,9 @@ async def test_a_long_send_counts_its_progress(
 ) -> None:
     # The idle sweep reads these counts: a send_all far larger than the socket buffers,
     # to a reader, must show bytes moving before it returns (trio's SSLStream is counted
-    # by a Meter on top, as the server does).
+    # by the trio engine's wrapper, as the server does).
     c, s = await tls_pair(server_ctx, client_ctx, server=server, bufsize=65536)
-    counted = s if isinstance(s, SSLSocketStream) else Meter(s)
+    counted = s if isinstance(s, SSLSocketStream) else TrioTLSStream(s)
     total = 4 * MiB
     seen_while_sending: list[int] = []
     sending = True
@@ -384,7 +384,7 @@ async def test_a_long_send_that_fails_leaves_the_callers_buffer_free(
     # trio's streams let a caller resize its bytearray after a send_all, however it
     # ended; a piece's memoryview kept alive by the exception's traceback would not.
     c, s = await tls_pair(server_ctx, client_ctx, server=server, bufsize=65536)
-    counted = s if isinstance(s, SSLSocketStream) else Meter(s)
+    counted = s if isinstance(s, SSLSocketStream) else TrioTLSStream(s)
     data = bytearray(4 * MiB)
     async with s:
         with trio.fail_after(30):
@@ -411,7 +411,7 @@ async def test_sent_counts_bytes_not_items(
     server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, server: Kind
 ) -> None:
     c, s = await tls_pair(server_ctx, client_ctx, server=server)
-    counted = s if isinstance(s, SSLSocketStream) else Meter(s)
+    counted = s if isinstance(s, SSLSocketStream) else TrioTLSStream(s)
     for items in (1000, 70_000):  # under and over one piece
         wide = memoryview(array.array("I", range(items)))  # 4-byte items
         received = 0

@@ -32,19 +32,17 @@ from trio_tlsecho import (
     AllowList,
     ClientConfig,
     ConfigError,
-    Connection,
     ServerConfig,
     ServerMetrics,
     TLSFiles,
     client_context,
-    echo,
     echo_once,
     open_client,
     serve,
-    server_context,
 )
 from trio_tlsecho._cli import build_parser
-from trio_tlsecho._tls import peer_identity
+from trio_tlsecho._server._pipeline import run_connection
+from trio_tlsecho._server._state import ServerState
 
 from .conftest import assert_fds_settle, open_fds
 
@@ -309,38 +307,24 @@ def _pair(rng: random.Random) -> tuple[trio.StapledStream[Any, Any], trio.Staple
 
 
 @pytest.fixture(scope="module")
-def contexts(pki: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    server = server_context(ServerConfig(tls=TLSFiles.from_dir(pki, "server")))
+def pipeline(pki: Path) -> tuple[ServerState, ssl.SSLContext]:
+    """The server's state as serve() builds it (echo handler), and a client context."""
+    server = ServerState.build(ServerConfig(tls=TLSFiles.from_dir(pki, "server")))
     client = client_context(ClientConfig(tls=TLSFiles.from_dir(pki, "client")))
     return server, client
 
 
 async def _echo_through_tls(
-    contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+    pipeline: tuple[ServerState, ssl.SSLContext],
     payload: bytes,
     writes: list[int],
     reads: list[int],
     rng: random.Random,
 ) -> bytes:
-    server_ctx, client_ctx = contexts
+    server, client_ctx = pipeline
     client_transport, server_transport = _pair(rng)
-    server = trio.SSLStream(server_transport, server_ctx, server_side=True)
     client = trio.SSLStream(client_transport, client_ctx, server_hostname="localhost")
     got = bytearray()
-
-    async def serve_one() -> None:
-        await server.do_handshake()
-        identity = peer_identity(server)
-        assert identity is not None
-        conn = Connection(
-            stream=server,
-            tls=server,
-            peer_address=("memory", 0),
-            identity=identity,
-            tls_version="",
-            cipher="",
-        )
-        await echo(conn)  # the real handler: until close_notify, then close
 
     async def write() -> None:
         at = 0
@@ -351,7 +335,9 @@ async def _echo_through_tls(
 
     with trio.fail_after(HANG):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve_one)
+            # The real pipeline and handler (handshake, identity, echo until close_notify,
+            # close), over memory streams that cut and delay the bytes at random.
+            nursery.start_soon(run_connection, server_transport, ("127.0.0.1", 0), server)
             await client.do_handshake()
             nursery.start_soon(write)
             # Bounded: even one byte per read ends within len(payload) reads.
@@ -371,11 +357,11 @@ async def _echo_through_tls(
     seed=st.integers(0, 2**32 - 1),
 )
 def test_echo_returns_exactly_the_bytes_however_they_are_framed(
-    contexts: tuple[ssl.SSLContext, ssl.SSLContext], size: int, writes: list[int], reads: list[int], seed: int
+    pipeline: tuple[ServerState, ssl.SSLContext], size: int, writes: list[int], reads: list[int], seed: int
 ) -> None:
     rng = random.Random(seed)
     payload = rng.randbytes(size)
-    got = trio.run(_echo_through_tls, contexts, payload, writes, reads, rng)
+    got = trio.run(_echo_through_tls, pipeline, payload, writes, reads, rng)
     assert got == payload
 
 

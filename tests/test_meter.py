@@ -9,13 +9,13 @@ import trio
 import trio.testing
 
 from trio_tlsecho import ServerMetrics
-from trio_tlsecho._engines import SEND_PIECE, Meter
+from trio_tlsecho._engines import SEND_PIECE, TrioTLSStream
 from trio_tlsecho._server._liveness import MIN_PERIOD, Liveness
 
 
-def _meter() -> Meter:
+def _meter() -> TrioTLSStream:
     send, _ = trio.testing.memory_stream_pair()
-    return Meter(send)
+    return TrioTLSStream(send)
 
 
 async def test_sweep_flushes_bytes_and_cancels_only_the_idle() -> None:
@@ -50,7 +50,7 @@ async def test_writes_alone_keep_a_connection_alive(counter: str) -> None:
 
 
 class _Counts:
-    """What the sweep reads of a connection (a Meter's send_progress is fixed at 0)."""
+    """What the sweep reads of a connection (the trio engine's send_progress is fixed at 0)."""
 
     def __init__(self) -> None:
         self.received = self.sent = self.send_progress = 0
@@ -93,7 +93,7 @@ async def test_a_tiny_timeout_does_not_spin() -> None:
 
 async def test_meter_counts_what_moves() -> None:
     a, b = trio.testing.memory_stream_pair()
-    meter = Meter(a)
+    meter = TrioTLSStream(a)
     await meter.send_all(b"hello")
     assert await b.receive_some(10) == b"hello"
     await b.send_all(b"abc")
@@ -135,7 +135,7 @@ async def test_a_send_cut_short_between_pieces_breaks_the_meter(
     # cut between two, after a piece went out, the peer has half a message: no
     # close_notify may follow (it would read as a complete reply).
     transport = _StallingTransport(pieces)
-    meter = Meter(transport)
+    meter = TrioTLSStream(transport)
     with trio.move_on_after(1) as scope:  # virtual time (autojump)
         await meter.send_all(bytes(3 * SEND_PIECE))
     assert scope.cancelled_caught

@@ -73,3 +73,11 @@ def causes(exc: BaseException, *, limit: int = 64) -> list[BaseException]:
             todo.extend(cur.exceptions)
         todo.extend(e for e in (cur.__cause__, cur.__context__) if e is not None)
     return found
+
+
+def leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions in *group* and its nested groups (not their causes): what a log line names."""
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found

@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from .._engines import ENGINES as ENGINE_TABLE
 from .._exceptions import ConfigError
 from .._handlers import Handler
 from .._net import DEFAULT_HOST, DEFAULT_PORT, Address, Network, to_networks
@@ -75,7 +76,8 @@ def _to_optional_path(value: str | Path | None) -> Path | None:
     return None if value is None else Path(value)
 
 
-ENGINES = ("trio", "socket")
+#: The engine names, in the order ``--help`` lists them.
+ENGINES = tuple(ENGINE_TABLE)
 
 
 def _check_engine(_inst: object, _attribute: attrs.Attribute[str], value: str) -> None:

@@ -103,7 +103,7 @@ from typing import Any, Protocol
 
 import trio
 
-from ._base import SEND_PIECE, TLSStream
+from ._base import SEND_PIECE, TLSStream, linger
 
 __all__ = [
     "DEFAULT_RECEIVE_SIZE",
@@ -183,7 +183,7 @@ class _ClosedIO:
 _CLOSED_IO = _ClosedIO()
 
 
-class SSLSocketStream(trio.abc.Stream):
+class SSLSocketStream(TLSStream):
     """TLS over a non-blocking ``ssl.SSLSocket``, driven by trio's I/O waits.
 
     Build one with :meth:`from_socket_stream` (an accepted or connected
@@ -309,6 +309,13 @@ class SSLSocketStream(trio.abc.Stream):
         except BaseException:
             ssl_sock.close()
             raise
+
+    @classmethod
+    def server(cls, transport: trio.abc.Stream, context: ssl.SSLContext) -> SSLSocketStream:
+        """The engine: takes over an accepted ``trio.SocketStream``'s socket (see :meth:`from_socket`)."""
+        if not isinstance(transport, trio.SocketStream):
+            raise TypeError(f"the socket engine needs a trio.SocketStream, not {type(transport).__name__}")
+        return cls.from_socket_stream(transport, context, server_side=True)
 
     @classmethod
     def from_socket_stream(
@@ -695,6 +702,12 @@ class SSLSocketStream(trio.abc.Stream):
                 return
             with contextlib.suppress(OSError, ValueError):
                 self._sock.unwrap()
+
+    async def refuse(self) -> None:
+        """After a failed handshake: OpenSSL has written its alert already; let the peer go."""
+        # The handshake failed: plain socket calls from here (no TLS object is involved).
+        raw = self._sock
+        await linger(self._fd, lambda: socket.socket.shutdown(raw, socket.SHUT_WR))
 
     # ------------------------------------------------------------------ TLS details
 

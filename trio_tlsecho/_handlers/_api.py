@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Protocol
 
 import attrs
-import trio
 
 from .._engines import TLSStream
 from .._tls import PeerIdentity
@@ -25,12 +24,11 @@ RECEIVE_SIZE = 65536
 class Connection:
     """One accepted, verified mutual-TLS connection."""
 
-    #: Read and write the plaintext here (``receive_some``/``send_all``/``aclose``).
-    stream: trio.abc.Stream
-    #: The TLS layer itself, for what ``stream`` does not say (``getpeercert()``,
-    #: ``session_reused``...): a ``trio.SSLStream``, or with ``engine="socket"`` an
-    #: ``SSLSocketStream`` with the same methods.
-    tls: TLSStream
+    #: Read and write the plaintext here (``receive_some``/``send_all``/``aclose``).  It is
+    #: also the TLS layer, whichever engine made it: ``getpeercert()``, ``cipher()``,
+    #: ``version()``, ``session_reused``.  Every byte through it is counted (metrics, idle
+    #: timeout).
+    stream: TLSStream
     #: ``(host, port)`` of the peer as the socket sees it.
     peer_address: tuple[str, int]
     #: The verified client certificate.
@@ -39,6 +37,11 @@ class Connection:
     tls_version: str
     #: The negotiated cipher suite, e.g. ``"TLS_AES_256_GCM_SHA384"``.
     cipher: str
+
+    @property
+    def tls(self) -> TLSStream:
+        """The TLS layer: the same object as :attr:`stream` (kept for handlers that say ``conn.tls``)."""
+        return self.stream
 
 
 class Handler(Protocol):

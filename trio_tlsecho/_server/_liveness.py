@@ -2,9 +2,8 @@
 
 Theory of operation
 -------------------
-The per-operation path must stay as cheap as possible: a :class:`Meter` (over
-``trio.SSLStream``; the socket engine counts for itself) only adds the length of
-what moved to two plain ints.
+The per-operation path must stay as cheap as possible: an engine's stream only
+adds the length of what moved to two plain ints.
 Everything else happens in :class:`Liveness`, one task per server that wakes
 every ``period`` seconds and, for each watched connection,
 
@@ -24,7 +23,7 @@ timeout (between 10 ms and 1 s).  Bytes sent are counted as each piece of at mos
 from __future__ import annotations
 
 import math
-from typing import NoReturn, Protocol
+from typing import Any, NoReturn, Protocol
 
 import attrs
 import trio
@@ -36,7 +35,7 @@ MIN_PERIOD = 0.01
 
 
 class Counted(Protocol):
-    """Anything that counts the bytes it moved (a :class:`Meter`, the socket engine)."""
+    """Anything that counts the bytes it moved (every engine's ``TLSStream``)."""
 
     received: int
     sent: int
@@ -51,6 +50,27 @@ class _Watched:
     received: int = 0  # what has been added to the metrics so far
     sent: int = 0
     send_progress: int = 0
+
+
+@attrs.define(eq=False)
+class Watching:
+    """The ``with`` block of :meth:`Liveness.watching`: a cancel scope the sweep may cancel."""
+
+    liveness: Liveness
+    stream: Counted
+    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+
+    def __enter__(self) -> trio.CancelScope:
+        self.liveness.watch(self.stream, self.scope, trio.current_time())
+        return self.scope.__enter__()
+
+    def __exit__(self, *exc_info: Any) -> bool:
+        try:
+            return self.scope.__exit__(*exc_info)
+        finally:
+            # Before the stream is closed: a client that reads the server's EOF must find
+            # its bytes in the metrics already.
+            self.liveness.forget(self.stream)
 
 
 class Liveness:
@@ -74,6 +94,13 @@ class Liveness:
             self._watched[meter] = _Watched(scope, now)
         else:
             watched.scope, watched.last_moved = scope, now
+
+    def watching(self, stream: Counted) -> Watching:
+        """Watch *stream* for a ``with`` block, which is cancelled if the stream idles.
+
+        One object per connection, no generator: an idle connection sits in this block.
+        """
+        return Watching(self, stream)
 
     def forget(self, meter: Counted) -> None:
         """The connection is over: count its last bytes and stop watching it."""

@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 
 from .._exceptions import ListenError
 from .._net import Address, accept
+from ._outcome import Outcome
 
 log = logging.getLogger("trio_tlsecho")
 
@@ -38,20 +39,8 @@ HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 CONNECTION_BUCKETS = (0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0)
 
 #: Every handshake outcome, so that each series exists (at 0) from the first scrape.
-HANDSHAKE_RESULTS = (
-    "ok",
-    "no_cert",
-    "unknown_ca",
-    "expired",
-    "not_yet_valid",
-    "revoked",
-    "crl",
-    "identity_refused",
-    "timeout",
-    "proxy_header",
-    "protocol",
-    "probe",
-)
+HANDSHAKE_RESULTS = tuple(Outcome)
+_RESULT_INDEX: dict[str, int] = {result: i for i, result in enumerate(HANDSHAKE_RESULTS)}
 
 
 _SCALARS = (
@@ -118,10 +107,10 @@ class _Results(MutableMapping[str, int]):
         self._slots = slots
 
     def __getitem__(self, result: str) -> int:
-        return int(self._slots[_RESULTS_AT + HANDSHAKE_RESULTS.index(result)])
+        return int(self._slots[_RESULTS_AT + _RESULT_INDEX[result]])
 
     def __setitem__(self, result: str, value: int) -> None:
-        self._slots[_RESULTS_AT + HANDSHAKE_RESULTS.index(result)] = value
+        self._slots[_RESULTS_AT + _RESULT_INDEX[result]] = value
 
     def __delitem__(self, result: str) -> None:
         raise TypeError("handshake results cannot be removed")
@@ -181,7 +170,7 @@ class ServerMetrics(Collector):
     @property
     def handshake_failures(self) -> int:
         # A probe (connect and close, no byte) never tried a handshake.
-        return sum(n for result, n in self.handshakes.items() if result not in ("ok", "probe"))
+        return sum(n for result, n in self.handshakes.items() if result not in (Outcome.OK, Outcome.PROBE))
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(

@@ -11,8 +11,11 @@ sockets bound) before ``started``; a failure there raises a one-line
 open.
 
 Each listener owns one nursery, and each accepted connection runs in the
-nursery of the listener that accepted it.  ``run_connection`` swallows every
-per-connection failure, so a nursery only ever ends by cancellation or by
+nursery of the listener that accepted it.  A connection's task is started before
+its connection exists: it takes a slot (see Backpressure), accepts, reports
+``started``, and serves (:func:`~._pipeline.run_connection`) - so the slot is taken
+and given back by one ``async with`` in one frame.  ``run_connection`` swallows
+every per-connection failure, so a nursery only ever ends by cancellation or by
 running out of connections after accepting has stopped.
 
 Two ways to stop:
@@ -42,11 +45,11 @@ import trio
 
 from .._config import ServerConfig
 from .._exceptions import CertificateError
-from .._handlers import resolve_handler
 from .._net import Address, accept, bound_address, open_listeners
 from .._tls import server_context
 from ._metrics import ServerMetrics
-from ._pipeline import ServerState, run_connection
+from ._pipeline import run_connection
+from ._state import ServerState
 
 log = logging.getLogger("trio_tlsecho")
 
@@ -67,16 +70,7 @@ async def serve(
     bound ``Address``es, with real ports where port 0 was asked for.  Pass *metrics*
     to read the server's counters (or serve them with :func:`serve_metrics`).
     """
-    handler = config.handler
-    if isinstance(handler, str):
-        handler = resolve_handler(handler)
-    state = ServerState(
-        config=config,
-        handler=handler,
-        ssl_context=server_context(config),
-        metrics=metrics if metrics is not None else ServerMetrics(),
-        slots=trio.Semaphore(config.max_connections) if config.max_connections else None,
-    )
+    state = ServerState.build(config, metrics)
     if config.keylog is not None:
         log.warning(
             "writing TLS session secrets to %s: anyone with that file can decrypt this traffic",
@@ -131,24 +125,16 @@ class _Listener:
             await trio.aclose_forcefully(self.socket_listener)
 
     async def _accept_forever(self, connections: trio.Nursery) -> None:
-        slots = self.state.slots
         while True:
-            if slots is not None:
-                if slots.value == 0:
-                    log.warning(
-                        "%s: %d connections open, the maximum: not accepting until one closes",
-                        self.address,
-                        self.state.config.max_connections,
-                    )
-                await slots.acquire()
-            try:
-                tcp, peer = await accept(self.socket_listener, self.address)
-            except BaseException:
-                if slots is not None:
-                    slots.release()
-                raise
-            # A constant name: trio would otherwise build a new string per task.
-            connections.start_soon(run_connection, tcp, peer, self.state, name=_CONNECTION_TASK)
+            await connections.start(self._connection, name=_CONNECTION_TASK)
+
+    async def _connection(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # Until started() this task runs under the caller's cancel scope (trio's
+        # nursery.start), so stopping the listener cancels a pending accept here.
+        async with self.state.slot(self.address):
+            tcp, peer = await accept(self.socket_listener, self.address)
+            task_status.started()
+            await run_connection(tcp, peer, self.state)
 
     def stop(self, grace_deadline: float) -> None:
         self.accepting.cancel()

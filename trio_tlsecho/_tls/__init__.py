@@ -10,7 +10,6 @@ May import: ``_exceptions`` only.
 from ._context import ServerTLSSettings as ServerTLSSettings
 from ._context import client_context as client_context
 from ._context import server_context as server_context
-from ._errors import classify_tls_error as classify_tls_error
 from ._errors import describe_tls_error as describe_tls_error
 from ._files import TLSFiles as TLSFiles
 from ._identity import IdentityCache as IdentityCache

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ssl
 
+from .._exceptions import causes
+
 
 def describe_tls_error(exc: BaseException) -> str:
     """One human line for whatever ended a TLS exchange.
@@ -11,10 +13,7 @@ def describe_tls_error(exc: BaseException) -> str:
     trio wraps the ``ssl.SSLError`` in ``BrokenResourceError``; the useful part is the
     cause: the verify message for certificate problems, OpenSSL's reason otherwise.
     """
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
+    for cur in causes(exc):
         if isinstance(cur, ssl.SSLCertVerificationError):
             why = _VERIFY_CODES.get(cur.verify_code)
             detail = f"{why} ({cur.verify_message})" if why else cur.verify_message
@@ -28,34 +27,8 @@ def describe_tls_error(exc: BaseException) -> str:
             return "connection reset by peer"
         if isinstance(cur, BrokenPipeError):
             return "connection closed by peer (broken pipe)"
-        cur = cur.__cause__ or cur.__context__
     return str(exc) or type(exc).__name__
 
-
-def classify_tls_error(exc: BaseException) -> str:
-    """A short, fixed label for why a handshake failed (a metrics label, not prose)."""
-    cur: BaseException | None = exc
-    seen: set[int] = set()
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
-        if isinstance(cur, ssl.SSLCertVerificationError):
-            return _VERIFY_LABELS.get(cur.verify_code, "unknown_ca")
-        if isinstance(cur, ssl.SSLError):
-            if cur.reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
-                return "no_cert"
-            return "protocol"
-        cur = cur.__cause__ or cur.__context__
-    return "protocol"
-
-
-_VERIFY_LABELS = {
-    9: "not_yet_valid",
-    10: "expired",
-    23: "revoked",
-    # The server's CRL is missing, expired or bad: an operator's problem, not a client's,
-    # and one that refuses every client (VERIFY_CRL_CHECK_LEAF fails closed).
-    **dict.fromkeys((3, 8, 11, 12, 15, 16), "crl"),
-}
 
 # X509_V_ERR_* codes a server meets most, in words that say what to do about them.
 _VERIFY_CODES = {
@@ -70,6 +43,7 @@ _VERIFY_CODES = {
     19: "not issued by a trusted CA",
     20: "not issued by a trusted CA",
     23: "revoked",
+    26: "not for this use: its extended key usage does not allow it",
     62: "hostname mismatch",
     64: "IP address mismatch",
 }

@@ -1,0 +1,73 @@
+"""What every connection of one ``serve()`` shares, built once when it starts."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import ssl
+from collections.abc import AsyncIterator
+
+import attrs
+import trio
+
+from .._config import ServerConfig
+from .._engines import ENGINES, Engine
+from .._handlers import Handler, resolve_handler
+from .._net import Address
+from .._tls import IdentityCache, server_context
+from ._liveness import Liveness
+from ._metrics import ServerMetrics
+
+log = logging.getLogger("trio_tlsecho")
+
+
+@attrs.define(eq=False)
+class ServerState:
+    """Mutable on purpose, and only here: a reload swaps ``ssl_context`` for new
+    connections; running ones keep theirs."""
+
+    config: ServerConfig
+    handler: Handler
+    engine: Engine
+    ssl_context: ssl.SSLContext
+    metrics: ServerMetrics = attrs.Factory(ServerMetrics)
+    liveness: Liveness = attrs.field(init=False)
+    identities: IdentityCache = attrs.Factory(IdentityCache)
+    #: Free connection slots when ``max_connections`` is set.
+    _slots: trio.Semaphore | None = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.liveness = Liveness(self.metrics, self.config.idle_timeout)
+        limit = self.config.max_connections
+        self._slots = trio.Semaphore(limit) if limit else None
+
+    @classmethod
+    def build(cls, config: ServerConfig, metrics: ServerMetrics | None = None) -> ServerState:
+        """Resolve the handler, load the certificates, pick the engine: everything that can fail at start."""
+        handler = config.handler
+        return cls(
+            config=config,
+            handler=resolve_handler(handler) if isinstance(handler, str) else handler,
+            engine=ENGINES[config.engine],
+            ssl_context=server_context(config),
+            metrics=metrics if metrics is not None else ServerMetrics(),
+        )
+
+    @contextlib.asynccontextmanager
+    async def slot(self, where: Address) -> AsyncIterator[None]:
+        """Hold one of ``max_connections`` slots (waiting for one first) for the ``with`` block.
+
+        A listener takes the slot *before* it accepts: at the limit the server stops
+        accepting, and the kernel's backlog holds new clients until a connection closes.
+        """
+        if self._slots is None:
+            yield
+            return
+        if self._slots.value == 0:
+            log.warning(
+                "%s: %d connections open, the maximum: not accepting until one closes",
+                where,
+                self.config.max_connections,
+            )
+        async with self._slots:
+            yield
