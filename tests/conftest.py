@@ -112,6 +112,16 @@ def ipv6_loopback_available() -> bool:
 def issue_with_uri(pki: Path, out: Path, name: str, uri: str) -> TLSFiles:
     """A client certificate whose only SAN is a URI (SPIFFE style), which trustme cannot make."""
     from cryptography import x509
+
+    return issue_leaf(pki, out, name, san=x509.UniformResourceIdentifier(uri))
+
+
+def issue_leaf(
+    pki: Path, out: Path, name: str, *, san: Any = None, usages: tuple[str, ...] = ("clientAuth",)
+) -> TLSFiles:
+    """A certificate from *pki*'s CA for CN=*name*, with one SAN (default DNS:*name*) and
+    exactly the extended key usages named (``"clientAuth"``, ``"serverAuth"``)."""
+    from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -120,6 +130,10 @@ def issue_with_uri(pki: Path, out: Path, name: str, uri: str) -> TLSFiles:
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
+    oids = {
+        "clientAuth": x509.ExtendedKeyUsageOID.CLIENT_AUTH,
+        "serverAuth": x509.ExtendedKeyUsageOID.SERVER_AUTH,
+    }
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)]))
@@ -128,8 +142,8 @@ def issue_with_uri(pki: Path, out: Path, name: str, uri: str) -> TLSFiles:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(hours=1))
         .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([san or x509.DNSName(name)]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([oids[u] for u in usages]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     (out / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))

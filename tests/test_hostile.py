@@ -519,16 +519,23 @@ class BareTLSClient:
     only with trio's ``wait_readable``/``wait_writable``: between two awaits it can do
     several things (send records, then reset) that the server cannot interleave with."""
 
-    def __init__(self, sock: socket.socket, tls: ssl.SSLObject, outgoing: ssl.MemoryBIO) -> None:
-        self.sock, self.tls, self.outgoing = sock, tls, outgoing
+    def __init__(
+        self, sock: socket.socket, tls: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO
+    ) -> None:
+        self.sock, self.tls, self.incoming, self.outgoing = sock, tls, incoming, outgoing
 
     @classmethod
-    async def connect(cls, address: Address, config: ClientConfig) -> BareTLSClient:
+    async def connect(
+        cls, address: Address, config: ClientConfig, *, maximum_version: ssl.TLSVersion | None = None
+    ) -> BareTLSClient:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        tls = client_context(config).wrap_bio(incoming, outgoing, server_hostname=address.host)
-        self = cls(sock, tls, outgoing)
+        ctx = client_context(config)
+        if maximum_version is not None:
+            ctx.maximum_version = maximum_version
+        tls = ctx.wrap_bio(incoming, outgoing, server_hostname=address.host)
+        self = cls(sock, tls, incoming, outgoing)
         with trio.fail_after(HANG):
             sock.connect_ex((address.host, address.port))
             await trio.lowlevel.wait_writable(sock)
@@ -557,10 +564,60 @@ class BareTLSClient:
         data = self.outgoing.read()
         assert self.sock.send(data) == len(data), "the socket buffer took only part"
 
+    async def receive_until_closed(self) -> None:
+        """Feed everything the server sends, until it closes, to our TLS object (unread)."""
+        with trio.fail_after(HANG):
+            while True:
+                await trio.lowlevel.wait_readable(self.sock)
+                try:
+                    data = self.sock.recv(65536)
+                except ConnectionResetError:
+                    return
+                if not data:
+                    return
+                self.incoming.write(data)
+
     def reset(self) -> None:
         reset_on_close(self.sock)
         trio.lowlevel.notify_closing(self.sock)
         self.sock.close()
+
+    def close(self) -> None:
+        trio.lowlevel.notify_closing(self.sock)
+        self.sock.close()
+
+
+@pytest.mark.parametrize(
+    "version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls1.2", "tls1.3"]
+)
+async def test_a_tampered_record_after_the_handshake_is_answered_with_its_alert(
+    server: Address,
+    client_config: ClientConfig,
+    caplog: pytest.LogCaptureFixture,
+    watch: LogWatch,
+    version: ssl.TLSVersion,
+) -> None:
+    # A fatal TLS error is announced with an alert before the close (RFC 8446 6, RFC 5246
+    # 7.2), as openssl s_server does: both engines, both versions.
+    client = await BareTLSClient.connect(server, client_config, maximum_version=version)
+    port = client.sock.getsockname()[1]
+    try:
+        await watch.wait_for(lambda: bool(lines_for(caplog, port)))  # the server logged "connected"
+        client.tls.write(b"a record whose tag will not verify")
+        record = bytearray(client.outgoing.read())
+        record[-1] ^= 0x01  # the last byte of the AEAD tag
+        client.sock.send(record)
+        await client.receive_until_closed()
+        with pytest.raises(ssl.SSLError) as alert:
+            client.tls.read(1024)
+    finally:
+        client.close()
+    assert alert.value.reason == "SSLV3_ALERT_BAD_RECORD_MAC"
+    await watch.wait_for(lambda: len(lines_for(caplog, port)) == 2)
+    connected, lost = lines_for(caplog, port)
+    assert connected.startswith("connected TLSv1." + ("2" if version == ssl.TLSVersion.TLSv1_2 else "3"))
+    assert lost == "connection lost: decryption failed or bad record mac"
+    assert_no_errors(caplog)
 
 
 async def test_peer_that_resets_right_after_full_records(

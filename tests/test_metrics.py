@@ -30,6 +30,9 @@ from trio_tlsecho import (
     serve_metrics,
 )
 from trio_tlsecho._server import HANDSHAKE_RESULTS, Histogram
+from trio_tlsecho._server._outcome import Outcome
+
+from .conftest import issue_leaf
 
 
 async def echo_exactly(conn: Connection) -> None:
@@ -235,3 +238,35 @@ async def test_a_refusal_near_the_deadline_is_not_also_a_timeout(
             await trio.testing.wait_all_tasks_blocked()
     counted = {result: n for result, n in metrics.handshakes.items() if n}
     assert counted == {"unknown_ca": 1}
+
+
+async def test_a_certificate_not_for_client_authentication_has_its_own_result(
+    nursery: trio.Nursery,
+    server_config: ServerConfig,
+    pki: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Signed by our CA, but its extended key usage is serverAuth only: a server's
+    # certificate offered as a client's.  Not "unknown_ca": the operator's fix differs.
+    metrics = ServerMetrics()
+    [address] = await nursery.start(
+        lambda task_status: serve(server_config, metrics=metrics, task_status=task_status)
+    )
+    server_only = issue_leaf(pki, tmp_path, "a-server", usages=("serverAuth",))
+    with pytest.raises(ClientError):
+        await echo_once(address, ClientConfig(tls=server_only), b"x")
+    with trio.fail_after(10):
+        while metrics.handshake_failures == 0:
+            await trio.testing.wait_all_tasks_blocked()
+    assert {result: n for result, n in metrics.handshakes.items() if n} == {"wrong_purpose": 1}
+    [line] = [r.getMessage() for r in caplog.records if "handshake failed" in r.getMessage()]
+    assert line.endswith(
+        "handshake failed: certificate verify failed: not for this use: its extended key usage"
+        " does not allow it (unsuitable certificate purpose)"
+    )
+
+
+def test_the_handshake_results_are_the_outcomes() -> None:
+    # One vocabulary: what the metrics export is what the pipeline decides.
+    assert [str(o) for o in Outcome] == list(HANDSHAKE_RESULTS)

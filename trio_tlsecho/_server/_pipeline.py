@@ -208,12 +208,10 @@ async def run_handler(conn: Connection, server: ServerState, where: str) -> bool
         return True
     except trio.BrokenResourceError as exc:
         log.info("%s: connection lost: %s", where, describe_tls_error(exc))
-    except Exception as exc:
-        metrics.handler_errors += 1
-        log.error("%s: handler error: %s: %s", where, type(exc).__name__, exc)
-    except BaseExceptionGroup as group:
-        # A handler's own nursery, e.g. cancelled (grace over) while a child failed: log
-        # the failures, let the rest (the cancellation, a KeyboardInterrupt) go on.
+    except BaseExceptionGroup as group:  # before Exception: an ExceptionGroup is one
+        # A handler's own nursery (perhaps cancelled, the grace over, while a child
+        # failed): log the failures by name, let the rest (the cancellation, a
+        # KeyboardInterrupt) go on.
         errors, rest = group.split(Exception)
         if errors is not None:
             metrics.handler_errors += 1
@@ -221,6 +219,9 @@ async def run_handler(conn: Connection, server: ServerState, where: str) -> bool
             log.error("%s: handler error: %s", where, described)
         if rest is not None:
             raise rest from None
+    except Exception as exc:
+        metrics.handler_errors += 1
+        log.error("%s: handler error: %s: %s", where, type(exc).__name__, exc)
     finally:
         metrics.connections_open -= 1
         metrics.connection_seconds.observe(trio.current_time() - verified)
