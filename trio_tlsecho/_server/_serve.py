@@ -112,6 +112,7 @@ class _Listener:
         self.socket_listener = socket_listener
         self.state = state
         self.address = bound_address(socket_listener)
+        self.slot = state.slot(self.address)
         self.accepting = trio.CancelScope()
         self.connections: trio.CancelScope | None = None
 
@@ -131,7 +132,7 @@ class _Listener:
     async def _connection(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         # Until started() this task runs under the caller's cancel scope (trio's
         # nursery.start), so stopping the listener cancels a pending accept here.
-        async with self.state.slot(self.address):
+        async with self.slot:
             tcp, peer = await accept(self.socket_listener, self.address)
             task_status.started()
             await run_connection(tcp, peer, self.state)

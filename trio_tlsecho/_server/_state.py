@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
-from collections.abc import AsyncIterator
 
 import attrs
 import trio
@@ -53,21 +52,45 @@ class ServerState:
             metrics=metrics if metrics is not None else ServerMetrics(),
         )
 
-    @contextlib.asynccontextmanager
-    async def slot(self, where: Address) -> AsyncIterator[None]:
-        """Hold one of ``max_connections`` slots (waiting for one first) for the ``with`` block.
+    def slot(self, where: Address) -> contextlib.AbstractAsyncContextManager[object]:
+        """An ``async with`` that holds one of ``max_connections`` slots (waiting for one first).
 
         A listener takes the slot *before* it accepts: at the limit the server stops
         accepting, and the kernel's backlog holds new clients until a connection closes.
+        One object per listener, entered once per connection.
         """
         if self._slots is None:
-            yield
-            return
+            return _UNLIMITED
+        return _Slot(self._slots, where, self.config.max_connections)
+
+
+class _Slot:
+    __slots__ = ("_limit", "_slots", "_where")
+
+    def __init__(self, slots: trio.Semaphore, where: Address, limit: int | None) -> None:
+        self._slots, self._where, self._limit = slots, where, limit
+
+    async def __aenter__(self) -> None:
         if self._slots.value == 0:
             log.warning(
                 "%s: %d connections open, the maximum: not accepting until one closes",
-                where,
-                self.config.max_connections,
+                self._where,
+                self._limit,
             )
-        async with self._slots:
-            yield
+        await self._slots.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._slots.release()
+
+
+class _Unlimited:
+    __slots__ = ()
+
+    async def __aenter__(self) -> None:
+        pass
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        pass
+
+
+_UNLIMITED = _Unlimited()
