@@ -11,14 +11,25 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
 import trio
 import trio.testing
 
-from trio_tlsecho import AllowList, ClientConfig, Connection, ServerConfig, TLSFiles, client_context, echo
+from trio_tlsecho import (
+    AllowList,
+    ClientConfig,
+    Connection,
+    Handler,
+    ServerConfig,
+    TLSFiles,
+    client_context,
+    echo,
+)
 from trio_tlsecho._server._pipeline import run_connection
 from trio_tlsecho._server._state import ServerState
 
@@ -57,6 +68,10 @@ class Session:
         await run_connection(transport, PEER, state)
         self.done.set()
 
+    async def round_trip(self, data: bytes) -> None:
+        await self.client.send_all(data)
+        assert await self.client.receive_some(len(data)) == data
+
     async def read_to_end(self) -> bytes:
         """Everything until the server's close_notify; BrokenResourceError if it closed without."""
         got = bytearray()
@@ -65,16 +80,33 @@ class Session:
         return bytes(got)
 
 
+Connect = Callable[..., Session]
+
+
+@pytest.fixture
+def connect(nursery: trio.Nursery, state: ServerState, pki: Path) -> Connect:
+    """``connect(name="client", handler=..., **config_changes)``: a client with *name*'s certificate."""
+
+    def connect(name: str = "client", handler: Handler | None = None, **changes: Any) -> Session:
+        served = state
+        if handler is not None or changes:
+            served = attrs.evolve(
+                state, config=attrs.evolve(state.config, **changes), handler=handler or state.handler
+            )
+        return Session(nursery, served, TLSFiles.from_dir(pki, name))
+
+    return connect
+
+
 def counted(state: ServerState) -> dict[str, int]:
     return {str(result): n for result, n in state.metrics.handshakes.items() if n}
 
 
 async def test_a_finished_conversation_ends_with_close_notify(
-    nursery: trio.Nursery, state: ServerState, pki: Path, caplog: pytest.LogCaptureFixture
+    connect: Connect, state: ServerState, caplog: pytest.LogCaptureFixture
 ) -> None:
-    session = Session(nursery, state, TLSFiles.from_dir(pki, "client"))
-    await session.client.send_all(b"hello")
-    assert await session.client.receive_some(5) == b"hello"
+    session = connect()
+    await session.round_trip(b"hello")
     await session.client.aclose()
     await session.done.wait()
     assert counted(state) == {"ok": 1}
@@ -87,13 +119,11 @@ async def test_a_finished_conversation_ends_with_close_notify(
     assert connected.endswith("; 1 client connected")
 
 
-async def test_the_server_closes_with_close_notify_when_its_handler_returns(
-    nursery: trio.Nursery, state: ServerState, pki: Path
-) -> None:
+async def test_the_server_closes_with_close_notify_when_its_handler_returns(connect: Connect) -> None:
     async def greet(conn: Connection) -> None:
         await conn.stream.send_all(b"hi " + (conn.identity.common_name or "").encode())
 
-    session = Session(nursery, attrs.evolve(state, handler=greet), TLSFiles.from_dir(pki, "client"))
+    session = connect(handler=greet)
     assert await session.read_to_end() == b"hi client"  # b"" at the end: a close_notify came
     await session.done.wait()
 
@@ -118,10 +148,9 @@ async def test_a_client_from_another_ca_is_refused_with_its_alert(
 
 
 async def test_an_identity_not_on_the_allow_list_is_refused_after_the_handshake(
-    nursery: trio.Nursery, state: ServerState, pki: Path, caplog: pytest.LogCaptureFixture
+    connect: Connect, state: ServerState, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = attrs.evolve(state.config, allow=AllowList(common_names=["client"]))
-    session = Session(nursery, attrs.evolve(state, config=config), TLSFiles.from_dir(pki, "alice"))
+    session = connect("alice", allow=AllowList(common_names=["client"]))
     with pytest.raises(trio.BrokenResourceError):  # closed without close_notify
         await session.read_to_end()
     await session.done.wait()
@@ -132,13 +161,12 @@ async def test_an_identity_not_on_the_allow_list_is_refused_after_the_handshake(
 
 
 async def test_a_silent_client_times_out_in_the_handshake(
-    nursery: trio.Nursery,
+    connect: Connect,
     state: ServerState,
-    pki: Path,
     caplog: pytest.LogCaptureFixture,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    Session(nursery, state, TLSFiles.from_dir(pki, "client"))  # never sends its hello
+    connect()  # never sends its hello
     start = trio.current_time()
     with trio.fail_after(60):
         while not counted(state):
@@ -150,18 +178,12 @@ async def test_a_silent_client_times_out_in_the_handshake(
 
 
 async def test_an_idle_connection_is_closed_with_close_notify(
-    nursery: trio.Nursery,
-    state: ServerState,
-    pki: Path,
-    caplog: pytest.LogCaptureFixture,
-    autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery, pki: Path, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
 ) -> None:
-    config = attrs.evolve(state.config, idle_timeout=5)
-    state = ServerState.build(config)
+    state = ServerState.build(ServerConfig(tls=TLSFiles.from_dir(pki, "server"), idle_timeout=5))
     nursery.start_soon(state.liveness.run)  # the idle sweep, as serve() runs it
     session = Session(nursery, state, TLSFiles.from_dir(pki, "client"))
-    await session.client.send_all(b"ping")
-    assert await session.client.receive_some(4) == b"ping"
+    await session.round_trip(b"ping")
     sent_at = trio.current_time()
     assert await session.read_to_end() == b""  # an idle close is a clean one
     assert 5 <= trio.current_time() - sent_at <= 5 + state.liveness.period + 0.01
@@ -182,18 +204,13 @@ async def test_an_idle_connection_is_closed_with_close_notify(
     ids=["exception", "group"],
 )
 async def test_a_handler_error_is_logged_and_ends_the_connection_without_close_notify(
-    nursery: trio.Nursery,
-    state: ServerState,
-    pki: Path,
-    caplog: pytest.LogCaptureFixture,
-    failure: Exception,
-    logged: str,
+    connect: Connect, state: ServerState, caplog: pytest.LogCaptureFixture, failure: Exception, logged: str
 ) -> None:
     async def broken(conn: Connection) -> None:
         await conn.stream.send_all(b"half a rep")
         raise failure
 
-    session = Session(nursery, attrs.evolve(state, handler=broken), TLSFiles.from_dir(pki, "client"))
+    session = connect(handler=broken)
     got = bytearray()
     with pytest.raises(trio.BrokenResourceError):  # no close_notify: it must not look complete
         while data := await session.client.receive_some(65536):
@@ -207,11 +224,10 @@ async def test_a_handler_error_is_logged_and_ends_the_connection_without_close_n
 
 
 async def test_a_connection_lost_under_the_handler_is_one_info_line(
-    nursery: trio.Nursery, state: ServerState, pki: Path, caplog: pytest.LogCaptureFixture
+    connect: Connect, state: ServerState, caplog: pytest.LogCaptureFixture
 ) -> None:
-    session = Session(nursery, state, TLSFiles.from_dir(pki, "client"))
-    await session.client.send_all(b"x")
-    assert await session.client.receive_some(1) == b"x"
+    session = connect()
+    await session.round_trip(b"x")
     await trio.aclose_forcefully(session.client)  # no close_notify: a cut connection
     await session.done.wait()
     assert lines(caplog)[1:] == ["connection lost: peer closed the connection without a TLS close_notify"]
@@ -223,8 +239,7 @@ async def test_a_cancelled_connection_is_closed_without_close_notify(state: Serv
     # The shutdown grace ran out: the handler is cancelled mid-conversation.
     async with trio.open_nursery() as connections:
         session = Session(connections, state, TLSFiles.from_dir(pki, "client"))
-        await session.client.send_all(b"x")
-        assert await session.client.receive_some(1) == b"x"
+        await session.round_trip(b"x")
         connections.cancel_scope.cancel()
     with pytest.raises(trio.BrokenResourceError):
         await session.read_to_end()
