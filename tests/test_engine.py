@@ -25,7 +25,7 @@ import trio.testing
 
 from trio_tlsecho import ClientConfig, ServerConfig, TLSFiles, client_context, server_context
 from trio_tlsecho._engines import SEND_PIECE, SSLSocketStream, TrioTLSStream, open_ssl_socket_stream
-from trio_tlsecho._engines._socket import _PublicIO
+from trio_tlsecho._engines._socket import _READABLE, _PublicIO
 from trio_tlsecho._tls import describe_tls_error
 
 from .tools import require_tool
@@ -709,7 +709,7 @@ async def test_two_tasks_waiting_for_the_same_direction(
     woke: list[int] = []
 
     async def wait(n: int) -> None:
-        await s._wait_readable()
+        await s._wait(_READABLE)
         woke.append(n)
 
     async with c, s:

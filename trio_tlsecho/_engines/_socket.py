@@ -124,6 +124,9 @@ _FULL_RECORD = 16384
 _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 # What a non-blocking OpenSSL call asked for, as a number below any byte count.
 _WANT_READ, _WANT_WRITE = -1, -2
+# What we wait for, as bits of SSLSocketStream._waiting, and how.
+_READABLE, _WRITABLE = 1, 2
+_WAIT = {_READABLE: trio.lowlevel.wait_readable, _WRITABLE: trio.lowlevel.wait_writable}
 # Linux's TCP_INFO starts with the TCP state; TCP_CLOSE is 7 (include/net/tcp_states.h).
 _TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)
 _TCP_CLOSE = 7
@@ -200,14 +203,12 @@ class SSLSocketStream(TLSStream):
         "_handshake_done",
         "_handshaking",
         "_io",
-        "_read_lot",
-        "_read_waiting",
+        "_lot",
         "_receiving",
         "_sending",
         "_sock",
         "_state",
-        "_write_lot",
-        "_write_waiting",
+        "_waiting",
         "close_notify_timeout",
         "received",
         "send_progress",
@@ -232,10 +233,10 @@ class SSLSocketStream(TLSStream):
         self._handshaking: trio.Event | None = None
         self._receiving = False
         self._sending = False
-        self._read_waiting = False
-        self._write_waiting = False
-        self._read_lot: trio.lowlevel.ParkingLot | None = None
-        self._write_lot: trio.lowlevel.ParkingLot | None = None
+        #: The directions (_READABLE, _WRITABLE) one of our tasks waits for in trio, which
+        #: allows one waiter per direction per fd; other tasks of ours park on ``_lot``.
+        self._waiting = 0
+        self._lot: trio.lowlevel.ParkingLot | None = None
         # What the hot path calls.  ssl.SSLSocket is a Python layer over the C object
         # in ``_sslobj`` (recv_into -> read -> _sslobj.read; send -> _sslobj.write)
         # that, with suppress_ragged_eofs off, only adds checks we make ourselves;
@@ -383,35 +384,21 @@ class SSLSocketStream(TLSStream):
 
     # ------------------------------------------------------------------ waiting
 
-    async def _wait_readable(self) -> None:
-        if self._read_waiting:  # another of our tasks holds trio's one read slot
-            if self._read_lot is None:
-                self._read_lot = trio.lowlevel.ParkingLot()
-            await self._read_lot.park()
+    async def _wait(self, direction: int) -> None:
+        """Wait until the socket is readable or writable (*direction*), or another task of
+        ours that waits in trio is woken (then return early: the caller retries anyway)."""
+        if self._waiting & direction:  # another of our tasks holds trio's one slot for it
+            if self._lot is None:
+                self._lot = trio.lowlevel.ParkingLot()
+            await self._lot.park()
         else:
-            self._read_waiting = True
+            self._waiting |= direction
             try:
-                await trio.lowlevel.wait_readable(self._fd)
+                await _WAIT[direction](self._fd)
             finally:
-                self._read_waiting = False
-                if self._read_lot:
-                    self._read_lot.unpark_all()
-        if self._state is _CLOSED:
-            raise trio.ClosedResourceError("another task closed this stream")
-
-    async def _wait_writable(self) -> None:
-        if self._write_waiting:
-            if self._write_lot is None:
-                self._write_lot = trio.lowlevel.ParkingLot()
-            await self._write_lot.park()
-        else:
-            self._write_waiting = True
-            try:
-                await trio.lowlevel.wait_writable(self._fd)
-            finally:
-                self._write_waiting = False
-                if self._write_lot:
-                    self._write_lot.unpark_all()
+                self._waiting &= ~direction
+                if self._lot:
+                    self._lot.unpark_all()
         if self._state is _CLOSED:
             raise trio.ClosedResourceError("another task closed this stream")
 
@@ -449,10 +436,7 @@ class SSLSocketStream(TLSStream):
                 except ssl.SSLWantWriteError:
                     want_write = True
                 waited = True
-                if want_write:
-                    await self._wait_writable()
-                else:
-                    await self._wait_readable()
+                await self._wait(_WRITABLE if want_write else _READABLE)
             if not waited:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             self._handshake_done = True
@@ -498,17 +482,16 @@ class SSLSocketStream(TLSStream):
             # Cancelled while waiting: OpenSSL keeps any partial record, nothing is lost.
             waited = got < 0  # a wait is a checkpoint: then no other one is needed
             while got < 0:
-                if got == _WANT_WRITE or self._read_waiting:
-                    await (self._wait_writable() if got == _WANT_WRITE else self._wait_readable())
-                else:
-                    # _wait_readable() inlined, for the same reason.
-                    self._read_waiting = True
+                if got == _WANT_WRITE or self._waiting & _READABLE:
+                    await self._wait(_WRITABLE if got == _WANT_WRITE else _READABLE)
+                else:  # _wait(_READABLE) inlined, for the same reason
+                    self._waiting |= _READABLE
                     try:
                         await trio.lowlevel.wait_readable(self._fd)
                     finally:
-                        self._read_waiting = False
-                        if self._read_lot:
-                            self._read_lot.unpark_all()
+                        self._waiting &= _WRITABLE
+                        if self._lot:
+                            self._lot.unpark_all()
                     if self._state is _CLOSED:
                         raise trio.ClosedResourceError("another task closed this stream")
                 got = self._try_read(n, view)
@@ -628,11 +611,8 @@ class SSLSocketStream(TLSStream):
         # anything that stops us here (cancellation included) breaks the stream.
         try:
             while True:
-                if want_write:
-                    await self._wait_writable()
-                    self.send_progress += 1
-                else:
-                    await self._wait_readable()
+                await self._wait(_WRITABLE if want_write else _READABLE)
+                self.send_progress += want_write  # the peer took bytes: not idle
                 try:
                     self._io.write(data)
                     return
@@ -657,7 +637,7 @@ class SSLSocketStream(TLSStream):
             self._raise_status()
         self._sending = True
         try:
-            await self._wait_writable()
+            await self._wait(_WRITABLE)
         finally:
             self._sending = False
 
