@@ -7,12 +7,11 @@ Prints ``listening on HOST:PORT`` once bound (``--listen 127.0.0.1:0`` picks a p
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import ssl
 from functools import partial
 
 import trio
+from baseline_args import listen_and_context
 
 
 async def echo(stream: trio.SSLStream[trio.SocketStream]) -> None:
@@ -24,18 +23,9 @@ async def echo(stream: trio.SSLStream[trio.SocketStream]) -> None:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT")
-    parser.add_argument("--cert", required=True)
-    parser.add_argument("--key", required=True)
-    parser.add_argument("--ca", required=True)
-    args = parser.parse_args()
-    host, _, port = args.listen.rpartition(":")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=args.ca)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_cert_chain(args.cert, args.key)
+    host, port, ctx = listen_and_context(__doc__)
     async with trio.open_nursery() as nursery:
-        serve = partial(trio.serve_ssl_over_tcp, echo, int(port), ctx, host=host)
+        serve = partial(trio.serve_ssl_over_tcp, echo, port, ctx, host=host)
         listeners = await nursery.start(serve)
         bound_host, bound_port = listeners[0].transport_listener.socket.getsockname()[:2]
         print(f"listening on {bound_host}:{bound_port}", flush=True)
