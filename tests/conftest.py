@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,16 @@ async def start_server(nursery: trio.Nursery, config: ServerConfig, **changes: A
     """Start ``serve`` in *nursery* (as an embedding app would) and return its addresses."""
     addresses: list[Address] = await nursery.start(serve, attrs.evolve(config, **changes))
     return addresses
+
+
+#: ``await start(**config_changes)``: see the ``start`` fixture.
+Start = Callable[..., Awaitable[list[Address]]]
+
+
+@pytest.fixture
+def start(nursery: trio.Nursery, server_config: ServerConfig) -> Start:
+    """Start a server (this test's engine, ``server_config`` with *changes*) in the test's nursery."""
+    return functools.partial(start_server, nursery, server_config)
 
 
 @pytest.fixture

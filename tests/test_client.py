@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-import trio
 
-from trio_tlsecho import ClientConfig, ClientError, Connection, EchoMismatchError, ServerConfig, echo_once
+from trio_tlsecho import ClientConfig, ClientError, Connection, EchoMismatchError, echo_once
 
-from .conftest import start_server
+from .conftest import Start
 
 
 def answering(reply: Callable[[bytes], bytes]) -> Callable[[Connection], object]:
@@ -34,26 +33,23 @@ def answering(reply: Callable[[bytes], bytes]) -> Callable[[Connection], object]
     ids=["different", "longer"],
 )
 async def test_a_wrong_echo_is_one_error(
-    nursery: trio.Nursery,
-    server_config: ServerConfig,
+    start: Start,
     client_config: ClientConfig,
     reply: Callable[[bytes], bytes],
     error: type[ClientError],
     message: str,
 ) -> None:
-    [address] = await start_server(nursery, server_config, handler=answering(reply))
+    [address] = await start(handler=answering(reply))
     with pytest.raises(error, match=message):
         await echo_once(address, client_config, b"0123456789")
 
 
-async def test_a_short_echo_is_one_error(
-    nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig
-) -> None:
+async def test_a_short_echo_is_one_error(start: Start, client_config: ClientConfig) -> None:
     async def short(conn: Connection) -> None:
         await conn.stream.receive_some(65536)
         await conn.stream.send_all(b"012")
         await conn.stream.aclose()  # with close_notify: a clean end, too early
 
-    [address] = await start_server(nursery, server_config, handler=short)
+    [address] = await start(handler=short)
     with pytest.raises(ClientError, match="short echo: server closed after 3 of 10 bytes"):
         await echo_once(address, client_config, b"0123456789")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import trio
 
-from trio_tlsecho import Address, ClientConfig, Connection, ServerConfig, discard, open_client
+from trio_tlsecho import Address, ClientConfig, Connection, discard, open_client
 
-from .conftest import start_server
+from .conftest import Start
 
 
 async def test_echo_answers_each_chunk(server: Address, client_config: ClientConfig) -> None:
@@ -20,16 +20,14 @@ async def test_echo_answers_each_chunk(server: Address, client_config: ClientCon
     await stream.aclose()
 
 
-async def test_discard_consumes_everything_until_close(
-    nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig
-) -> None:
+async def test_discard_consumes_everything_until_close(start: Start, client_config: ClientConfig) -> None:
     finished = trio.Event()
 
     async def watched(conn: Connection) -> None:
         await discard(conn)
         finished.set()
 
-    [address] = await start_server(nursery, server_config, handler=watched)
+    [address] = await start(handler=watched)
     stream = await open_client(address, client_config)
     with trio.fail_after(30):
         # Far more than the socket buffers hold: send_all only returns if the server reads.

@@ -38,7 +38,7 @@ from trio_tlsecho import (
     serve,
 )
 
-from .conftest import assert_fds_settle, open_fds, start_server
+from .conftest import Start, assert_fds_settle, open_fds, start_server
 
 LOGGER = "trio_tlsecho"
 #: Bounds a broken build's hang, never a measurement (virtual seconds under autojump_clock).
@@ -258,8 +258,7 @@ async def test_plain_text_instead_of_client_hello(
 
 @pytest.mark.parametrize("seed", range(5))
 async def test_random_garbage(
-    nursery: trio.Nursery,
-    server_config: ServerConfig,
+    start: Start,
     client_config: ClientConfig,
     caplog: pytest.LogCaptureFixture,
     autojump_clock: trio.testing.MockClock,
@@ -267,7 +266,7 @@ async def test_random_garbage(
 ) -> None:
     # autojump_clock and a short handshake timeout: garbage that happens to parse as the
     # start of a long record leaves the server waiting for more, and that must end too.
-    [address] = await start_server(nursery, server_config, handshake_timeout=5)
+    [address] = await start(handshake_timeout=5)
     rng = random.Random(seed)
     garbage = rng.randbytes(rng.randint(1, 4096))
     async with good_client(address, client_config) as good:
@@ -283,13 +282,12 @@ async def test_random_garbage(
 
 
 async def test_client_hello_cut_in_half_then_silence(
-    nursery: trio.Nursery,
-    server_config: ServerConfig,
+    start: Start,
     client_config: ClientConfig,
     caplog: pytest.LogCaptureFixture,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    [address] = await start_server(nursery, server_config, handshake_timeout=5)
+    [address] = await start(handshake_timeout=5)
     hello = real_client_hello(client_config)
     async with good_client(address, client_config) as good:
         port, answer = await send_and_read(address, hello[: len(hello) // 2])

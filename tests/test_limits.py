@@ -14,18 +14,17 @@ import trio.testing
 
 from trio_tlsecho import ClientConfig, Connection, ServerConfig, echo, echo_once, open_client
 
-from .conftest import start_server
+from .conftest import Start, start_server
 from .tools import Lines
 
 
 async def test_idle_connection_is_closed(
-    nursery: trio.Nursery,
-    server_config: ServerConfig,
+    start: Start,
     client_config: ClientConfig,
     caplog: pytest.LogCaptureFixture,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    [address] = await start_server(nursery, server_config, idle_timeout=30)
+    [address] = await start(idle_timeout=30)
     stream = await open_client(address, client_config)
     start = trio.current_time()
     # Activity keeps it open well past the idle timeout...
@@ -44,13 +43,12 @@ async def test_idle_connection_is_closed(
 
 
 async def test_peer_that_stops_reading_is_idle_too(
-    nursery: trio.Nursery,
-    server_config: ServerConfig,
+    start: Start,
     client_config: ClientConfig,
     caplog: pytest.LogCaptureFixture,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    [address] = await start_server(nursery, server_config, idle_timeout=30)
+    [address] = await start(idle_timeout=30)
     stream = await open_client(address, client_config)
     sent = 0
     # We write and never read: the server's echo blocks on send, socket buffers fill,

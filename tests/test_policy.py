@@ -8,12 +8,11 @@ import ssl
 from pathlib import Path
 
 import pytest
-import trio
 
-from trio_tlsecho import ClientConfig, ClientError, ConfigError, ServerConfig, TLSFiles, echo_once
+from trio_tlsecho import ClientConfig, ClientError, ConfigError, TLSFiles, echo_once
 from trio_tlsecho._tls import AllowList, PeerIdentity
 
-from .conftest import issue_with_uri, start_server
+from .conftest import Start, issue_with_uri
 
 
 def _identity(
@@ -112,8 +111,7 @@ def _fingerprint(pem: Path) -> str:
     ids=["cn", "san", "fingerprint"],
 )
 async def test_server_refuses_identities_not_allowed(
-    nursery: trio.Nursery,
-    server_config: ServerConfig,
+    start: Start,
     pki: Path,
     client_config: ClientConfig,
     caplog: pytest.LogCaptureFixture,
@@ -122,7 +120,7 @@ async def test_server_refuses_identities_not_allowed(
     if allow == "fingerprint":
         allow = AllowList(fingerprints=[_fingerprint(pki / "alice.pem")])
     assert isinstance(allow, AllowList)
-    [address] = await start_server(nursery, server_config, allow=allow)
+    [address] = await start(allow=allow)
     alice = ClientConfig(tls=TLSFiles.from_dir(pki, "alice"))
     assert (await echo_once(address, alice, b"alice here")).received == 10
     with pytest.raises(ClientError):
@@ -134,12 +132,10 @@ async def test_server_refuses_identities_not_allowed(
     assert (await echo_once(address, alice, b"alice again")).received == 11
 
 
-async def test_spiffe_uri_san(
-    nursery: trio.Nursery, server_config: ServerConfig, pki: Path, tmp_path: Path, client_config: ClientConfig
-) -> None:
+async def test_spiffe_uri_san(start: Start, pki: Path, tmp_path: Path, client_config: ClientConfig) -> None:
     spiffe = "spiffe://example.org/ns/prod/sa/echo-client"
     files = issue_with_uri(pki, tmp_path, "workload", spiffe)
-    [address] = await start_server(nursery, server_config, allow=AllowList(sans=[f"URI:{spiffe}"]))
+    [address] = await start(allow=AllowList(sans=[f"URI:{spiffe}"]))
     assert (await echo_once(address, ClientConfig(tls=files), b"spiffe")).received == 6
     with pytest.raises(ClientError):
         await echo_once(address, client_config, b"not me")

@@ -34,7 +34,7 @@ from trio_tlsecho._net._proxy import (
     read_proxy_header,
 )
 
-from .conftest import start_server
+from .conftest import Start, start_server
 
 TLS_START = b"\x16\x03\x01\x00\xc0"  # what follows the header: a ClientHello's record header
 
@@ -244,12 +244,9 @@ async def test_a_health_check_is_a_probe_not_a_refusal(
 
 
 async def test_truncated_header_times_out(
-    nursery: trio.Nursery,
-    server_config: ServerConfig,
-    caplog: pytest.LogCaptureFixture,
-    autojump_clock: trio.testing.MockClock,
+    start: Start, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
 ) -> None:
-    [address] = await start_server(nursery, server_config, proxy_protocol=True, handshake_timeout=5)
+    [address] = await start(proxy_protocol=True, handshake_timeout=5)
     tcp = await trio.open_tcp_stream(address.host, address.port)
     await tcp.send_all(b"PROXY TCP4 192.0.2.1 ")
     assert await tcp.receive_some(10) == b""

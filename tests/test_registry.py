@@ -7,12 +7,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import trio
 
 from trio_tlsecho import (
     ClientConfig,
     HandlerNotFoundError,
-    ServerConfig,
     discard,
     echo,
     handler_names,
@@ -21,7 +19,7 @@ from trio_tlsecho import (
 )
 from trio_tlsecho._handlers import ENTRY_POINT_GROUP
 
-from .conftest import start_server
+from .conftest import Start
 
 
 def test_builtins() -> None:
@@ -116,9 +114,9 @@ def test_bad_module_attr(plugin: Path, spec: str, message: str) -> None:
 
 
 async def test_server_runs_a_plugin_found_by_name(
-    plugin: Path, nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig
+    start: Start, plugin: Path, client_config: ClientConfig
 ) -> None:
-    [address] = await start_server(nursery, server_config, handler="shout")
+    [address] = await start(handler="shout")
     stream = await open_client(address, client_config)
     await stream.send_all(b"quiet")
     assert await stream.receive_some(100) == b"QUIET"

@@ -31,7 +31,7 @@ from trio_tlsecho import (
 from trio_tlsecho._net import bind_reuse_port
 from trio_tlsecho._tls import IdentityCache
 
-from .conftest import ipv6_loopback_available, issue_client, start_server
+from .conftest import Start, ipv6_loopback_available, issue_client, start_server
 
 NOW = dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
@@ -46,8 +46,8 @@ async def test_echo_round_trip(server: Address, client_config: ClientConfig, siz
     assert result.server.common_name == "localhost"
 
 
-async def test_started_reports_bound_ports(nursery: trio.Nursery, server_config: ServerConfig) -> None:
-    addresses = await start_server(nursery, server_config, listen=["127.0.0.1:0", "127.0.0.1:0"])
+async def test_started_reports_bound_ports(start: Start) -> None:
+    addresses = await start(listen=["127.0.0.1:0", "127.0.0.1:0"])
     assert len(addresses) == 2
     assert all(a.host == "127.0.0.1" and a.port > 0 for a in addresses)
     assert addresses[0].port != addresses[1].port
@@ -126,13 +126,12 @@ async def test_rejects_plain_text_and_keeps_serving(
 
 
 async def test_handshake_timeout_drops_silent_client(
-    nursery: trio.Nursery,
-    server_config: ServerConfig,
+    start: Start,
     client_config: ClientConfig,
     caplog: pytest.LogCaptureFixture,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    [address] = await start_server(nursery, server_config, handshake_timeout=5)
+    [address] = await start(handshake_timeout=5)
     silent = await trio.open_tcp_stream(address.host, address.port)
     # The server closes on us once the (virtual) timeout passes: EOF, no data.
     assert await silent.receive_some(100) == b""
@@ -141,20 +140,15 @@ async def test_handshake_timeout_drops_silent_client(
 
 
 @pytest.mark.skipif(not ipv6_loopback_available(), reason="this machine has no IPv6 loopback (::1)")
-async def test_two_listeners_ipv4_and_ipv6(
-    nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig
-) -> None:
-    v4, v6 = await start_server(nursery, server_config, listen=["127.0.0.1:0", "[::1]:0"])
+async def test_two_listeners_ipv4_and_ipv6(start: Start, client_config: ClientConfig) -> None:
+    v4, v6 = await start(listen=["127.0.0.1:0", "[::1]:0"])
     assert (v4.host, v6.host) == ("127.0.0.1", "::1")
     for address in (v4, v6):
         assert (await echo_once(address, client_config, b"dual stack")).received == 10
 
 
 async def test_one_handler_failure_leaves_other_connections_alone(
-    nursery: trio.Nursery,
-    server_config: ServerConfig,
-    client_config: ClientConfig,
-    caplog: pytest.LogCaptureFixture,
+    start: Start, client_config: ClientConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def fragile(conn: Connection) -> None:
         while data := await conn.stream.receive_some(1024):
@@ -162,7 +156,7 @@ async def test_one_handler_failure_leaves_other_connections_alone(
                 raise RuntimeError("boom requested")
             await conn.stream.send_all(data)
 
-    [address] = await start_server(nursery, server_config, handler=fragile)
+    [address] = await start(handler=fragile)
     steady = await open_client(address, client_config)
     await steady.send_all(b"first")
     assert await steady.receive_some(100) == b"first"
@@ -187,11 +181,9 @@ def recording_ok(seen: list[Connection]) -> Callable[[Connection], Awaitable[Non
     return record
 
 
-async def test_handler_sees_peer_identity(
-    nursery: trio.Nursery, server_config: ServerConfig, pki: Path
-) -> None:
+async def test_handler_sees_peer_identity(start: Start, pki: Path) -> None:
     seen: list[Connection] = []
-    [address] = await start_server(nursery, server_config, handler=recording_ok(seen))
+    [address] = await start(handler=recording_ok(seen))
     alice = ClientConfig(tls=TLSFiles.from_dir(pki, "alice"))
     stream = await open_client(address, alice)
     client_port = stream.transport_stream.socket.getsockname()[1]
@@ -208,11 +200,9 @@ async def test_handler_sees_peer_identity(
     assert conn.peer_address[1] == client_port
 
 
-async def test_connections_with_one_certificate_share_one_identity(
-    nursery: trio.Nursery, server_config: ServerConfig, pki: Path
-) -> None:
+async def test_connections_with_one_certificate_share_one_identity(start: Start, pki: Path) -> None:
     seen: list[Connection] = []
-    [address] = await start_server(nursery, server_config, handler=recording_ok(seen))
+    [address] = await start(handler=recording_ok(seen))
     for name in ("alice", "client", "alice"):
         async with await open_client(address, ClientConfig(tls=TLSFiles.from_dir(pki, name))) as stream:
             assert await stream.receive_some(10) == b"ok"
@@ -346,15 +336,13 @@ async def test_connect_and_close_is_not_a_warning(
     await _assert_still_serves(server, client_config)
 
 
-async def test_a_handler_that_returns_ends_tls_cleanly(
-    nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig
-) -> None:
+async def test_a_handler_that_returns_ends_tls_cleanly(start: Start, client_config: ClientConfig) -> None:
     # close_notify, then close: the client reads a clean EOF, not a truncation error
     # ("peer closed the connection without a TLS close_notify").
     async def greet(conn: Connection) -> None:
         await conn.stream.send_all(b"hello, and goodbye")
 
-    [address] = await start_server(nursery, server_config, handler=greet)
+    [address] = await start(handler=greet)
     stream = await open_client(address, client_config)
     got = b""
     with trio.fail_after(10):
@@ -392,14 +380,14 @@ async def test_reuse_port_skips_an_address_family_the_host_lacks(monkeypatch: py
 
 
 async def test_a_handler_that_fails_does_not_end_tls_cleanly(
-    nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig
+    start: Start, client_config: ClientConfig
 ) -> None:
     # A crash in mid-reply must not read as a finished conversation: no close_notify.
     async def crash(conn: Connection) -> None:
         await conn.stream.send_all(b"partial reply, then ")
         raise ValueError("handler bug")
 
-    [address] = await start_server(nursery, server_config, handler=crash)
+    [address] = await start(handler=crash)
     stream = await open_client(address, client_config)
     got = b""
     with trio.fail_after(10), pytest.raises(trio.BrokenResourceError):

@@ -32,7 +32,7 @@ from trio_tlsecho import (
     server_context,
 )
 
-from .conftest import start_server
+from .conftest import Start
 from .test_wire import start_recording_proxy
 from .tools import missing, require_tool
 
@@ -117,11 +117,11 @@ def stalling_echo(start: float, stall: float) -> Callable[[Connection], Awaitabl
 
 
 async def test_open_loop_latency_counts_from_the_intended_time(
-    tlsload: Path, pki: Path, nursery: trio.Nursery, server_config: ServerConfig
+    start: Start, tlsload: Path, pki: Path
 ) -> None:
     # Stalled 0.3 s into a 0.1 s warm-up + 0.6 s window, for 0.25 s: about 50 of the 120
     # messages were meant to go out during the stall; each waits for its end.
-    [address] = await start_server(nursery, server_config, handler=stalling_echo(0.3, 0.25))
+    [address] = await start(handler=stalling_echo(0.3, 0.25))
     args = command(tlsload, pki, address, "--clients", "2", "--duration", "0.6", "--rate", "200")
     status, report, _ = await run(args)
     assert status == 0
@@ -137,10 +137,8 @@ async def corrupting_echo(conn: Connection) -> None:
         await conn.stream.send_all(bytes([data[0] ^ 0xFF]) + data[1:])
 
 
-async def test_a_corrupted_echo_is_a_mismatch(
-    tlsload: Path, pki: Path, nursery: trio.Nursery, server_config: ServerConfig
-) -> None:
-    [address] = await start_server(nursery, server_config, handler=corrupting_echo)
+async def test_a_corrupted_echo_is_a_mismatch(start: Start, tlsload: Path, pki: Path) -> None:
+    [address] = await start(handler=corrupting_echo)
     status, report, _ = await run(command(tlsload, pki, address, "--clients", "2"))
     assert status == 1
     assert report is not None
@@ -218,10 +216,8 @@ async def echo_once_then_close(conn: Connection) -> None:
     await conn.stream.send_all(await conn.stream.receive_some(65536))
 
 
-async def test_hold_counts_a_server_closing_a_held_connection(
-    tlsload: Path, pki: Path, nursery: trio.Nursery, server_config: ServerConfig
-) -> None:
-    [address] = await start_server(nursery, server_config, handler=echo_once_then_close)
+async def test_hold_counts_a_server_closing_a_held_connection(start: Start, tlsload: Path, pki: Path) -> None:
+    [address] = await start(handler=echo_once_then_close)
     args = command(tlsload, pki, address, "--clients", "3", "--size", "1", "--hold", "60")
     # stdin stays open: it ends, well before 60 s, when the last held client is closed.
     with trio.fail_after(30):
