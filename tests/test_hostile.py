@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from trio.testing import MockClock
 
 from trio_tlsecho import (
     Address,
@@ -261,7 +262,7 @@ async def test_random_garbage(
     start: Start,
     client_config: ClientConfig,
     caplog: pytest.LogCaptureFixture,
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: MockClock,
     seed: int,
 ) -> None:
     # autojump_clock and a short handshake timeout: garbage that happens to parse as the
@@ -282,10 +283,7 @@ async def test_random_garbage(
 
 
 async def test_client_hello_cut_in_half_then_silence(
-    start: Start,
-    client_config: ClientConfig,
-    caplog: pytest.LogCaptureFixture,
-    autojump_clock: trio.testing.MockClock,
+    start: Start, client_config: ClientConfig, caplog: pytest.LogCaptureFixture, autojump_clock: MockClock
 ) -> None:
     [address] = await start(handshake_timeout=5)
     hello = real_client_hello(client_config)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from trio.testing import MockClock
 
 from trio_tlsecho import ClientConfig, Connection, ServerConfig, echo, echo_once, open_client
 
@@ -19,20 +20,17 @@ from .tools import Lines
 
 
 async def test_idle_connection_is_closed(
-    start: Start,
-    client_config: ClientConfig,
-    caplog: pytest.LogCaptureFixture,
-    autojump_clock: trio.testing.MockClock,
+    start: Start, client_config: ClientConfig, caplog: pytest.LogCaptureFixture, autojump_clock: MockClock
 ) -> None:
     [address] = await start(idle_timeout=30)
     stream = await open_client(address, client_config)
-    start = trio.current_time()
+    began = trio.current_time()
     # Activity keeps it open well past the idle timeout...
     for _ in range(5):
         await trio.sleep(20)  # virtual time: the peer's think time, not synchronisation
         await stream.send_all(b"ping")
         assert await stream.receive_some(10) == b"ping"
-    assert trio.current_time() - start >= 100
+    assert trio.current_time() - began >= 100
     # ...and silence closes it (the fail_after only bounds a broken build's hang).
     with trio.fail_after(1000), pytest.raises(trio.BrokenResourceError):
         while await stream.receive_some(10):
@@ -43,10 +41,7 @@ async def test_idle_connection_is_closed(
 
 
 async def test_peer_that_stops_reading_is_idle_too(
-    start: Start,
-    client_config: ClientConfig,
-    caplog: pytest.LogCaptureFixture,
-    autojump_clock: trio.testing.MockClock,
+    start: Start, client_config: ClientConfig, caplog: pytest.LogCaptureFixture, autojump_clock: MockClock
 ) -> None:
     [address] = await start(idle_timeout=30)
     stream = await open_client(address, client_config)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from trio.testing import MockClock
 
 from trio_tlsecho import (
     Address,
@@ -126,10 +127,7 @@ async def test_rejects_plain_text_and_keeps_serving(
 
 
 async def test_handshake_timeout_drops_silent_client(
-    start: Start,
-    client_config: ClientConfig,
-    caplog: pytest.LogCaptureFixture,
-    autojump_clock: trio.testing.MockClock,
+    start: Start, client_config: ClientConfig, caplog: pytest.LogCaptureFixture, autojump_clock: MockClock
 ) -> None:
     [address] = await start(handshake_timeout=5)
     silent = await trio.open_tcp_stream(address.host, address.port)
