@@ -18,7 +18,7 @@ import attrs
 import trio
 
 from .._config import ClientConfig
-from .._exceptions import ClientError, EchoMismatchError
+from .._exceptions import ClientError, EchoMismatchError, causes
 from .._handlers import RECEIVE_SIZE
 from .._net import Address
 from .._tls import PeerIdentity, client_context, describe_tls_error, peer_identity
@@ -73,10 +73,7 @@ async def open_client(
 def _os_reason(exc: OSError) -> str:
     # open_tcp_stream tries every address and raises a summary OSError whose cause is
     # a group of the real ones; look there for the errno that explains it.
-    errors: list[BaseException] = [exc]
-    if isinstance(exc.__cause__, BaseExceptionGroup):
-        errors += list(exc.__cause__.exceptions)
-    errnos = {e.errno for e in errors if isinstance(e, OSError)}
+    errnos = {e.errno for e in causes(exc) if isinstance(e, OSError)}
     if errno.ECONNREFUSED in errnos:
         return "connection refused (is the server running?)"
     if isinstance(exc, socket.gaierror):
