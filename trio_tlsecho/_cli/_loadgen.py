@@ -1,8 +1,7 @@
 """The ``loadgen`` subcommand: flags -> :class:`LoadConfig` -> :func:`run_load` -> a table.
 
-Kept apart from :mod:`._cli` because it is the one command with a dozen flags of
-its own; it reuses ``_cli``'s certificate flags and argument types, imported when
-the parser is built (``_cli`` imports this module, so not at the top).
+Kept apart from :mod:`._main` because it is the one command with a dozen flags of
+its own; it reuses :mod:`._common`'s certificate flags and value types.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._config import ClientConfig
+from .._config import ClientConfig, from_text, round_trip_rate
 from .._exceptions import ConfigError
 from .._load import (
     DEFAULT_DURATION,
@@ -29,7 +28,17 @@ from .._load import (
     run_load,
 )
 from .._net import DEFAULT_HOST, DEFAULT_PORT, Address
-from ._common import PROG, add_tls_flags, address, positive_int, require_files, seconds, tls_files
+from ._common import (
+    PROG,
+    add_tls_flags,
+    address_arg,
+    count_arg,
+    flag_type,
+    require_files,
+    seconds_arg,
+    seconds_or_zero_arg,
+    tls_files,
+)
 
 if TYPE_CHECKING:
     from ._common import Parser
@@ -40,31 +49,8 @@ DEFAULT_CLIENTS = 64
 DEFAULT_SIZES = "1-100"
 
 
-def _sizes(text: str) -> SizeRange:
-    try:
-        return SizeRange.parse(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of round trips per second") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of round trips per second")
-    return value
-
-
-def _non_negative_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a number of seconds >= 0")
-    return value
+_sizes = flag_type(SizeRange.parse)
+_rate = flag_type(from_text(round_trip_rate, float))
 
 
 def add_loadgen_parser(subparsers: SubParsers) -> None:
@@ -78,14 +64,14 @@ def add_loadgen_parser(subparsers: SubParsers) -> None:
     p.add_argument(
         "--connect",
         metavar="HOST:PORT",
-        type=address,
+        type=address_arg,
         default=Address(DEFAULT_HOST, DEFAULT_PORT),
         help=f"server address (default: {DEFAULT_HOST}:{DEFAULT_PORT})",
     )
     p.add_argument(
         "--clients",
         metavar="N",
-        type=positive_int,
+        type=count_arg,
         default=DEFAULT_CLIENTS,
         help=f"concurrent clients (default: {DEFAULT_CLIENTS})",
     )
@@ -93,12 +79,10 @@ def add_loadgen_parser(subparsers: SubParsers) -> None:
     until.add_argument(
         "--duration",
         metavar="SECONDS",
-        type=seconds,
+        type=seconds_arg,
         help=f"measure for this long (default: {DEFAULT_DURATION:g})",
     )
-    until.add_argument(
-        "--requests", metavar="N", type=positive_int, help="measure this many exchanges in total"
-    )
+    until.add_argument("--requests", metavar="N", type=count_arg, help="measure this many exchanges in total")
     p.add_argument(
         "--size",
         metavar="BYTES",
@@ -121,28 +105,28 @@ def add_loadgen_parser(subparsers: SubParsers) -> None:
     p.add_argument(
         "--warmup",
         metavar="SECONDS",
-        type=_non_negative_seconds,
+        type=seconds_or_zero_arg,
         default=0.0,
         help="run this long before measuring (default: 0)",
     )
     p.add_argument(
         "--ramp",
         metavar="SECONDS",
-        type=_non_negative_seconds,
+        type=seconds_or_zero_arg,
         default=0.0,
         help="start the clients evenly over this time instead of together (default: 0)",
     )
     p.add_argument(
         "--workers",
         metavar="N",
-        type=positive_int,
+        type=count_arg,
         default=1,
         help="processes to share the clients, each with its own event loop (default: 1)",
     )
     p.add_argument(
         "--timeout",
         metavar="SECONDS",
-        type=seconds,
+        type=seconds_arg,
         default=10.0,
         help="for one exchange, connecting included (default: 10)",
     )

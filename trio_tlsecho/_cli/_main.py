@@ -45,14 +45,14 @@ from ._common import (
     PROG,
     Parser,
     add_tls_flags,
+    address_arg,
+    count_arg,
     explicit_files,
-    positive_int,
     require_files,
-    seconds,
-    seconds_or_off,
+    seconds_arg,
+    seconds_or_zero_arg,
     tls_files,
 )
-from ._common import address as address_type
 from ._loadgen import add_loadgen_parser
 
 #: The seed workload: 5 KiB and 35 bytes, enough to span several TCP segments.
@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--days",
-        type=positive_int,
+        type=count_arg,
         default=DEFAULT_DAYS,
         help=f"how long leaves are valid, 1 to {CA_DAYS} (default: {DEFAULT_DAYS})",
     )
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--listen",
         metavar="HOST:PORT",
-        type=address_type,
+        type=address_arg,
         action="append",
         help=f"address to listen on, repeatable; [::1]:PORT for IPv6, port 0 picks one"
         f" (default: {DEFAULT_HOST}:{DEFAULT_PORT})",
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--handshake-timeout",
         metavar="SECONDS",
-        type=seconds,
+        type=seconds_arg,
         default=DEFAULT_HANDSHAKE_TIMEOUT,
         help=f"drop peers that have not finished TLS by then (default: {DEFAULT_HANDSHAKE_TIMEOUT:g})",
     )
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--idle-timeout",
         metavar="SECONDS",
-        type=seconds_or_off,
+        type=seconds_or_zero_arg,
         default=DEFAULT_IDLE_TIMEOUT,
         help="close connections that move no bytes for this long; 0: never"
         f" (default: {DEFAULT_IDLE_TIMEOUT:g})",
@@ -135,13 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-connections",
         metavar="N",
-        type=positive_int,
+        type=count_arg,
         help="stop accepting while N connections are open (default: no limit)",
     )
     p.add_argument(
         "--shutdown-grace",
         metavar="SECONDS",
-        type=seconds_or_off,
+        type=seconds_or_zero_arg,
         default=DEFAULT_SHUTDOWN_GRACE,
         help="on SIGTERM/SIGINT, how long open connections may finish"
         f" (default: {DEFAULT_SHUTDOWN_GRACE:g}; a second signal stops at once)",
@@ -165,14 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers",
         metavar="N",
-        type=positive_int,
+        type=count_arg,
         default=1,
         help="run N server processes sharing the ports (SO_REUSEPORT) under one supervisor (default: 1)",
     )
     p.add_argument(
         "--metrics",
         metavar="HOST:PORT",
-        type=address_type,
+        type=address_arg,
         help="serve Prometheus metrics over plain HTTP at http://HOST:PORT/metrics (off by default)",
     )
     p.add_argument(
@@ -215,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--connect",
         metavar="HOST:PORT",
-        type=address_type,
+        type=address_arg,
         default=Address(DEFAULT_HOST, DEFAULT_PORT),
         help=f"server address (default: {DEFAULT_HOST}:{DEFAULT_PORT})",
     )
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument(
         "--random",
         metavar="N",
-        type=positive_int,
+        type=count_arg,
         help=f"send N random bytes (default: {DEFAULT_RANDOM_SIZE})",
     )
     p.add_argument(
@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout",
         metavar="SECONDS",
-        type=seconds,
+        type=seconds_arg,
         default=30.0,
         help="for the echo, once connected (default: 30; connecting and the handshake have 10 s)",
     )
