@@ -24,6 +24,8 @@ from trio_tlsecho._config import (
 )
 
 TLS = TLSFiles.from_dir("certs", "server")
+#: Certificate flags that name files nobody reads: the configs are refused before that.
+UNREAD_FILES = ["--cert", "none.pem", "--key", "none.key", "--ca", "none-ca.pem"]
 
 
 @pytest.mark.parametrize(
@@ -226,6 +228,51 @@ def test_a_flag_and_its_field_say_the_same(
     assert flag_line.endswith(f"argument {flags[1]}: {words} (see --help)"), flag_line
 
 
+# -- rules between fields: the config refuses, the CLI only says so ------------------------------
+
+
 def _load_kwargs() -> dict[str, Any]:
     client = ClientConfig(tls=TLSFiles.from_dir("certs", "client"))
     return {"address": "127.0.0.1:1", "client": client}
+
+
+PROXY_FROM_ALONE = "proxy_from needs proxy_protocol: without it no PROXY header is read"
+
+
+def test_proxy_from_needs_proxy_protocol() -> None:
+    with pytest.raises(ConfigError) as info:
+        ServerConfig(tls=TLS, proxy_from=["10.0.0.0/8"])
+    assert str(info.value) == PROXY_FROM_ALONE
+    config = ServerConfig(tls=TLS, proxy_protocol=True, proxy_from=["10.0.0.0/8"])
+    assert attrs.evolve(config, proxy_from=()).proxy_from == ()
+    with pytest.raises(ConfigError, match=f"^{PROXY_FROM_ALONE}$"):
+        attrs.evolve(config, proxy_protocol=False)  # an embedding app's override is checked too
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"duration": None}, "give a duration or a number of requests"),
+        ({"duration": 1.0, "requests": 5}, "give a duration or a number of requests, not both"),
+        ({"workers": 3, "clients": 2}, "3 workers need at least as many clients, not 2"),
+    ],
+)
+def test_load_config_rules_between_fields(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        LoadConfig(**_load_kwargs(), **changes)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["serve", "--listen", "127.0.0.1:0", "--proxy-from", "10.0.0.0/8"], PROXY_FROM_ALONE),
+        (["loadgen", "--workers", "3", "--clients", "2"], "3 workers need at least as many clients, not 2"),
+    ],
+)
+def test_the_cli_says_what_the_config_refuses(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*argv, *UNREAD_FILES]) == 2
+    err = capsys.readouterr().err
+    assert err == f"trio-tlsecho: error: {message}\n"

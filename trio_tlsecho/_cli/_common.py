@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from .._config import count, from_text, seconds, seconds_or_zero
 from .._exceptions import ConfigError
@@ -45,6 +45,11 @@ seconds_arg = flag_type(from_text(seconds, float))
 #: Seconds or 0 (any spelling of zero): no grace, no warm-up, a timeout that is off.
 seconds_or_zero_arg = flag_type(from_text(seconds_or_zero, float))
 address_arg = flag_type(Address.parse)
+
+
+def given(**values: object) -> dict[str, Any]:
+    """The keywords whose flags were given: a config's own default stands for the others."""
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def add_tls_flags(p: argparse.ArgumentParser, who: str) -> None:

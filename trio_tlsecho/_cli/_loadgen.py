@@ -34,6 +34,7 @@ from ._common import (
     address_arg,
     count_arg,
     flag_type,
+    given,
     require_files,
     seconds_arg,
     seconds_or_zero_arg,
@@ -154,14 +155,11 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
     require_files(client.tls, args)
     if args.json is not None and not args.json.parent.is_dir():
         raise ConfigError(f"cannot write --json {args.json}: no directory {args.json.parent}")
-    # The two flags exclude each other; with neither, the run lasts the default duration.
-    duration = args.duration
-    if duration is None and args.requests is None:
-        duration = DEFAULT_DURATION
     return LoadConfig(
         address=args.connect,
         requests=args.requests,
-        duration=duration,
+        # Without --duration, LoadConfig's own: DEFAULT_DURATION unless --requests is given.
+        **given(duration=args.duration),
         client=client,
         clients=args.clients,
         sizes=args.size,

@@ -48,6 +48,7 @@ from ._common import (
     address_arg,
     count_arg,
     explicit_files,
+    given,
     require_files,
     seconds_arg,
     seconds_or_zero_arg,
@@ -197,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CIDR",
         action="append",
         default=[],
-        help="accept PROXY headers only from these balancer addresses (repeatable)",
+        help="accept PROXY headers only from these balancer addresses (repeatable; needs --proxy-protocol)",
     )
     add_tls_flags(p, "server")
     p.add_argument(
@@ -319,7 +320,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         sys.path.insert(0, os.getcwd())
     config = ServerConfig(
         tls=tls_files(args, "server"),
-        listen=args.listen or (Address(DEFAULT_HOST, DEFAULT_PORT),),
+        **given(listen=args.listen),
         handler=args.handler,
         handshake_timeout=args.handshake_timeout,
         min_tls_version=args.min_tls,
@@ -334,8 +335,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         engine=args.engine,
         proxy_from=args.proxy_from,
     )
-    if config.proxy_from and not config.proxy_protocol:
-        raise ConfigError("--proxy-from needs --proxy-protocol")
     # KeyboardInterrupt: Ctrl-C before our signal receiver was installed.
     with contextlib.suppress(KeyboardInterrupt):
         if args.workers > 1:

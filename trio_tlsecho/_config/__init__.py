@@ -2,7 +2,8 @@
 checks of single values that every config and the command line share.
 
 Every check that needs no I/O happens when a config is built, so that a bad value
-fails at the line that made it, whoever made it (the CLI, an embedding app, a test).
+fails at the line that made it, whoever made it (the CLI, an embedding app, a test);
+rules between fields too: the CLI only maps flags to fields.
 May import: ``_exceptions``, ``_net``, ``_tls``, ``_engines``, ``_handlers``.
 """
 

@@ -1,10 +1,11 @@
 """Frozen configuration objects, validated when they are built.
 
 Every check that needs no I/O happens here, so a bad value fails at the line
-that made it, with a message naming the value (the checks of single values are
-:mod:`._checks`).  Checks that need the filesystem or the network (does the key
-match the certificate? is the port free?) happen where those resources are
-opened: :mod:`._tls` and :mod:`._server`.
+that made it, with a message naming the value: single values through
+:mod:`._checks`, rules between fields in ``__attrs_post_init__``.  Checks that
+need the filesystem or the network (does the key match the certificate? is the
+port free?) happen where those resources are opened: :mod:`._tls` and
+:mod:`._server`.
 """
 
 from __future__ import annotations
@@ -119,6 +120,12 @@ class ServerConfig:
     proxy_protocol: bool = False
     #: Accept PROXY headers only from these networks (the balancers); empty: from anyone.
     proxy_from: tuple[Network, ...] = attrs.field(default=(), converter=to_networks)
+
+    def __attrs_post_init__(self) -> None:
+        # proxy_from says who may send a PROXY header; with proxy_protocol off none is
+        # read, so the list would look like a restriction and restrict nobody.
+        if self.proxy_from and not self.proxy_protocol:
+            raise ConfigError("proxy_from needs proxy_protocol: without it no PROXY header is read")
 
 
 @attrs.frozen(kw_only=True)
