@@ -1,16 +1,16 @@
-"""What every subcommand's flags share: one-line argparse errors, value types (the configs'
-own checks, read from text), certificate flags."""
+"""What the subcommands' flags share: one-line argparse errors, value types (the configs'
+own checks, read from text), the certificate flags, and the flags of every client."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from .._config import count, from_text, seconds, seconds_or_zero
+from .._config import ClientConfig, count, from_text, seconds, seconds_or_zero
 from .._exceptions import ConfigError
-from .._net import Address
+from .._net import DEFAULT_HOST, DEFAULT_PORT, Address
 from .._tls import TLSFiles, has_certificates
 
 T = TypeVar("T")
@@ -24,6 +24,10 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+if TYPE_CHECKING:
+    SubParsers = argparse._SubParsersAction[Parser]
 
 
 def flag_type(read: Callable[[str], T]) -> Callable[[str], T]:
@@ -89,3 +93,29 @@ def require_files(tls: TLSFiles, args: argparse.Namespace) -> None:
             f"no certificates in {args.certs}: run '{PROG} certs' (or start 'serve' once), "
             "or pass --cert/--key/--ca"
         )
+
+
+def add_client_flags(p: argparse.ArgumentParser, *, timeout: float, timeout_help: str) -> None:
+    """What every command that connects takes: where, whom to expect, how long.
+
+    *timeout_help* may say ``%(default)g`` for *timeout*.  The certificate flags are
+    ``add_tls_flags(p, "client")``, added last so that --help lists them last.
+    """
+    p.add_argument(
+        "--connect",
+        metavar="HOST:PORT",
+        type=address_arg,
+        default=Address(DEFAULT_HOST, DEFAULT_PORT),
+        help=f"server address (default: {DEFAULT_HOST}:{DEFAULT_PORT})",
+    )
+    p.add_argument(
+        "--server-name", metavar="NAME", help="name to verify in the server certificate (default: the host)"
+    )
+    p.add_argument("--timeout", metavar="SECONDS", type=seconds_arg, default=timeout, help=timeout_help)
+
+
+def client_config(args: argparse.Namespace) -> ClientConfig:
+    """The :class:`ClientConfig` that the client and certificate flags describe."""
+    config = ClientConfig(tls=tls_files(args, "client"), server_hostname=args.server_name)
+    require_files(config.tls, args)
+    return config

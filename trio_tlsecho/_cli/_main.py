@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -44,17 +45,21 @@ from ._common import (
     DEFAULT_CERTS_DIR,
     PROG,
     Parser,
+    add_client_flags,
     add_tls_flags,
     address_arg,
+    client_config,
     count_arg,
     explicit_files,
     given,
-    require_files,
     seconds_arg,
     seconds_or_zero_arg,
     tls_files,
 )
 from ._loadgen import add_loadgen_parser
+
+if TYPE_CHECKING:
+    from ._common import SubParsers
 
 #: The seed workload: 5 KiB and 35 bytes, enough to span several TCP segments.
 DEFAULT_RANDOM_SIZE = 5 * 1024 + 35
@@ -72,7 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="log verbosity on stderr (default: info)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    for add in (
+        _add_certs_parser,
+        _add_serve_parser,
+        _add_client_parser,
+        add_loadgen_parser,
+        _add_demo_parser,
+    ):
+        add(sub)
+    return parser
 
+
+def _add_certs_parser(sub: SubParsers) -> None:
     p = sub.add_parser("certs", help="make a development CA, server and client certificates")
     p.add_argument("--out", metavar="DIR", type=Path, default=DEFAULT_CERTS_DIR, help="default: ./certs")
     p.add_argument(
@@ -105,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_certs)
 
+
+def _add_serve_parser(sub: SubParsers) -> None:
+    # Each flag fills the ServerConfig field of (nearly) its name; the config checks them
+    # together, so that an embedding app gets the same answers.
     p = sub.add_parser("serve", help="run the mutual-TLS server")
     p.add_argument(
         "--listen",
@@ -212,13 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_serve)
 
+
+def _add_client_parser(sub: SubParsers) -> None:
     p = sub.add_parser("client", help="send one message over mutual TLS and verify the echo")
-    p.add_argument(
-        "--connect",
-        metavar="HOST:PORT",
-        type=address_arg,
-        default=Address(DEFAULT_HOST, DEFAULT_PORT),
-        help=f"server address (default: {DEFAULT_HOST}:{DEFAULT_PORT})",
+    add_client_flags(
+        p,
+        timeout=30.0,
+        timeout_help="for the echo, once connected"
+        " (default: %(default)g; connecting and the handshake have 10 s)",
     )
     what = p.add_mutually_exclusive_group()
     what.add_argument("--message", metavar="TEXT", help="send this text")
@@ -228,25 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=count_arg,
         help=f"send N random bytes (default: {DEFAULT_RANDOM_SIZE})",
     )
-    p.add_argument(
-        "--server-name", metavar="NAME", help="name to verify in the server certificate (default: the host)"
-    )
-    p.add_argument(
-        "--timeout",
-        metavar="SECONDS",
-        type=seconds_arg,
-        default=30.0,
-        help="for the echo, once connected (default: 30; connecting and the handshake have 10 s)",
-    )
     add_tls_flags(p, "client")
     p.set_defaults(func=_cmd_client)
 
-    add_loadgen_parser(sub)
 
+def _add_demo_parser(sub: SubParsers) -> None:
     p = sub.add_parser("demo", help="serve on a free port and run verified clients against it")
     p.add_argument("--certs", metavar="DIR", type=Path, default=DEFAULT_CERTS_DIR, help="default: ./certs")
     p.set_defaults(func=_cmd_demo)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -368,9 +378,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
     )
     if not payload:
         raise ConfigError("--message is empty: nothing to echo")
-    config = ClientConfig(tls=tls_files(args, "client"), server_hostname=args.server_name)
-    require_files(config.tls, args)
-    result = trio.run(_echo, args.connect, config, payload, args.timeout)
+    result = trio.run(_echo, args.connect, client_config(args), payload, args.timeout)
     _print_result(result)
     return 0
 
