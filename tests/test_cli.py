@@ -125,10 +125,7 @@ def test_the_console_script_finds_a_handler_module_in_the_current_directory(
     server = Server(["--listen", "127.0.0.1:0", "--handler", "local_handler:shout", "--workers", workers],
                     cwd=tmp_path, program=[str(script)])  # fmt: skip
     try:
-        done = subprocess.run(
-            [*PY, "client", "--connect", str(server.address), "--message", "hi"],
-            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        done = _run("client", "--connect", server.address, "--message", "hi", cwd=tmp_path)
     finally:
         code, err = server.stop()
     assert code == 0, err

@@ -280,6 +280,57 @@ def test_cli_parser_accepts_or_exits_2_with_one_line(argv: list[str]) -> None:
     assert message.count("\n") == 1, message
 
 
+# (command, flag, the config field it fills, how the flag's text is read): the flag and
+# the field share one check, so they must accept exactly the same values.
+_NUMERIC_FLAGS = [
+    ("serve", "--handshake-timeout", "handshake_timeout", float),
+    ("serve", "--max-connections", "max_connections", int),
+    ("serve", "--shutdown-grace", "shutdown_grace", float),
+    ("loadgen", "--clients", "clients", int),
+    ("loadgen", "--requests", "requests", int),
+    ("loadgen", "--duration", "duration", float),
+    ("loadgen", "--rate", "rate", float),
+    ("loadgen", "--warmup", "warmup", float),
+    ("loadgen", "--timeout", "timeout", float),
+]
+
+
+def _field_accepts(command: str, field: str, value: object) -> bool:
+    from trio_tlsecho import LoadConfig
+
+    if command == "serve":
+        tls = TLSFiles(cert="server.pem", key="server.key", ca="ca.pem")
+        result = value_or_config_error(ServerConfig, tls=tls, **{field: value})
+    else:
+        client = ClientConfig(tls=TLSFiles(cert="client.pem", key="client.key", ca="ca.pem"))
+        result = value_or_config_error(LoadConfig, address="127.0.0.1:1", client=client, **{field: value})
+    return not isinstance(result, ConfigError)
+
+
+@FAST
+@given(flag=st.sampled_from(_NUMERIC_FLAGS), text=_values)
+@example(flag=_NUMERIC_FLAGS[1], text="1e3")  # a whole number to float(), not to int()
+def test_a_flag_accepts_what_its_config_field_accepts(
+    flag: tuple[str, str, str, Callable[[str], object]], text: str
+) -> None:
+    command, option, field, read = flag
+    with contextlib.redirect_stderr(io.StringIO()):
+        try:
+            # --flag=TEXT: a TEXT such as "-0." would otherwise be taken for an option.
+            args = build_parser().parse_args([command, f"{option}={text}"])
+        except SystemExit:
+            args = None
+    try:
+        value = read(text)
+    except ValueError:  # not even a number: the field refuses the text as it is, too
+        assert args is None
+        assert not _field_accepts(command, field, text)
+        return
+    assert (args is not None) == _field_accepts(command, field, value)
+    if args is not None:
+        assert getattr(args, field) == value
+
+
 # -- echo under random framing (in-memory TLS) ------------------------------------------
 
 

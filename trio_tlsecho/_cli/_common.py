@@ -1,14 +1,19 @@
-"""What every subcommand's flags share: one-line argparse errors, value types, certificate flags."""
+"""What the subcommands' flags share: one-line argparse errors, value types (the configs'
+own checks, read from text), the certificate flags, and the flags of every client."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
+from .._config import ClientConfig, count, from_text, seconds, seconds_or_zero
 from .._exceptions import ConfigError
-from .._net import Address
+from .._net import DEFAULT_HOST, DEFAULT_PORT, Address
 from .._tls import TLSFiles, has_certificates
+
+T = TypeVar("T")
 
 PROG = "trio-tlsecho"
 DEFAULT_CERTS_DIR = Path("certs")
@@ -21,41 +26,34 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
+if TYPE_CHECKING:
+    SubParsers = argparse._SubParsersAction[Parser]
 
 
-def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
-    return value
+def flag_type(read: Callable[[str], T]) -> Callable[[str], T]:
+    """*read* as an argparse ``type=``: its :class:`ConfigError` becomes argparse's error,
+    word for word (argparse shows only an ``ArgumentTypeError``'s own message)."""
+
+    def convert(text: str) -> T:
+        try:
+            return read(text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
 
 
-def seconds_or_off(text: str) -> float:
-    """Seconds, or 0 (any spelling of zero) for "off"."""
-    try:
-        if float(text) == 0:
-            return 0.0
-    except ValueError:
-        pass  # seconds() says what is wrong with it
-    return seconds(text)
+# The checks of the config fields these flags fill, reading the flags' text.
+count_arg = flag_type(from_text(count, int))
+seconds_arg = flag_type(from_text(seconds, float))
+#: Seconds or 0 (any spelling of zero): no grace, no warm-up, a timeout that is off.
+seconds_or_zero_arg = flag_type(from_text(seconds_or_zero, float))
+address_arg = flag_type(Address.parse)
 
 
-def address(text: str) -> Address:
-    try:
-        return Address.parse(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def given(**values: object) -> dict[str, Any]:
+    """The keywords whose flags were given: a config's own default stands for the others."""
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def add_tls_flags(p: argparse.ArgumentParser, who: str) -> None:
@@ -95,3 +93,29 @@ def require_files(tls: TLSFiles, args: argparse.Namespace) -> None:
             f"no certificates in {args.certs}: run '{PROG} certs' (or start 'serve' once), "
             "or pass --cert/--key/--ca"
         )
+
+
+def add_client_flags(p: argparse.ArgumentParser, *, timeout: float, timeout_help: str) -> None:
+    """What every command that connects takes: where, whom to expect, how long.
+
+    *timeout_help* may say ``%(default)g`` for *timeout*.  The certificate flags are
+    ``add_tls_flags(p, "client")``, added last so that --help lists them last.
+    """
+    p.add_argument(
+        "--connect",
+        metavar="HOST:PORT",
+        type=address_arg,
+        default=Address(DEFAULT_HOST, DEFAULT_PORT),
+        help=f"server address (default: {DEFAULT_HOST}:{DEFAULT_PORT})",
+    )
+    p.add_argument(
+        "--server-name", metavar="NAME", help="name to verify in the server certificate (default: the host)"
+    )
+    p.add_argument("--timeout", metavar="SECONDS", type=seconds_arg, default=timeout, help=timeout_help)
+
+
+def client_config(args: argparse.Namespace) -> ClientConfig:
+    """The :class:`ClientConfig` that the client and certificate flags describe."""
+    config = ClientConfig(tls=tls_files(args, "client"), server_hostname=args.server_name)
+    require_files(config.tls, args)
+    return config

@@ -1,8 +1,8 @@
 """The ``loadgen`` subcommand: flags -> :class:`LoadConfig` -> :func:`run_load` -> a table.
 
-Kept apart from :mod:`._cli` because it is the one command with a dozen flags of
-its own; it reuses ``_cli``'s certificate flags and argument types, imported when
-the parser is built (``_cli`` imports this module, so not at the top).
+Kept apart from :mod:`._main` because it is the one command with a dozen flags of
+its own; the flags every client takes (address, certificates, timeout) and the value
+types come from :mod:`._common`, and :class:`LoadConfig` checks how the flags fit together.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._config import ClientConfig
+from .._config import from_text, round_trip_rate
 from .._exceptions import ConfigError
 from .._load import (
     DEFAULT_DURATION,
@@ -28,43 +28,26 @@ from .._load import (
     format_report,
     run_load,
 )
-from .._net import DEFAULT_HOST, DEFAULT_PORT, Address
-from ._common import PROG, add_tls_flags, address, positive_int, require_files, seconds, tls_files
+from ._common import (
+    PROG,
+    add_client_flags,
+    add_tls_flags,
+    client_config,
+    count_arg,
+    flag_type,
+    given,
+    seconds_arg,
+    seconds_or_zero_arg,
+)
 
 if TYPE_CHECKING:
-    from ._common import Parser
-
-    SubParsers = argparse._SubParsersAction[Parser]
+    from ._common import SubParsers
 
 DEFAULT_CLIENTS = 64
 DEFAULT_SIZES = "1-100"
 
-
-def _sizes(text: str) -> SizeRange:
-    try:
-        return SizeRange.parse(text)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of round trips per second") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of round trips per second")
-    return value
-
-
-def _non_negative_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a number of seconds >= 0")
-    return value
+_sizes = flag_type(SizeRange.parse)
+_rate = flag_type(from_text(round_trip_rate, float))
 
 
 def add_loadgen_parser(subparsers: SubParsers) -> None:
@@ -75,30 +58,25 @@ def add_loadgen_parser(subparsers: SubParsers) -> None:
         description="Run many mutual-TLS echo clients against a server and report round trips/s,"
         " MB/s and latency percentiles (HdrHistogram, coordinated-omission corrected with --rate).",
     )
-    p.add_argument(
-        "--connect",
-        metavar="HOST:PORT",
-        type=address,
-        default=Address(DEFAULT_HOST, DEFAULT_PORT),
-        help=f"server address (default: {DEFAULT_HOST}:{DEFAULT_PORT})",
+    add_client_flags(
+        p, timeout=10.0, timeout_help="for one exchange, connecting included (default: %(default)g)"
     )
     p.add_argument(
         "--clients",
         metavar="N",
-        type=positive_int,
+        type=count_arg,
         default=DEFAULT_CLIENTS,
         help=f"concurrent clients (default: {DEFAULT_CLIENTS})",
     )
+    # LoadConfig refuses both as well; the group is for the usage line, which shows the choice.
     until = p.add_mutually_exclusive_group()
     until.add_argument(
         "--duration",
         metavar="SECONDS",
-        type=seconds,
+        type=seconds_arg,
         help=f"measure for this long (default: {DEFAULT_DURATION:g})",
     )
-    until.add_argument(
-        "--requests", metavar="N", type=positive_int, help="measure this many exchanges in total"
-    )
+    until.add_argument("--requests", metavar="N", type=count_arg, help="measure this many exchanges in total")
     p.add_argument(
         "--size",
         metavar="BYTES",
@@ -121,35 +99,25 @@ def add_loadgen_parser(subparsers: SubParsers) -> None:
     p.add_argument(
         "--warmup",
         metavar="SECONDS",
-        type=_non_negative_seconds,
+        type=seconds_or_zero_arg,
         default=0.0,
         help="run this long before measuring (default: 0)",
     )
     p.add_argument(
         "--ramp",
         metavar="SECONDS",
-        type=_non_negative_seconds,
+        type=seconds_or_zero_arg,
         default=0.0,
         help="start the clients evenly over this time instead of together (default: 0)",
     )
     p.add_argument(
         "--workers",
         metavar="N",
-        type=positive_int,
+        type=count_arg,
         default=1,
         help="processes to share the clients, each with its own event loop (default: 1)",
     )
-    p.add_argument(
-        "--timeout",
-        metavar="SECONDS",
-        type=seconds,
-        default=10.0,
-        help="for one exchange, connecting included (default: 10)",
-    )
     p.add_argument("--json", metavar="FILE", type=Path, help="also write the summary as JSON to FILE")
-    p.add_argument(
-        "--server-name", metavar="NAME", help="name to verify in the server certificate (default: the host)"
-    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -166,18 +134,14 @@ def add_loadgen_parser(subparsers: SubParsers) -> None:
 
 def config_from_args(args: argparse.Namespace) -> LoadConfig:
     """The :class:`LoadConfig` the parsed flags describe (``ConfigError`` if they do not fit)."""
-    client = ClientConfig(tls=tls_files(args, "client"), server_hostname=args.server_name)
-    require_files(client.tls, args)
+    client = client_config(args)
     if args.json is not None and not args.json.parent.is_dir():
         raise ConfigError(f"cannot write --json {args.json}: no directory {args.json.parent}")
-    # The two flags exclude each other; with neither, the run lasts the default duration.
-    duration = args.duration
-    if duration is None and args.requests is None:
-        duration = DEFAULT_DURATION
     return LoadConfig(
         address=args.connect,
         requests=args.requests,
-        duration=duration,
+        # Without --duration, LoadConfig's own: DEFAULT_DURATION unless --requests is given.
+        **given(duration=args.duration),
         client=client,
         clients=args.clients,
         sizes=args.size,

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -44,16 +45,21 @@ from ._common import (
     DEFAULT_CERTS_DIR,
     PROG,
     Parser,
+    add_client_flags,
     add_tls_flags,
+    address_arg,
+    client_config,
+    count_arg,
     explicit_files,
-    positive_int,
-    require_files,
-    seconds,
-    seconds_or_off,
+    given,
+    seconds_arg,
+    seconds_or_zero_arg,
     tls_files,
 )
-from ._common import address as address_type
 from ._loadgen import add_loadgen_parser
+
+if TYPE_CHECKING:
+    from ._common import SubParsers
 
 #: The seed workload: 5 KiB and 35 bytes, enough to span several TCP segments.
 DEFAULT_RANDOM_SIZE = 5 * 1024 + 35
@@ -71,7 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="log verbosity on stderr (default: info)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    for add in (
+        _add_certs_parser,
+        _add_serve_parser,
+        _add_client_parser,
+        add_loadgen_parser,
+        _add_demo_parser,
+    ):
+        add(sub)
+    return parser
 
+
+def _add_certs_parser(sub: SubParsers) -> None:
     p = sub.add_parser("certs", help="make a development CA, server and client certificates")
     p.add_argument("--out", metavar="DIR", type=Path, default=DEFAULT_CERTS_DIR, help="default: ./certs")
     p.add_argument(
@@ -89,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--days",
-        type=positive_int,
+        type=count_arg,
         default=DEFAULT_DAYS,
         help=f"how long leaves are valid, 1 to {CA_DAYS} (default: {DEFAULT_DAYS})",
     )
@@ -104,11 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_certs)
 
+
+def _add_serve_parser(sub: SubParsers) -> None:
+    # Each flag fills the ServerConfig field of (nearly) its name; the config checks them
+    # together, so that an embedding app gets the same answers.
     p = sub.add_parser("serve", help="run the mutual-TLS server")
     p.add_argument(
         "--listen",
         metavar="HOST:PORT",
-        type=address_type,
+        type=address_arg,
         action="append",
         help=f"address to listen on, repeatable; [::1]:PORT for IPv6, port 0 picks one"
         f" (default: {DEFAULT_HOST}:{DEFAULT_PORT})",
@@ -117,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--handshake-timeout",
         metavar="SECONDS",
-        type=seconds,
+        type=seconds_arg,
         default=DEFAULT_HANDSHAKE_TIMEOUT,
         help=f"drop peers that have not finished TLS by then (default: {DEFAULT_HANDSHAKE_TIMEOUT:g})",
     )
@@ -127,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--idle-timeout",
         metavar="SECONDS",
-        type=seconds_or_off,
+        type=seconds_or_zero_arg,
         default=DEFAULT_IDLE_TIMEOUT,
         help="close connections that move no bytes for this long; 0: never"
         f" (default: {DEFAULT_IDLE_TIMEOUT:g})",
@@ -135,13 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-connections",
         metavar="N",
-        type=positive_int,
+        type=count_arg,
         help="stop accepting while N connections are open (default: no limit)",
     )
     p.add_argument(
         "--shutdown-grace",
         metavar="SECONDS",
-        type=seconds_or_off,
+        type=seconds_or_zero_arg,
         default=DEFAULT_SHUTDOWN_GRACE,
         help="on SIGTERM/SIGINT, how long open connections may finish"
         f" (default: {DEFAULT_SHUTDOWN_GRACE:g}; a second signal stops at once)",
@@ -165,14 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers",
         metavar="N",
-        type=positive_int,
+        type=count_arg,
         default=1,
         help="run N server processes sharing the ports (SO_REUSEPORT) under one supervisor (default: 1)",
     )
     p.add_argument(
         "--metrics",
         metavar="HOST:PORT",
-        type=address_type,
+        type=address_arg,
         help="serve Prometheus metrics over plain HTTP at http://HOST:PORT/metrics (off by default)",
     )
     p.add_argument(
@@ -197,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CIDR",
         action="append",
         default=[],
-        help="accept PROXY headers only from these balancer addresses (repeatable)",
+        help="accept PROXY headers only from these balancer addresses (repeatable; needs --proxy-protocol)",
     )
     add_tls_flags(p, "server")
     p.add_argument(
@@ -211,41 +232,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_serve)
 
+
+def _add_client_parser(sub: SubParsers) -> None:
     p = sub.add_parser("client", help="send one message over mutual TLS and verify the echo")
-    p.add_argument(
-        "--connect",
-        metavar="HOST:PORT",
-        type=address_type,
-        default=Address(DEFAULT_HOST, DEFAULT_PORT),
-        help=f"server address (default: {DEFAULT_HOST}:{DEFAULT_PORT})",
+    add_client_flags(
+        p,
+        timeout=30.0,
+        timeout_help="for the echo, once connected"
+        " (default: %(default)g; connecting and the handshake have 10 s)",
     )
     what = p.add_mutually_exclusive_group()
     what.add_argument("--message", metavar="TEXT", help="send this text")
     what.add_argument(
         "--random",
         metavar="N",
-        type=positive_int,
+        type=count_arg,
         help=f"send N random bytes (default: {DEFAULT_RANDOM_SIZE})",
-    )
-    p.add_argument(
-        "--server-name", metavar="NAME", help="name to verify in the server certificate (default: the host)"
-    )
-    p.add_argument(
-        "--timeout",
-        metavar="SECONDS",
-        type=seconds,
-        default=30.0,
-        help="for the echo, once connected (default: 30; connecting and the handshake have 10 s)",
     )
     add_tls_flags(p, "client")
     p.set_defaults(func=_cmd_client)
 
-    add_loadgen_parser(sub)
 
+def _add_demo_parser(sub: SubParsers) -> None:
     p = sub.add_parser("demo", help="serve on a free port and run verified clients against it")
     p.add_argument("--certs", metavar="DIR", type=Path, default=DEFAULT_CERTS_DIR, help="default: ./certs")
     p.set_defaults(func=_cmd_demo)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -319,7 +330,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         sys.path.insert(0, os.getcwd())
     config = ServerConfig(
         tls=tls_files(args, "server"),
-        listen=args.listen or (Address(DEFAULT_HOST, DEFAULT_PORT),),
+        **given(listen=args.listen),
         handler=args.handler,
         handshake_timeout=args.handshake_timeout,
         min_tls_version=args.min_tls,
@@ -334,8 +345,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         engine=args.engine,
         proxy_from=args.proxy_from,
     )
-    if config.proxy_from and not config.proxy_protocol:
-        raise ConfigError("--proxy-from needs --proxy-protocol")
     # KeyboardInterrupt: Ctrl-C before our signal receiver was installed.
     with contextlib.suppress(KeyboardInterrupt):
         if args.workers > 1:
@@ -369,9 +378,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
     )
     if not payload:
         raise ConfigError("--message is empty: nothing to echo")
-    config = ClientConfig(tls=tls_files(args, "client"), server_hostname=args.server_name)
-    require_files(config.tls, args)
-    result = trio.run(_echo, args.connect, config, payload, args.timeout)
+    result = trio.run(_echo, args.connect, client_config(args), payload, args.timeout)
     _print_result(result)
     return 0
 

@@ -1,15 +1,15 @@
 """Frozen configuration objects, validated when they are built.
 
 Every check that needs no I/O happens here, so a bad value fails at the line
-that made it, with a message naming the value.  Checks that need the
-filesystem or the network (does the key match the certificate? is the port
-free?) happen where those resources are opened: :mod:`._tls` and
+that made it, with a message naming the value: single values through
+:mod:`._checks`, rules between fields in ``__attrs_post_init__``.  Checks that
+need the filesystem or the network (does the key match the certificate? is the
+port free?) happen where those resources are opened: :mod:`._tls` and
 :mod:`._server`.
 """
 
 from __future__ import annotations
 
-import math
 import ssl
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,6 +22,7 @@ from .._exceptions import ConfigError
 from .._handlers import Handler
 from .._net import DEFAULT_HOST, DEFAULT_PORT, Address, Network, to_networks
 from .._tls import AllowList, TLSFiles
+from ._checks import count, seconds, seconds_or_zero, to_address, validator
 
 #: Seconds a peer gets to complete the TLS handshake.  Long enough for a slow
 #: link, short enough that a silent client does not pin a slot for minutes.
@@ -39,37 +40,12 @@ _TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 def _to_addresses(value: Iterable[Address | str]) -> tuple[Address, ...]:
     if isinstance(value, (str, Address)):
         value = [value]
-    return tuple(v if isinstance(v, Address) else Address.parse(v) for v in value)
+    return tuple(to_address(v) for v in value)
 
 
 def _check_nonempty(_inst: object, attribute: attrs.Attribute[Any], value: tuple[Any, ...]) -> None:
     if not value:
         raise ConfigError(f"{attribute.name} needs at least one address")
-
-
-def _check_timeout(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ConfigError(f"{attribute.name} must be a positive number of seconds, not {value!r}")
-
-
-def _check_optional_timeout(_inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None:
-        _check_timeout(_inst, attribute, value)
-
-
-def _check_grace(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-        raise ConfigError(f"{attribute.name} must be zero or a positive number of seconds, not {value!r}")
-
-
-def _check_max_connections(_inst: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ConfigError(f"{attribute.name} must be a whole number of at least 1, not {value!r}")
 
 
 def _to_optional_path(value: str | Path | None) -> Path | None:
@@ -116,18 +92,20 @@ class ServerConfig:
     )
     #: A registered name (``"echo"``), ``"module:attr"``, or the handler itself.
     handler: str | Handler = attrs.field(default="echo", validator=_check_handler)
-    handshake_timeout: float = attrs.field(default=DEFAULT_HANDSHAKE_TIMEOUT, validator=_check_timeout)
+    handshake_timeout: float = attrs.field(default=DEFAULT_HANDSHAKE_TIMEOUT, validator=validator(seconds))
     min_tls_version: ssl.TLSVersion = attrs.field(default=ssl.TLSVersion.TLSv1_2, converter=_to_tls_version)
     #: Client identities allowed in beyond "signed by our CA"; empty allows every one.
     allow: AllowList = attrs.field(factory=AllowList, validator=attrs.validators.instance_of(AllowList))
     #: A PEM certificate revocation list from our CA; revoked client certificates are refused.
     crl: Path | None = attrs.field(default=None, converter=_to_optional_path)
     #: Close established connections that move no bytes for this long; ``None``: never.
-    idle_timeout: float | None = attrs.field(default=DEFAULT_IDLE_TIMEOUT, validator=_check_optional_timeout)
+    idle_timeout: float | None = attrs.field(
+        default=DEFAULT_IDLE_TIMEOUT, validator=validator(seconds, optional=True)
+    )
     #: Stop accepting while this many connections are open (backpressure); ``None``: no limit.
-    max_connections: int | None = attrs.field(default=None, validator=_check_max_connections)
+    max_connections: int | None = attrs.field(default=None, validator=validator(count, optional=True))
     #: After a graceful stop begins, how long open connections may go on before being cancelled.
-    shutdown_grace: float = attrs.field(default=DEFAULT_SHUTDOWN_GRACE, validator=_check_grace)
+    shutdown_grace: float = attrs.field(default=DEFAULT_SHUTDOWN_GRACE, validator=validator(seconds_or_zero))
     #: Write TLS secrets here (NSS key log format, for Wireshark).  Debugging only.
     keylog: Path | None = attrs.field(default=None, converter=_to_optional_path)
     #: The TLS engine: ``"trio"`` (``trio.SSLStream``) or ``"socket"`` (OpenSSL driving a
@@ -145,6 +123,12 @@ class ServerConfig:
     #: Accept PROXY headers only from these networks (the balancers); empty: from anyone.
     proxy_from: tuple[Network, ...] = attrs.field(default=(), converter=to_networks)
 
+    def __attrs_post_init__(self) -> None:
+        # proxy_from says who may send a PROXY header; with proxy_protocol off none is
+        # read, so the list would look like a restriction and restrict nobody.
+        if self.proxy_from and not self.proxy_protocol:
+            raise ConfigError("proxy_from needs proxy_protocol: without it no PROXY header is read")
+
 
 @attrs.frozen(kw_only=True)
 class ClientConfig:
@@ -153,4 +137,4 @@ class ClientConfig:
     tls: TLSFiles = attrs.field(validator=attrs.validators.instance_of(TLSFiles))
     #: Name checked against the server certificate; ``None`` means the host connected to.
     server_hostname: str | None = None
-    handshake_timeout: float = attrs.field(default=DEFAULT_HANDSHAKE_TIMEOUT, validator=_check_timeout)
+    handshake_timeout: float = attrs.field(default=DEFAULT_HANDSHAKE_TIMEOUT, validator=validator(seconds))

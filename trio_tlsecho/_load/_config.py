@@ -4,16 +4,22 @@ schedule, the split of clients over workers, and what counts as which error."""
 from __future__ import annotations
 
 import errno
-import math
 import re
 import ssl
 from collections.abc import Callable
-from typing import Any
 
 import attrs
 import trio
 
-from .._config import ClientConfig
+from .._config import (
+    ClientConfig,
+    count,
+    round_trip_rate,
+    seconds,
+    seconds_or_zero,
+    to_address,
+    validator,
+)
 from .._exceptions import ClientError, ConfigError
 from .._net import Address
 from ._stats import ErrorKind
@@ -74,34 +80,6 @@ def _to_sizes(value: SizeRange | str | int) -> SizeRange:
     raise ConfigError(f"sizes must be a SizeRange, 'LOW-HIGH' or a number, not {value!r}")
 
 
-def _to_address(value: Address | str) -> Address:
-    return value if isinstance(value, Address) else Address.parse(value)
-
-
-def _count(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is None and attribute.name == "requests":
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{attribute.name} must be a whole number of at least 1, not {value!r}")
-
-
-def _number(*, positive: bool, optional: bool) -> Callable[[object, attrs.Attribute[Any], object], None]:
-    def check(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if value is None and optional:
-            return
-        ok = (
-            not isinstance(value, bool)
-            and isinstance(value, (int, float))
-            and math.isfinite(value)
-            and (value > 0 if positive else value >= 0)
-        )
-        if not ok:
-            what = "a positive number" if positive else "a number >= 0"
-            raise ConfigError(f"{attribute.name} must be {what}, not {value!r}")
-
-    return check
-
-
 #: Measured seconds when neither a duration nor a number of requests is given.
 DEFAULT_DURATION = 10.0
 
@@ -114,26 +92,26 @@ def _default_duration(config: LoadConfig) -> float | None:
 class LoadConfig:
     """One load run.  Build with keywords; change with :func:`attrs.evolve`."""
 
-    address: Address = attrs.field(converter=_to_address)
+    address: Address = attrs.field(converter=to_address)
     client: ClientConfig = attrs.field(validator=attrs.validators.instance_of(ClientConfig))
-    clients: int = attrs.field(default=64, validator=_count)
+    clients: int = attrs.field(default=64, validator=validator(count))
     #: Stop after this many measured exchanges in total (successful or not)...
-    requests: int | None = attrs.field(default=None, validator=_count)
+    requests: int | None = attrs.field(default=None, validator=validator(count, optional=True))
     #: ... or after this many measured seconds (DEFAULT_DURATION when neither is given).
     duration: float | None = attrs.field(
         default=attrs.Factory(_default_duration, takes_self=True),
-        validator=_number(positive=True, optional=True),
+        validator=validator(seconds, optional=True),
     )
     sizes: SizeRange = attrs.field(default=SizeRange(1, 100), converter=_to_sizes)
     #: Total round trips per second, open loop; ``None`` is closed loop (full speed).
-    rate: float | None = attrs.field(default=None, validator=_number(positive=True, optional=True))
+    rate: float | None = attrs.field(default=None, validator=validator(round_trip_rate, optional=True))
     #: Connect, handshake, echo once and close, for every exchange.
     new_connection_per_request: bool = False
-    warmup: float = attrs.field(default=0.0, validator=_number(positive=False, optional=False))
-    ramp: float = attrs.field(default=0.0, validator=_number(positive=False, optional=False))
-    workers: int = attrs.field(default=1, validator=_count)
+    warmup: float = attrs.field(default=0.0, validator=validator(seconds_or_zero))
+    ramp: float = attrs.field(default=0.0, validator=validator(seconds_or_zero))
+    workers: int = attrs.field(default=1, validator=validator(count))
     #: Seconds one exchange (connecting included) may take before it counts as a timeout.
-    timeout: float = attrs.field(default=10.0, validator=_number(positive=True, optional=False))
+    timeout: float = attrs.field(default=10.0, validator=validator(seconds))
     #: Offer the previous connection's TLS session on every reconnect (abbreviated
     #: handshakes, if the server issues tickets: ``serve --session-tickets``).
     resume: bool = False
