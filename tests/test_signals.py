@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import signal
@@ -124,8 +125,11 @@ def config(pki: Path) -> ServerConfig:
     )
 
 
-async def _start(nursery: trio.Nursery, config: ServerConfig) -> Address:
-    """Run ``serve_until_signalled`` in *nursery*; its address once it listens (and reads signals)."""
+@contextlib.asynccontextmanager
+async def _serving_one_connection(
+    config: ServerConfig, client: ClientConfig
+) -> AsyncIterator[trio.abc.Stream]:
+    """``serve_until_signalled`` (reading signals) with a connection open; exits once it returned."""
     started = trio.Event()
     addresses: list[Address] = []
 
@@ -133,9 +137,12 @@ async def _start(nursery: trio.Nursery, config: ServerConfig) -> Address:
         addresses.extend(bound)
         started.set()
 
-    nursery.start_soon(functools.partial(serve_until_signalled, config, on_started=on_started))
-    await started.wait()
-    return addresses[0]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(functools.partial(serve_until_signalled, config, on_started=on_started))
+        await started.wait()
+        stream = await open_client(addresses[0], client)
+        assert await _echo(stream, b"hello") == b"hello"  # accepted: the server counts it
+        yield stream
 
 
 async def _echo(stream: trio.abc.Stream, data: bytes) -> bytes:
@@ -153,10 +160,7 @@ async def test_sighup_reloads_and_a_stop_signal_lets_connections_finish(
     config: ServerConfig, client_config: ClientConfig, stop: signal.Signals
 ) -> None:
     with LogWatch() as logs:
-        async with trio.open_nursery() as nursery:
-            address = await _start(nursery, config)
-            stream = await open_client(address, client_config)
-            assert await _echo(stream, b"before") == b"before"
+        async with _serving_one_connection(config, client_config) as stream:
             signal.raise_signal(HUP)
             await logs.wait_for("SIGHUP received, reloading certificates")
             await logs.wait_for("reloaded certificate")
@@ -171,10 +175,7 @@ async def test_sighup_reloads_and_a_stop_signal_lets_connections_finish(
 async def test_a_second_stop_signal_stops_now(config: ServerConfig, client_config: ClientConfig) -> None:
     # A guard against a hang (the failure this test is for), not a measurement.
     with LogWatch() as logs, trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            address = await _start(nursery, config)
-            stream = await open_client(address, client_config)
-            assert await _echo(stream, b"hello") == b"hello"
+        async with _serving_one_connection(config, client_config) as stream:
             signal.raise_signal(TERM)
             await logs.wait_for("SIGTERM received, shutting down")
             signal.raise_signal(INT)

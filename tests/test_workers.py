@@ -39,10 +39,22 @@ async def test_reuse_port_listeners_share_a_port() -> None:
         assert second.socket.getsockname()[1] == port
 
 
+def _serve(*args: str, listen: str = "127.0.0.1:0") -> list[str]:
+    """The command line of ``serve`` with two workers."""
+    return [*PY, "serve", "--workers", "2", "--listen", listen, *args]
+
+
+def _start_fails(cwd: Path, *args: str, listen: str = "127.0.0.1:0") -> str:
+    """Run ``serve`` with two workers that must stop at a user's mistake (status 2); its stderr."""
+    result = subprocess.run(_serve(*args, listen=listen), cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    return result.stderr
+
+
 class Supervisor:
     def __init__(self, cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [*PY, "serve", "--listen", "127.0.0.1:0", "--workers", "2", *args],
+            _serve(*args),
             cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
@@ -218,13 +230,9 @@ async def test_the_supervisor_relays_each_signal_as_what_it_means_to_a_worker(
 
 
 def test_worker_startup_errors_are_one_line(certs: Path, pki: Path) -> None:
-    result = subprocess.run(
-        [*PY, "serve", "--workers", "2", "--listen", "127.0.0.1:0", "--key", str(pki / "client.key"),
-         "--cert", str(pki / "server.pem")],
-        cwd=certs, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert result.returncode == 2
-    [line] = result.stderr.splitlines()
+    [line] = _start_fails(
+        certs, "--key", str(pki / "client.key"), "--cert", str(pki / "server.pem")
+    ).splitlines()
     assert "does not match certificate" in line
 
 
@@ -241,21 +249,11 @@ def test_workers_need_a_named_handler(pki: Path) -> None:
 
 
 def test_metrics_port_in_use_fails_before_any_worker_starts(certs: Path) -> None:
-    import socket
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [*PY, "serve", "--workers", "2", "--listen", "127.0.0.1:0", "--metrics", f"127.0.0.1:{port}"],
-            cwd=certs,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    assert result.returncode == 2
-    [line] = result.stderr.splitlines()
+        [line] = _start_fails(certs, "--metrics", f"127.0.0.1:{port}").splitlines()
     assert f"cannot serve metrics on 127.0.0.1:{port}" in line
 
 
@@ -334,14 +332,10 @@ def test_a_port_held_by_another_server_is_in_use(certs: Path) -> None:
     # Without the check, SO_REUSEPORT let the second join the first's group silently.
     first = Supervisor(certs)
     try:
-        second = subprocess.run(
-            [*PY, "serve", "--listen", str(first.address), "--workers", "2"],
-            cwd=certs, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        second = _start_fails(certs, listen=str(first.address))
     finally:
         first.stop()
-    assert second.returncode == 2, second.stderr
-    assert second.stderr.strip().splitlines()[-1] == (
+    assert second.strip().splitlines()[-1] == (
         f"trio-tlsecho: error: cannot listen on {first.address}: Address already in use"
     )
 
