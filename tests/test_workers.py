@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
-import math
 import multiprocessing
 import os
 import re
@@ -15,15 +13,17 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
 
-from trio_tlsecho import Address, ClientConfig, ServerConfig, TLSFiles, echo_once, open_client
+from trio_tlsecho import Address, ClientConfig, ServerConfig, ServerMetrics, TLSFiles, echo_once, open_client
 from trio_tlsecho._net import bind_reuse_port, open_reuse_port_listeners
 from trio_tlsecho._process import _workers
 
+from .logwatch import LogWatch
 from .tools import Lines
 
 PY = [sys.executable, "-m", "trio_tlsecho"]
@@ -39,10 +39,22 @@ async def test_reuse_port_listeners_share_a_port() -> None:
         assert second.socket.getsockname()[1] == port
 
 
+def _serve(*args: str, listen: str = "127.0.0.1:0") -> list[str]:
+    """The command line of ``serve`` with two workers."""
+    return [*PY, "serve", "--workers", "2", "--listen", listen, *args]
+
+
+def _start_fails(cwd: Path, *args: str, listen: str = "127.0.0.1:0") -> str:
+    """Run ``serve`` with two workers that must stop at a user's mistake (status 2); its stderr."""
+    result = subprocess.run(_serve(*args, listen=listen), cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    return result.stderr
+
+
 class Supervisor:
     def __init__(self, cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [*PY, "serve", "--listen", "127.0.0.1:0", "--workers", "2", *args],
+            _serve(*args),
             cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
@@ -154,14 +166,73 @@ def test_sigterm_drains_and_sighup_reaches_every_worker(certs: Path, client_conf
     assert "Traceback" not in err
 
 
+def test_a_second_stop_signal_stops_the_workers_now(certs: Path, client_config: ClientConfig) -> None:
+    # An hour of grace and no idle timeout: the connection can only end by "stop now".
+    sup = Supervisor(certs, "--shutdown-grace", "3600", "--idle-timeout", "0")
+
+    async def held_open() -> bytes:
+        stream = await open_client(sup.address, client_config)
+        await stream.send_all(b"x")
+        assert await stream.receive_some() == b"x"
+        sup.proc.send_signal(signal.SIGTERM)
+        # Each worker must have read the first before it gets the second: a signal
+        # that arrives while the same one is pending is lost.
+        for _ in range(2):
+            assert await trio.to_thread.run_sync(sup.stderr.wait_for, "SIGTERM received, shutting down")
+        sup.proc.send_signal(signal.SIGINT)  # any stop signal, as Ctrl-C after a systemctl stop
+        try:
+            with trio.fail_after(60):  # a guard against the hang this test is for
+                rest = await stream.receive_some()
+        except trio.BrokenResourceError:
+            rest = b""
+        await stream.aclose()
+        return rest
+
+    try:
+        assert trio.run(held_open) == b""
+        sup.proc.wait(timeout=60)
+    finally:
+        err = sup.stop()
+    assert sup.proc.returncode == 0, err
+    assert "SIGINT received again, stopping workers now" in err
+    assert re.search(r"\[worker \d\] SIGTERM received again, stopping now", err), err
+    assert "all workers stopped" in err
+    assert "Traceback" not in err
+
+
+async def _signals(*signums: int) -> AsyncIterator[int]:
+    for signum in signums:
+        yield signum
+
+
+async def test_the_supervisor_relays_each_signal_as_what_it_means_to_a_worker(
+    pki: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = ServerConfig(tls=TLSFiles.from_dir(pki, "server"), listen=["127.0.0.1:0"], handler="echo")
+    supervisor = _workers._Supervisor(config, [ServerMetrics(), ServerMetrics()], "unused", "INFO")
+    sent: list[int] = []
+    monkeypatch.setattr(supervisor, "signal_all", sent.append)
+    with LogWatch() as log:
+        await supervisor.relay(
+            _signals(signal.SIGHUP, signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+        )
+        for message in [
+            "SIGHUP received, reloading certificates in every worker",
+            "SIGINT received, stopping workers gracefully",
+            "SIGHUP received, reloading certificates in every worker",
+            "SIGTERM received again, stopping workers now",
+            "SIGINT received again, stopping workers now",
+        ]:
+            await log.wait_for(message)
+    # SIGTERM is a worker's one stop signal: its second is its "stop now" too.
+    assert sent == [signal.SIGHUP, signal.SIGTERM, signal.SIGHUP, signal.SIGTERM, signal.SIGTERM]
+    assert supervisor.state.stopping
+
+
 def test_worker_startup_errors_are_one_line(certs: Path, pki: Path) -> None:
-    result = subprocess.run(
-        [*PY, "serve", "--workers", "2", "--listen", "127.0.0.1:0", "--key", str(pki / "client.key"),
-         "--cert", str(pki / "server.pem")],
-        cwd=certs, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert result.returncode == 2
-    [line] = result.stderr.splitlines()
+    [line] = _start_fails(
+        certs, "--key", str(pki / "client.key"), "--cert", str(pki / "server.pem")
+    ).splitlines()
     assert "does not match certificate" in line
 
 
@@ -178,21 +249,11 @@ def test_workers_need_a_named_handler(pki: Path) -> None:
 
 
 def test_metrics_port_in_use_fails_before_any_worker_starts(certs: Path) -> None:
-    import socket
-
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [*PY, "serve", "--workers", "2", "--listen", "127.0.0.1:0", "--metrics", f"127.0.0.1:{port}"],
-            cwd=certs,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    assert result.returncode == 2
-    [line] = result.stderr.splitlines()
+        [line] = _start_fails(certs, "--metrics", f"127.0.0.1:{port}").splitlines()
     assert f"cannot serve metrics on 127.0.0.1:{port}" in line
 
 
@@ -271,14 +332,10 @@ def test_a_port_held_by_another_server_is_in_use(certs: Path) -> None:
     # Without the check, SO_REUSEPORT let the second join the first's group silently.
     first = Supervisor(certs)
     try:
-        second = subprocess.run(
-            [*PY, "serve", "--listen", str(first.address), "--workers", "2"],
-            cwd=certs, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        second = _start_fails(certs, listen=str(first.address))
     finally:
         first.stop()
-    assert second.returncode == 2, second.stderr
-    assert second.stderr.strip().splitlines()[-1] == (
+    assert second.strip().splitlines()[-1] == (
         f"trio-tlsecho: error: cannot listen on {first.address}: Address already in use"
     )
 
@@ -352,34 +409,12 @@ def test_ctrl_c_while_workers_start_stops_them_cleanly(certs: Path, tmp_path: Pa
     assert "KeyboardInterrupt" not in err
 
 
-class _Log(logging.Handler):
-    """The package's log messages, for a test running the supervisor in its own process."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.send, self.receive = trio.open_memory_channel[str](math.inf)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.send.send_nowait(record.getMessage())
-
-    async def wait_for(self, text: str) -> str:
-        with trio.fail_after(30):
-            while True:
-                message = await self.receive.receive()
-                if text in message:
-                    return message
-
-
 async def test_a_worker_hung_while_restarting_is_killed_and_replaced(
-    pki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    pki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     hold = Hold(tmp_path / "hold")
     for name, value in hold.env.items():
         monkeypatch.setenv(name, value)  # in the environment that spawned workers inherit
-    caplog.set_level(logging.INFO, logger="trio_tlsecho")
-    log = _Log()
-    logger = logging.getLogger("trio_tlsecho")
-    logger.addHandler(log)  # not caplog's: other tests' CLI runs may have stopped propagation
     started = trio.Event()
 
     def on_started(addresses: list[Address]) -> None:
@@ -389,21 +424,25 @@ async def test_a_worker_hung_while_restarting_is_killed_and_replaced(
 
     config = ServerConfig(tls=TLSFiles.from_dir(pki, "server"), listen=["127.0.0.1:0"], handler="echo")
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(functools.partial(_workers.supervise, config, 2, on_started=on_started))
-            with trio.fail_after(60):
-                await started.wait()
-            [first] = [p.pid for p in multiprocessing.active_children() if p.name == "trio-tlsecho-worker-0"]
-            assert first is not None
-            hold.arm()
-            os.kill(first, signal.SIGKILL)
-            hung = await trio.to_thread.run_sync(hold.held)
-            assert await trio.to_thread.run_sync(hung.wait_gone), "the hung worker was left running"
-            monkeypatch.setattr(_workers, "_STARTUP_TIMEOUT", 60.0)
-            hold.disarm()
-            assert "did not start within 0.5s; killed it" in await log.wait_for("worker 0 did not come back")
-            await log.wait_for("worker 0 restarted: pid")
-            nursery.cancel_scope.cancel()
+        with LogWatch() as log:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(functools.partial(_workers.supervise, config, 2, on_started=on_started))
+                with trio.fail_after(60):
+                    await started.wait()
+                [first] = [
+                    p.pid for p in multiprocessing.active_children() if p.name == "trio-tlsecho-worker-0"
+                ]
+                assert first is not None
+                hold.arm()
+                os.kill(first, signal.SIGKILL)
+                hung = await trio.to_thread.run_sync(hold.held)
+                assert await trio.to_thread.run_sync(hung.wait_gone), "the hung worker was left running"
+                monkeypatch.setattr(_workers, "_STARTUP_TIMEOUT", 60.0)
+                hold.disarm()
+                assert "did not start within 0.5s; killed it" in await log.wait_for(
+                    "worker 0 did not come back"
+                )
+                await log.wait_for("worker 0 restarted: pid")
+                nursery.cancel_scope.cancel()
     finally:
-        logger.removeHandler(log)
         hold.disarm()

@@ -1,7 +1,9 @@
 """The edges of every process we start: logging set up one way, user mistakes as one line.
 
-The CLI, each ``serve --workers`` worker and each ``loadgen --workers`` worker run
-through :func:`run_program`, so a mistake reads the same whichever process found it.
+The CLI and each ``serve --workers`` worker run through :func:`run_program`, so a
+mistake reads the same whichever process found it.  A ``loadgen --workers`` worker
+does not print its mistake: it sends it to its parent over its pipe, and the parent
+raises it, to be printed here.
 """
 
 from __future__ import annotations

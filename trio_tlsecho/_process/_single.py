@@ -2,15 +2,15 @@
 
 SIGTERM or SIGINT starts a graceful stop (listeners close, connections get the
 grace period); the same signal again stops at once.  SIGHUP reloads
-certificates.  Used by ``serve`` on its own and by every ``--workers`` worker,
-so that one process and N behave alike.
+certificates.  What a signal means is decided in :mod:`._signals`; this module
+does it.  Used by ``serve`` on its own and by every ``--workers`` worker, so
+that one process and N behave alike.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 
@@ -19,10 +19,13 @@ import trio
 from .._config import ServerConfig
 from .._net import Address
 from .._server import ServerMetrics, serve, serve_metrics
+from ._signals import STOP_SIGNALS, Action, SignalState, log_action
 
-log = logging.getLogger("trio_tlsecho")
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_MESSAGES = {
+    Action.RELOAD: "%s received, reloading certificates",
+    Action.STOP: "%s received, shutting down",
+    Action.STOP_NOW: "%s received again, stopping now",
+}
 
 
 async def serve_until_signalled(
@@ -35,11 +38,13 @@ async def serve_until_signalled(
 ) -> None:
     """Serve until a stop signal, then stop gracefully; returns when every connection is done."""
     metrics = metrics if metrics is not None else ServerMetrics()
+    state = SignalState(stop_signals)
     shutdown = trio.Event()
     reload_send, reload_receive = trio.open_memory_channel[None](1)
-    with trio.open_signal_receiver(*stop_signals, signal.SIGHUP) as signals:
+    with trio.open_signal_receiver(*state.signals) as signals:
         async with trio.open_nursery() as outer:
-            outer.start_soon(_dispatch, signals, shutdown, reload_send, outer.cancel_scope)
+            dispatch = functools.partial(_dispatch, signals, state, shutdown, reload_send, outer.cancel_scope)
+            outer.start_soon(dispatch)
             if metrics_address is not None:
                 bound = await outer.start(serve_metrics, metrics, metrics_address)
                 print(f"metrics on http://{bound}/metrics", flush=True)
@@ -57,19 +62,18 @@ async def serve_until_signalled(
 
 async def _dispatch(
     signals: AsyncIterator[int],
+    state: SignalState,
     shutdown: trio.Event,
     reload: trio.MemorySendChannel[None],
     everything: trio.CancelScope,
 ) -> None:
     async for signum in signals:
-        name = signal.Signals(signum).name
-        if signum == signal.SIGHUP:
-            log.info("SIGHUP received, reloading certificates")
+        action = state.receive(signum)
+        log_action(action, signum, _MESSAGES)
+        if action is Action.RELOAD:
             with contextlib.suppress(trio.WouldBlock):  # one reload already pending is enough
                 reload.send_nowait(None)
-        elif not shutdown.is_set():
-            log.info("%s received, shutting down", name)
+        elif action is Action.STOP:
             shutdown.set()
-        else:
-            log.warning("%s received again, stopping now", name)
+        elif action is Action.STOP_NOW:
             everything.cancel()

@@ -8,7 +8,7 @@ nurseries) whose listeners are bound with SO_REUSEPORT to the same addresses;
 the kernel spreads new connections across them.  Nothing is shared between
 workers but the listening port and a block of shared memory for metrics.
 
-The supervisor (this module, in the parent process):
+The supervisor (:class:`_Supervisor`, in the parent process):
 
 * checks the configuration once (certificates, handler) so that a mistake is
   one line from one process, not N;
@@ -19,8 +19,10 @@ The supervisor (this module, in the parent process):
   each has bound its listeners, and only then reports the addresses;
 * restarts a worker that exits while it should be running (with a pause if it
   keeps dying at once);
-* forwards SIGTERM (graceful stop; a second one stops at once) and SIGHUP
-  (reload) to every worker, and exits 0 once they have all stopped.
+* reads its signals as one server process does (:mod:`._signals`: SIGTERM or
+  SIGINT is a graceful stop, a second one stops at once, SIGHUP reloads) and
+  relays each to every worker as SIGTERM or SIGHUP; it exits 0 once they have
+  all stopped.  A worker that exits while stopping is not restarted.
 
 Workers ignore SIGINT: Ctrl-C in a terminal reaches the whole process group,
 and only the supervisor should decide what it means.  A worker ignores SIGHUP
@@ -30,16 +32,17 @@ not from when ``_worker_main`` runs: a spawned worker spends hundreds of
 milliseconds starting Python and importing before that, and with default
 handling a reload relayed then would kill it, a Ctrl-C would print a
 traceback from some import.  So the supervisor blocks both signals around
-``start()``; the child inherits the mask through fork and exec, and unblocks
-them once it ignores them, which discards any that arrived meanwhile (as
-multiprocessing's own resource tracker does with SIGINT and SIGTERM).
+``_Supervisor.start``; the child inherits the mask through fork and exec,
+and unblocks them once it ignores them, which discards any that arrived
+meanwhile (as multiprocessing's own resource tracker does with SIGINT and
+SIGTERM).  SIGTERM is not blocked: a worker stopped while it starts just ends.
 
 A worker that does not report ready within ``_STARTUP_TIMEOUT`` is killed, so
 that a hung start-up is restarted like any other death instead of leaving its
 slot empty until it ends on its own.
 
 Metrics: each worker writes its counters straight into its own slice of shared
-memory (see :mod:`._metrics`); the supervisor sums the slices when scraped.  A
+memory (see ``ServerMetrics``); the supervisor sums the slices when scraped.  A
 restarted worker takes over its predecessor's slice and keeps counting from
 there, so a crash loses no counter (``connections_open`` starts from zero,
 since the dead worker's connections are gone).
@@ -47,6 +50,7 @@ since the dead worker's connections are gone).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import multiprocessing
@@ -54,7 +58,7 @@ import multiprocessing.connection
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
@@ -70,6 +74,7 @@ from .._net import Address, bind_reuse_port
 from .._program import PROG, run_program, setup_logging
 from .._server import METRIC_SLOTS, ServerMetrics, serve_metrics
 from .._tls import server_context
+from ._signals import Action, SignalState, log_action
 from ._single import serve_until_signalled
 
 log = logging.getLogger("trio_tlsecho")
@@ -81,6 +86,17 @@ _RESTART_PAUSE = 1.0
 _STARTUP_TIMEOUT = 60.0
 #: Blocked from before a worker's process exists until it ignores them (see above).
 _STARTUP_BLOCKED = frozenset({signal.SIGINT, signal.SIGHUP})
+#: A worker's one stop signal: it ignores SIGINT, which the terminal sends it too.
+_WORKER_STOP = signal.SIGTERM
+
+_RELAY_MESSAGES = {
+    Action.RELOAD: "%s received, reloading certificates in every worker",
+    Action.STOP: "%s received, stopping workers gracefully",
+    Action.STOP_NOW: "%s received again, stopping workers now",
+}
+#: What every worker is sent for the supervisor's action.  A worker counts its own
+#: SIGTERMs, so the second stop signal here is the second SIGTERM there: "stop now".
+_RELAYED = {Action.RELOAD: signal.SIGHUP, Action.STOP: _WORKER_STOP, Action.STOP_NOW: _WORKER_STOP}
 
 
 class _Summed(Collector):
@@ -99,6 +115,10 @@ class _Worker:
     process: Any = None  # multiprocessing.Process (spawn context): untyped in typeshed
     started_at: float = 0.0
 
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.exitcode is None
+
 
 async def supervise(
     config: ServerConfig,
@@ -116,26 +136,15 @@ async def supervise(
     resolve_handler(config.handler)
 
     reservations: list[trio.socket.SocketType] = []
-    shm = SharedMemory(create=True, size=8 * METRIC_SLOTS * workers)
     try:
-        listen: list[Address] = []
-        for address in config.listen:
-            listen.append(await _reserve(address, reservations))
+        listen = [await _reserve(address, reservations) for address in config.listen]
         worker_config = attrs.evolve(config, listen=listen, reuse_port=True)
-        assert shm.buf is not None
-        slots = shm.buf.cast("q")
-        metrics = [ServerMetrics(slots[i * METRIC_SLOTS : (i + 1) * METRIC_SLOTS]) for i in range(workers)]
-        try:
-            await _run(worker_config, metrics, shm.name, on_started, metrics_address, log_level)
-        finally:
-            for part in metrics:
-                part.slots.release()
-            slots.release()
+        with _shared_metrics(workers) as (shm_name, metrics):
+            supervisor = _Supervisor(worker_config, metrics, shm_name, log_level)
+            await supervisor.run(on_started, metrics_address)
     finally:
         for sock in reservations:
             sock.close()
-        shm.close()
-        shm.unlink()
 
 
 async def _reserve(address: Address, held: list[trio.socket.SocketType]) -> Address:
@@ -163,23 +172,94 @@ async def _reserve(address: Address, held: list[trio.socket.SocketType]) -> Addr
         raise ListenError(f"cannot listen on {address}: {exc.strerror or exc}") from None
 
 
-async def _run(
-    config: ServerConfig,
-    metrics: list[ServerMetrics],
-    shm_name: str,
-    on_started: Callable[[list[Address]], None],
-    metrics_address: Address | None,
-    log_level: str,
-) -> None:
-    context = multiprocessing.get_context("spawn")
-    workers = [_Worker(i) for i in range(len(metrics))]
-    stopping = trio.Event()
+@contextlib.contextmanager
+def _shared_metrics(workers: int) -> Iterator[tuple[str, list[ServerMetrics]]]:
+    """A new block of shared memory with a slice of metrics per worker: its name, and the slices."""
+    shm = SharedMemory(create=True, size=8 * METRIC_SLOTS * workers)
+    try:
+        with _metric_slices(shm, range(workers)) as metrics:
+            yield shm.name, metrics
+    finally:
+        shm.close()
+        shm.unlink()
 
-    def start(worker: _Worker) -> multiprocessing.connection.Connection:
-        receive, send = context.Pipe(duplex=False)
-        worker.process = context.Process(
+
+@contextlib.contextmanager
+def _metric_slices(shm: SharedMemory, indexes: Iterable[int]) -> Iterator[list[ServerMetrics]]:
+    """Metrics over the workers' slices of *shm*, released on exit: a block with a view
+    left on it cannot be closed.  The supervisor takes every slice, a worker its own."""
+    assert shm.buf is not None
+    slots = shm.buf.cast("q")
+    parts = [ServerMetrics(slots[i * METRIC_SLOTS : (i + 1) * METRIC_SLOTS]) for i in indexes]
+    try:
+        yield parts
+    finally:
+        for part in parts:
+            part.slots.release()
+        slots.release()
+
+
+class _Supervisor:
+    """The parent of the workers: starts them, restarts them, relays signals to them.
+
+    ``state`` is the stop/reload state (:mod:`._signals`): once it is stopping, a
+    worker that exits stays gone, and the supervisor returns when all have.
+    """
+
+    def __init__(
+        self, config: ServerConfig, metrics: list[ServerMetrics], shm_name: str, log_level: str
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.shm_name = shm_name
+        self.log_level = log_level
+        self.workers = [_Worker(i) for i in range(len(metrics))]
+        self.state = SignalState()
+        self._context = multiprocessing.get_context("spawn")
+
+    async def run(self, on_started: Callable[[list[Address]], None], metrics_address: Address | None) -> None:
+        """Start every worker, keep them running until a stop signal, return once all are gone."""
+        with trio.open_signal_receiver(*self.state.signals) as signals:
+            async with trio.open_nursery() as nursery:
+                # The metrics port first: a port in use must fail before any worker exists.
+                bound = None
+                if metrics_address is not None:
+                    bound = await nursery.start(serve_metrics, _Summed(self.metrics), metrics_address)
+                try:
+                    addresses = await self.start_all()
+                    # Signals that came while the workers started have waited in the receiver.
+                    nursery.start_soon(self.relay, signals)
+                    if bound is not None:
+                        print(f"metrics on http://{bound}/metrics", flush=True)
+                    on_started(addresses)
+                    pids = ", ".join(str(w.process.pid) for w in self.workers)
+                    log.info("%d workers serving: pids %s", len(self.workers), pids)
+                    await self.keep_all()
+                except BaseException:
+                    # Whatever went wrong here, no worker may outlive its supervisor.
+                    self.kill_all()
+                    raise
+                nursery.cancel_scope.cancel()  # every worker is gone: stop relaying signals
+            log.info("all workers stopped")
+
+    async def start_all(self) -> list[Address]:
+        """Start every worker at once; the first one's addresses once all are ready."""
+        readies = [self.start(worker) for worker in self.workers]
+        addresses = [await self.wait_ready(w, r) for w, r in zip(self.workers, readies, strict=True)]
+        return addresses[0]
+
+    async def keep_all(self) -> None:
+        """Keep every worker running; returns once stopping and every worker has exited."""
+        async with trio.open_nursery() as keepers:
+            for worker in self.workers:
+                keepers.start_soon(self.keep, worker)
+
+    def start(self, worker: _Worker) -> multiprocessing.connection.Connection:
+        """Start *worker*'s process; returns the pipe it reports its addresses on."""
+        receive, send = self._context.Pipe(duplex=False)
+        worker.process = self._context.Process(
             target=_worker_main,
-            args=(config, worker.index, len(metrics), shm_name, send, log_level),
+            args=(self.config, worker.index, self.shm_name, send, self.log_level),
             name=f"trio-tlsecho-worker-{worker.index}",
         )
         held = signal.pthread_sigmask(signal.SIG_BLOCK, _STARTUP_BLOCKED)
@@ -192,7 +272,10 @@ async def _run(
         worker.started_at = time.monotonic()
         return receive
 
-    async def wait_ready(worker: _Worker, ready: multiprocessing.connection.Connection) -> list[Address]:
+    async def wait_ready(
+        self, worker: _Worker, ready: multiprocessing.connection.Connection
+    ) -> list[Address]:
+        """*worker*'s addresses once it listens; :class:`TLSEchoError` if it never will."""
         with ready:
             try:
                 with trio.fail_after(_STARTUP_TIMEOUT):
@@ -212,95 +295,65 @@ async def _run(
                 ) from None
         return addresses
 
-    async def keep(worker: _Worker) -> None:
+    async def keep(self, worker: _Worker) -> None:
+        """Restart *worker* each time it exits; return when it exits while stopping."""
         while True:
             await trio.lowlevel.wait_readable(worker.process.sentinel)
             worker.process.join()
-            code = worker.process.exitcode
-            if stopping.is_set():
+            if self.state.stopping:
                 return
             quick = time.monotonic() - worker.started_at < _QUICK_DEATH
             log.error(
                 "worker %d (pid %d) exited with %s; restarting it%s",
                 worker.index,
                 worker.process.pid,
-                f"signal {-code}" if code < 0 else f"status {code}",
+                _exit_reason(worker.process.exitcode),
                 f" in {_RESTART_PAUSE:g}s" if quick else "",
             )
             if quick:
                 await trio.sleep(_RESTART_PAUSE)
-            if stopping.is_set():
+            if self.state.stopping:
                 return
-            ready = start(worker)
-            try:
-                await wait_ready(worker, ready)
-            except TLSEchoError as exc:
-                if not stopping.is_set():  # a stop relayed while it started ended it on purpose
-                    log.error("worker %d did not come back: %s", worker.index, exc)
-            else:
-                log.info("worker %d restarted: pid %d", worker.index, worker.process.pid)
+            await self.restart(worker)
 
-    async def relay(signals: AsyncIterator[int]) -> None:
+    async def restart(self, worker: _Worker) -> None:
+        try:
+            await self.wait_ready(worker, self.start(worker))
+        except TLSEchoError as exc:
+            if not self.state.stopping:  # a stop relayed while it started ended it on purpose
+                log.error("worker %d did not come back: %s", worker.index, exc)
+        else:
+            log.info("worker %d restarted: pid %d", worker.index, worker.process.pid)
+
+    async def relay(self, signals: AsyncIterator[int]) -> None:
+        """Turn each signal into an action (:mod:`._signals`) and pass it on to every worker."""
         async for signum in signals:
-            if signum == signal.SIGHUP:
-                log.info("SIGHUP received, reloading certificates in every worker")
-            elif stopping.is_set():
-                log.warning("%s received again, stopping workers now", signal.Signals(signum).name)
-                signum = signal.SIGTERM
-            else:
-                log.info("%s received, stopping workers gracefully", signal.Signals(signum).name)
-                stopping.set()
-                signum = signal.SIGTERM
-            signal_all(signum)
+            action = self.state.receive(signum)
+            log_action(action, signum, _RELAY_MESSAGES)
+            if action in _RELAYED:
+                self.signal_all(_RELAYED[action])
 
-    def signal_all(signum: int) -> None:
-        for worker in workers:
-            if worker.process is not None and worker.process.exitcode is None:
+    def signal_all(self, signum: int) -> None:
+        for worker in self.workers:
+            if worker.alive:
                 os.kill(worker.process.pid, signum)
 
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        async with trio.open_nursery() as nursery:
-            # The metrics port first: a port in use must fail before any worker exists.
-            bound = None
-            if metrics_address is not None:
-                bound = await nursery.start(serve_metrics, _Summed(metrics), metrics_address)
-            try:
-                readies = [start(worker) for worker in workers]
-                addresses = [await wait_ready(w, r) for w, r in zip(workers, readies, strict=True)]
-                nursery.start_soon(relay, signals)
-                if bound is not None:
-                    print(f"metrics on http://{bound}/metrics", flush=True)
-                on_started(addresses[0])
-                log.info(
-                    "%d workers serving: pids %s",
-                    len(workers),
-                    ", ".join(str(w.process.pid) for w in workers),
-                )
-                # Keepers return only once stopping and their worker has exited.
-                async with trio.open_nursery() as keepers:
-                    for worker in workers:
-                        keepers.start_soon(keep, worker)
-            except BaseException:
-                # Whatever went wrong here, no worker may outlive its supervisor.
-                _kill_all(workers)
-                raise
-            nursery.cancel_scope.cancel()  # every worker is gone: stop relaying signals
-        log.info("all workers stopped")
+    def kill_all(self) -> None:
+        for worker in self.workers:
+            if worker.alive:
+                worker.process.kill()
+        for worker in self.workers:
+            if worker.process is not None:
+                worker.process.join(5)
 
 
-def _kill_all(workers: list[_Worker]) -> None:
-    for worker in workers:
-        if worker.process is not None and worker.process.exitcode is None:
-            worker.process.kill()
-    for worker in workers:
-        if worker.process is not None:
-            worker.process.join(5)
+def _exit_reason(code: int) -> str:
+    return f"signal {-code}" if code < 0 else f"status {code}"
 
 
 def _worker_main(
     config: ServerConfig,
     index: int,
-    count: int,
     shm_name: str,
     ready: multiprocessing.connection.Connection,
     log_level: str,
@@ -315,31 +368,29 @@ def _worker_main(
     # Attaching registers the name with the resource tracker again (Python < 3.13);
     # the tracker is the supervisor's, shared, and the supervisor unlinks the segment.
     shm = SharedMemory(name=shm_name)
-    assert shm.buf is not None
-    slots = shm.buf.cast("q")[index * METRIC_SLOTS : (index + 1) * METRIC_SLOTS]
-    metrics = ServerMetrics(slots)
-    metrics.connections_open = 0  # a predecessor's connections died with it
+    try:
+        with _metric_slices(shm, [index]) as [metrics]:
+            metrics.connections_open = 0  # a predecessor's connections died with it
+            # A key or certificate that broke after the supervisor checked it (a restart
+            # reads it again) is still the user's mistake: one line, like the supervisor's.
+            serving = functools.partial(_serve_worker, config, metrics, ready)
+            status = run_program(serving, who=f"{PROG}: worker {index}")
+    finally:
+        shm.close()
+    if status:
+        raise SystemExit(status)
 
+
+def _serve_worker(
+    config: ServerConfig, metrics: ServerMetrics, ready: multiprocessing.connection.Connection
+) -> int:
     def started(addresses: list[Address]) -> None:
         ready.send(addresses)
         ready.close()
 
-    run = functools.partial(
-        serve_until_signalled, config, on_started=started, metrics=metrics, stop_signals=(signal.SIGTERM,)
+    trio.run(
+        functools.partial(
+            serve_until_signalled, config, on_started=started, metrics=metrics, stop_signals=(_WORKER_STOP,)
+        )
     )
-    try:
-        # A key or certificate that broke after the supervisor checked it (a restart
-        # reads it again) is still the user's mistake: one line, like the supervisor's.
-        status = run_program(functools.partial(_run_to_zero, run), who=f"{PROG}: worker {index}")
-        if status:
-            raise SystemExit(status)
-    finally:
-        # Every view of the segment must go before it can be closed.
-        del run, metrics
-        slots.release()
-        shm.close()
-
-
-def _run_to_zero(main: Callable[[], Awaitable[object]]) -> int:
-    trio.run(main)
     return 0
