@@ -549,11 +549,7 @@ class SSLSocketStream(TLSStream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt and send all of *data*.  Cancelling it half way breaks the stream."""
-        if self._sending:
-            raise trio.BusyResourceError("another task is currently sending data on this stream")
-        if self._state is not _OK:
-            self._raise_status()
-        self._sending = True
+        self._claim_sending()
         try:
             if not self._handshake_done:
                 await self._ensure_handshake()
@@ -574,6 +570,14 @@ class SSLSocketStream(TLSStream):
             self.sent += size
         finally:
             self._sending = False
+
+    def _claim_sending(self) -> None:
+        """The send side is ours until ``_sending`` is cleared (in the caller's ``finally``)."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is currently sending data on this stream")
+        if self._state is not _OK:
+            self._raise_status()
+        self._sending = True
 
     async def _send_pieces(self, data: bytes | bytearray | memoryview) -> None:
         # SEND_PIECE bytes at a time, each counted as it goes.  Only the first piece
@@ -631,11 +635,7 @@ class SSLSocketStream(TLSStream):
 
     async def wait_send_all_might_not_block(self) -> None:
         """Wait until the socket is writable (may return early, never late)."""
-        if self._sending:
-            raise trio.BusyResourceError("another task is currently sending data on this stream")
-        if self._state is not _OK:
-            self._raise_status()
-        self._sending = True
+        self._claim_sending()
         try:
             await self._wait(_WRITABLE)
         finally:
