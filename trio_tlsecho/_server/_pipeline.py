@@ -10,8 +10,8 @@ the transport, then the TLS stream, until it closes it.
 Everything that can go wrong with one peer (a bad certificate, a silent client, a
 reset, a handler bug) ends here as one log line, because the listener's nursery
 must never see it: one connection's failure must not touch another.
-``trio.Cancelled`` and other ``BaseException``\\ s are left alone so that shutdown
-still works.
+``trio.Cancelled`` and every other ``BaseException`` are left alone so that
+shutdown still works.
 
 Timeouts: the preamble and the handshake run under one total deadline (a peer
 dribbling a byte a second gets no extension); the refusal that follows has its own
