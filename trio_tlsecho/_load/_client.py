@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 import trio
 
-from .._exceptions import ClientError
+from .._exceptions import ClientError, causes
 from .._net import Address, encode_v1, encode_v2
 from ._config import (
     PROGRESS_INTERVAL,
@@ -26,7 +26,6 @@ from ._config import (
     OpenLoopSchedule,
     Progress,
     ProgressCallback,
-    _causes,
     classify_error,
 )
 from ._stats import ErrorKind, LoadReport, Recorder
@@ -532,7 +531,7 @@ async def _read_echo(conn: _Connection, payload: memoryview, buffer: memoryview,
 
 
 def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    leaves = [e for e in _causes(group) if not isinstance(e, BaseExceptionGroup)]
+    leaves = [e for e in causes(group) if not isinstance(e, BaseExceptionGroup)]
     with_cause = [e for e in leaves if e.__cause__ is not None]
     return (with_cause or leaves or [group])[0]
 
