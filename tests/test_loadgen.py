@@ -31,7 +31,7 @@ from trio_tlsecho._cli._loadgen import add_loadgen_parser, config_from_args, des
 from trio_tlsecho._load import _client as _loadclient
 from trio_tlsecho._load import _workers as _loadworkers
 from trio_tlsecho._load import run_load
-from trio_tlsecho._load._client import _IO, _Connection, _Target
+from trio_tlsecho._load._client import ExchangeIO
 from trio_tlsecho._load._config import (
     LoadConfig,
     OpenLoopSchedule,
@@ -41,6 +41,7 @@ from trio_tlsecho._load._config import (
     split,
 )
 from trio_tlsecho._load._stats import ERROR_KINDS, ErrorKind, LoadReport
+from trio_tlsecho._load._transport import ClientConnection, Target
 from trio_tlsecho._load._workers import _config_from_wire, _config_to_wire, worker_main
 
 from .conftest import start_server
@@ -164,8 +165,8 @@ def test_target_survives_the_trip_to_a_worker(
     client_config: ClientConfig, family: socket.AddressFamily, sockaddr: tuple[object, ...]
 ) -> None:
     config = load_config(Address("localhost", 9), client_config, requests=1, proxy_protocol=2)
-    target = _Target(config.address, family, sockaddr, "localhost", 2)
-    assert _Target.from_wire(config, json.loads(json.dumps(target.to_wire()))) == target
+    target = Target(config.address, family, sockaddr, "localhost", 2)
+    assert Target.from_wire(config, json.loads(json.dumps(target.to_wire()))) == target
 
 
 def test_split_is_exact() -> None:
@@ -361,7 +362,7 @@ async def test_workers_with_an_unknown_host_is_one_error(
     client_config: ClientConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The parent resolves before it starts any worker (one that started would exit 5).
-    monkeypatch.setattr(_loadworkers, "_WORKER_COMMAND", "raise SystemExit(5)")
+    monkeypatch.setattr(_loadworkers, "WORKER_COMMAND", "raise SystemExit(5)")
     config = load_config(Address("no-such-host.invalid", 1), client_config, clients=2, requests=2, workers=2)
     with pytest.raises(ClientError, match=r"^cannot connect to no-such-host\.invalid:1: unknown host"):
         await run_load(config)
@@ -406,7 +407,7 @@ async def test_a_worker_that_stopped_reading_is_a_dead_worker(
     # It says it is ready with its stdin already closed: the parent's "go" meets a broken pipe.
     monkeypatch.setattr(
         _loadworkers,
-        "_WORKER_COMMAND",
+        "WORKER_COMMAND",
         "import os, sys; sys.stdin.readline(); os.close(0); print('{\"ready\": true}', flush=True)",
     )
     config = load_config(server, client_config, clients=2, requests=2, workers=2)
@@ -498,16 +499,16 @@ async def test_more_after_the_echo_is_a_mismatch_if_it_arrived_before_the_close(
     client_config: ClientConfig,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    read_echo = _loadclient._read_echo
+    read_echo = _loadclient.read_echo
 
     async def read_echo_then_linger(
-        conn: _Connection, payload: memoryview, buffer: memoryview, exchange: _IO
+        conn: ClientConnection, payload: memoryview, buffer: memoryview, exchange: ExchangeIO
     ) -> None:
         await read_echo(conn, payload, buffer, exchange)
         assert not exchange.mismatched  # the echo's own record held nothing more...
         await trio.lowlevel.wait_readable(conn._sock)  # ...but the next one has arrived
 
-    monkeypatch.setattr(_loadclient, "_read_echo", read_echo_then_linger)
+    monkeypatch.setattr(_loadclient, "read_echo", read_echo_then_linger)
     [address] = await start_server(nursery, server_config, handler=echo_then_more)
     config = load_config(address, client_config, clients=2, requests=4, new_connection_per_request=True)
     report = await run_load(config)
@@ -522,13 +523,13 @@ async def test_an_exchange_whose_deadline_passes_as_it_closes_is_counted_once(
 ) -> None:
     # The clock stands still but for this jump: past the deadline after the echo was
     # verified and recorded, in the close that ends each per-request connection.
-    close = _Connection.close
+    close = ClientConnection.close
 
-    def close_late(conn: _Connection) -> None:
+    def close_late(conn: ClientConnection) -> None:
         close(conn)
         mock_clock.jump(2.0)
 
-    monkeypatch.setattr(_Connection, "close", close_late)
+    monkeypatch.setattr(ClientConnection, "close", close_late)
     config = load_config(
         server, client_config, clients=1, requests=3, timeout=1.0, new_connection_per_request=True
     )

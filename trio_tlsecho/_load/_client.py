@@ -1,4 +1,4 @@
-"""One process's share of a load run: the client tasks and their transport.
+"""One process's share of a load run: the client tasks, over :mod:`._transport`.
 
 See :mod:`._run` for the theory of operation (phases, closed and open loop,
 what is counted).
@@ -6,20 +6,16 @@ what is counted).
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import random
-import socket
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
 
-from .._exceptions import ClientError, causes
-from .._net import Address, encode_v1, encode_v2
+from .._exceptions import causes
 from ._config import (
     PROGRESS_INTERVAL,
     LoadConfig,
@@ -29,13 +25,12 @@ from ._config import (
     classify_error,
 )
 from ._stats import ErrorKind, LoadReport, Recorder
+from ._transport import ClientConnection, Target
 
 #: Echoes up to this size are sent, then read.  Larger ones are sent and read at once:
 #: a 256 KiB echo can fill both directions' socket buffers and deadlock a client that
 #: is still writing while the server waits to write back.
 _SEQUENTIAL_MAX = 65536
-#: Bounds a clean close (close_notify) of a connection we are done with.
-_CLOSE_TIMEOUT = 1.0
 
 _now = trio.current_time
 #: What ends one exchange (and its connection) and is counted as an error by kind
@@ -43,206 +38,16 @@ _now = trio.current_time
 _FAILURES = (OSError, trio.TooSlowError)
 
 
-# -- the transport -------------------------------------------------------------------
-
-
-class _Connection:
-    """One client connection: a non-blocking ``ssl.SSLSocket`` driven by trio's I/O waits.
-
-    Why not ``trio.SSLStream`` (``open_client``)?  A load generator must not be the
-    bottleneck, and on this project's 2-core machine one worker using ``SSLStream``
-    spent ~52 µs of CPU per small round trip and saturated its core at ~20,000 round
-    trips/s; driving OpenSSL's socket directly costs ~27 µs (benchmarks/README.md).
-    The TLS policy is still the one :func:`client_context` builds.
-
-    One task may send while another receives (large echoes); each call is atomic with
-    respect to the event loop, and partial writes are retried with the same bytes.
-    """
-
-    __slots__ = ("_sock", "waits")
-
-    def __init__(self, sock: ssl.SSLSocket) -> None:
-        self._sock = sock
-        #: How often a call had to wait for the socket (so callers know they yielded).
-        self.waits = 0
-
-    @classmethod
-    async def open(
-        cls, target: _Target, ctx: ssl.SSLContext, session: ssl.SSLSession | None = None
-    ) -> _Connection:
-        raw = socket.socket(target.family, socket.SOCK_STREAM)
-        try:
-            await _connect(raw, target)
-            if target.proxy_protocol is not None:
-                _send_proxy_header(raw, target.proxy_protocol)
-            sock = ctx.wrap_socket(
-                raw, server_hostname=target.server_hostname, do_handshake_on_connect=False, session=session
-            )
-        except BaseException:
-            raw.close()
-            raise
-        try:
-            while True:
-                try:
-                    sock.do_handshake()
-                    return cls(sock)
-                except ssl.SSLWantReadError:
-                    await trio.lowlevel.wait_readable(sock)
-                except ssl.SSLWantWriteError:
-                    await trio.lowlevel.wait_writable(sock)
-        except BaseException:
-            sock.close()
-            raise
-
-    async def send_all(self, data: memoryview) -> None:
-        sock, sent, n = self._sock, 0, len(data)
-        while sent < n:
-            try:
-                sent += sock.send(data[sent:])
-            except ssl.SSLWantWriteError:
-                self.waits += 1
-                await trio.lowlevel.wait_writable(sock)
-            except ssl.SSLWantReadError:
-                self.waits += 1
-                await trio.lowlevel.wait_readable(sock)
-
-    async def receive_reply_into(self, buffer: memoryview) -> int:
-        """:meth:`receive_into` for a reply just asked for: waits for the socket first.
-
-        Reading at once could only say EAGAIN, a failed recv and an exception on every
-        exchange (unless OpenSSL already holds plaintext, which is asked first).  Waiting
-        first: +21 % round trips/s per loadgen worker (benchmarks/README.md).
-        """
-        if not self._sock.pending():
-            self.waits += 1
-            await trio.lowlevel.wait_readable(self._sock)
-        return await self.receive_into(buffer)
-
-    async def receive_into(self, buffer: memoryview) -> int:
-        """Read at least one byte into *buffer*; 0 means the server closed the connection."""
-        sock = self._sock
-        while True:
-            try:
-                return sock.recv_into(buffer)
-            except ssl.SSLWantReadError:
-                self.waits += 1
-                await trio.lowlevel.wait_readable(sock)
-            except ssl.SSLWantWriteError:
-                self.waits += 1
-                await trio.lowlevel.wait_writable(sock)
-
-    def pending(self) -> int:
-        """Plaintext bytes OpenSSL already decrypted and holds (one C call, no syscall)."""
-        return self._sock.pending()
-
-    def anything_more(self, buffer: memoryview) -> bool:
-        """Whether the server sent something that has arrived but was not read.
-
-        One non-blocking read (into *buffer*, which it may overwrite): a syscall, so
-        only worth it before closing, when nothing later could find those bytes.
-        Plaintext only; a TLS 1.3 session ticket is taken in and is not "more".
-        """
-        try:
-            return self._sock.recv_into(buffer, 1) > 0
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return False
-        except OSError:
-            # The echo is complete and verified; how the server treats a connection
-            # we are about to close is no part of this exchange's outcome.
-            return False
-
-    @property
-    def session(self) -> ssl.SSLSession | None:
-        """The TLS session to resume later (with TLS 1.3, known once a ticket was read)."""
-        return self._sock.session
-
-    @property
-    def resumed(self) -> bool:
-        return bool(self._sock.session_reused)
-
-    def close(self) -> None:
-        """Close now, with a close_notify if it can go out without waiting."""
-        try:
-            self._sock.unwrap()  # sends close_notify; would then wait for the server's
-        except (OSError, ValueError):
-            pass
-        finally:
-            self._sock.close()
-
-    def abort(self) -> None:
-        self._sock.close()
-
-
-def _send_proxy_header(raw: socket.socket, version: int) -> None:
-    encode = encode_v1 if version == 1 else encode_v2
-    header = encode(raw.getsockname()[:2], raw.getpeername()[:2])
-    # A fresh connection's send buffer is empty: the header (at most 108 bytes) fits.
-    if raw.send(header) != len(header):
-        raise OSError(errno.EAGAIN, "could not send the PROXY header at once")
-
-
-async def _connect(raw: socket.socket, target: _Target) -> None:
-    raw.setblocking(False)
-    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    err = raw.connect_ex(target.sockaddr)
-    if err == errno.EINPROGRESS:
-        await trio.lowlevel.wait_writable(raw)
-        err = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if err:
-        # OSError(errno, ...) is ConnectionRefusedError for ECONNREFUSED, and so on.
-        raise OSError(err, f"connecting to {target.address}: {os.strerror(err)}")
-
-
-@attrs.frozen
-class _Target:
-    """Where the clients connect, resolved once (a load generator has no use for happy eyeballs)."""
-
-    address: Address
-    family: socket.AddressFamily
-    sockaddr: tuple[Any, ...]
-    server_hostname: str
-    proxy_protocol: int | None = None
-
-    @classmethod
-    async def resolve(cls, config: LoadConfig) -> _Target:
-        address = config.address
-        try:
-            infos = await trio.socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise ClientError(f"cannot connect to {address}: unknown host ({exc.strerror})") from None
-        family, _type, _proto, _name, sockaddr = infos[0]
-        hostname = config.client.server_hostname or address.host
-        return cls(address, family, tuple(sockaddr), hostname, config.proxy_protocol)
-
-    def to_wire(self) -> dict[str, Any]:
-        """What a worker process needs to connect where its parent resolved, as JSON."""
-        return {
-            "family": int(self.family),
-            "sockaddr": list(self.sockaddr),
-            "server_hostname": self.server_hostname,
-        }
-
-    @classmethod
-    def from_wire(cls, config: LoadConfig, data: Mapping[str, Any]) -> _Target:
-        return cls(
-            config.address,
-            socket.AddressFamily(data["family"]),
-            tuple(data["sockaddr"]),
-            data["server_hostname"],
-            config.proxy_protocol,
-        )
-
-
 # -- one process's share of the clients -------------------------------------------
 
 
 @attrs.define(eq=False)
-class _Run:
+class Run:
     """What the client tasks of one process share."""
 
     config: LoadConfig
     ssl_context: ssl.SSLContext
-    target: _Target
+    target: Target
     #: Global index of this process's first client, and how many it runs.
     first_client: int
     count: int
@@ -301,18 +106,18 @@ class _Run:
 class _Client:
     """One client task's state: its connection, its random numbers, its schedule."""
 
-    def __init__(self, run: _Run, local_index: int) -> None:
+    def __init__(self, run: Run, local_index: int) -> None:
         self.run = run
         self.index = run.first_client + local_index
         self.local_index = local_index
         self.rng = random.Random(self.index)
-        self.conn: _Connection | None = None
+        self.conn: ClientConnection | None = None
         self.session: ssl.SSLSession | None = None
         self.buffer = memoryview(bytearray(min(run.config.sizes.high, 65536)))
         self.schedule: OpenLoopSchedule | None = None
         self.k = 0
         #: The exchange in progress, and whether it is measured: what a timeout commits.
-        self.io = _IO()
+        self.io = ExchangeIO()
         self.counting = False
 
     async def main(self) -> None:
@@ -366,7 +171,7 @@ class _Client:
             if counting and not run.take_ticket():
                 return True
             self.counting = counting
-            self.io = _IO()
+            self.io = ExchangeIO()
             scope.deadline = intended + timeout
             await self._exchange(intended, counting, self.io)
             scope.deadline = math.inf
@@ -389,7 +194,7 @@ class _Client:
 
     async def _connect(self, began: float, *, counting: bool) -> None:
         run = self.run
-        self.conn = await _Connection.open(run.target, run.ssl_context, self.session)
+        self.conn = await ClientConnection.open(run.target, run.ssl_context, self.session)
         if counting:
             run.recorder.handshake_done(int((_now() - began) * 1e6), resumed=self.conn.resumed)
 
@@ -400,7 +205,7 @@ class _Client:
         if counting:
             self.run.recorder.error(kind)
 
-    async def _exchange(self, began: float, counting: bool, io: _IO) -> None:
+    async def _exchange(self, began: float, counting: bool, io: ExchangeIO) -> None:
         """One send and its echo (and, per request mode, the connection around it).
 
         Latency runs from *began*: the send in a closed loop, the intended send time in
@@ -426,11 +231,11 @@ class _Client:
             if n <= _SEQUENTIAL_MAX:
                 await conn.send_all(payload)
                 io.writes, io.sent = 1, n
-                await _read_echo(conn, payload, self.buffer, io)
+                await read_echo(conn, payload, self.buffer, io)
             else:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_send, conn, payload, io)
-                    await _read_echo(conn, payload, self.buffer, io)
+                    await read_echo(conn, payload, self.buffer, io)
                     if io.received < n:
                         nursery.cancel_scope.cancel()
             done = _now()
@@ -488,7 +293,7 @@ class _Client:
 
 
 @attrs.define
-class _IO:
+class ExchangeIO:
     """The I/O of one exchange so far."""
 
     sent: int = 0
@@ -501,18 +306,18 @@ class _IO:
     over_long: bool = False
 
 
-async def _send(conn: _Connection, payload: memoryview, io: _IO) -> None:
+async def _send(conn: ClientConnection, payload: memoryview, io: ExchangeIO) -> None:
     await conn.send_all(payload)
     io.writes, io.sent = 1, len(payload)
 
 
-async def _read_echo(conn: _Connection, payload: memoryview, buffer: memoryview, io: _IO) -> None:
+async def read_echo(conn: ClientConnection, payload: memoryview, buffer: memoryview, io: ExchangeIO) -> None:
     """Read until *payload* is echoed whole, the server closes, or a byte differs.
 
     Reads no more than *payload*'s length, so an echo that goes on is caught only by
     what is already decrypted: plaintext left in the record that ended the echo.  (A
     later record is found by the next exchange, or, per request, by the read before
-    closing, :meth:`_Connection.anything_more`.)
+    closing, :meth:`ClientConnection.anything_more`.)
     """
     n = len(payload)
     while io.received < n:
@@ -536,8 +341,8 @@ def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return (with_cause or leaves or [group])[0]
 
 
-async def _run_here(
-    run: _Run,
+async def run_here(
+    run: Run,
     *,
     before_start: Callable[[], Awaitable[None]] | None = None,
     progress: ProgressCallback | None = None,
@@ -563,7 +368,7 @@ async def _run_here(
     return run.recorder.report(clients=run.count, seconds=max(end - run.measure_from, 0.0))
 
 
-async def _report_progress(run: _Run, progress: ProgressCallback) -> None:
+async def _report_progress(run: Run, progress: ProgressCallback) -> None:
     # Ends when the run's nursery is cancelled; at most one call per interval.
     while True:
         await trio.sleep(PROGRESS_INTERVAL)

@@ -36,20 +36,22 @@ connection, never a second count.
 
 Transport.  Clients drive a non-blocking ``ssl.SSLSocket`` with trio's
 ``wait_readable``/``wait_writable`` instead of ``trio.SSLStream``: half the CPU per
-round trip (see :class:`_Connection`), with the same ``client_context`` policy.
+round trip (see :class:`._transport.ClientConnection`), with the same
+``client_context`` policy.
 
 Workers: see :mod:`._workers`.  Modules: :mod:`._config` (sans-io),
-:mod:`._client` (the clients), :mod:`._workers` (processes), and here
-the one entry point.
+:mod:`._stats` (sans-io), :mod:`._transport` (the socket), :mod:`._client` (the
+clients), :mod:`._workers` (processes), and here the one entry point.
 """
 
 from __future__ import annotations
 
 from .._tls import client_context
-from ._client import _Run, _run_here, _Target
+from ._client import Run, run_here
 from ._config import LoadConfig, ProgressCallback
 from ._stats import LoadReport
-from ._workers import _run_workers
+from ._transport import Target
+from ._workers import run_workers
 
 
 async def run_load(config: LoadConfig, *, progress: ProgressCallback | None = None) -> LoadReport:
@@ -58,13 +60,13 @@ async def run_load(config: LoadConfig, *, progress: ProgressCallback | None = No
     *progress*, if given, is called about once a second with the totals so far.
     """
     if config.workers == 1:
-        run = _Run(
+        run = Run(
             config=config,
             ssl_context=client_context(config.client),
-            target=await _Target.resolve(config),
+            target=await Target.resolve(config),
             first_client=0,
             count=config.clients,
             tickets=config.requests,
         )
-        return await _run_here(run, progress=progress)
-    return await _run_workers(config, progress)
+        return await run_here(run, progress=progress)
+    return await run_workers(config, progress)

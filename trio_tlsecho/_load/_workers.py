@@ -32,9 +32,10 @@ import trio
 from .._config import ClientConfig
 from .._exceptions import ClientError, ConfigError, TLSEchoError
 from .._tls import TLSFiles, client_context
-from ._client import _Run, _run_here, _Target
+from ._client import Run, run_here
 from ._config import PROGRESS_INTERVAL, LoadConfig, Progress, ProgressCallback, split
 from ._stats import LoadReport, merge
+from ._transport import Target
 
 _now = trio.current_time
 #: How long workers may take to start (a Python process, imports, handshakes).
@@ -77,7 +78,7 @@ def _config_from_wire(data: Mapping[str, Any]) -> LoadConfig:
     return LoadConfig(client=client, **data)
 
 
-_WORKER_COMMAND = "from trio_tlsecho._load._workers import worker_main; worker_main()"
+WORKER_COMMAND = "from trio_tlsecho._load._workers import worker_main; worker_main()"
 
 
 class _LineReader:
@@ -137,10 +138,10 @@ class _Worker:
             await self.process.stdin.send_all(data)
 
 
-async def _run_workers(config: LoadConfig, progress: ProgressCallback | None) -> LoadReport:
+async def run_workers(config: LoadConfig, progress: ProgressCallback | None) -> LoadReport:
     # Fail here, once, on bad certificate files or an unknown host.
     client_context(config.client)
-    target = await _Target.resolve(config)
+    target = await Target.resolve(config)
     shares = split(config.clients, config.workers)
     requests = split(config.requests, config.workers) if config.requests is not None else None
     wire = _config_to_wire(config)
@@ -151,7 +152,7 @@ async def _run_workers(config: LoadConfig, progress: ProgressCallback | None) ->
             process: trio.Process = await nursery.start(
                 partial(
                     trio.run_process,
-                    [sys.executable, "-c", _WORKER_COMMAND],
+                    [sys.executable, "-c", WORKER_COMMAND],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     check=False,
@@ -223,10 +224,10 @@ def worker_main() -> None:
 
 async def _worker(spec: Mapping[str, Any]) -> None:
     config = _config_from_wire(spec["config"])
-    run = _Run(
+    run = Run(
         config=config,
         ssl_context=client_context(config.client),
-        target=_Target.from_wire(config, spec["target"]),
+        target=Target.from_wire(config, spec["target"]),
         first_client=int(spec["first_client"]),
         count=int(spec["count"]),
         tickets=spec["tickets"],
@@ -240,5 +241,5 @@ async def _worker(spec: Mapping[str, Any]) -> None:
     def on_progress(p: Progress) -> None:
         _emit({"progress": [p.round_trips, p.errors, p.mismatches]})
 
-    report = await _run_here(run, before_start=wait_for_go, progress=on_progress)
+    report = await run_here(run, before_start=wait_for_go, progress=on_progress)
     _emit({"report": report.to_wire()})
