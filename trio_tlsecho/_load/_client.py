@@ -322,7 +322,7 @@ async def read_echo(conn: ClientConnection, payload: memoryview, buffer: memoryv
     n = len(payload)
     while io.received < n:
         into = buffer[: min(n - io.received, len(buffer))]
-        got = await (conn.receive_into(into) if io.received else conn.receive_reply_into(into))
+        got = await conn.receive_into(into, reply=not io.received)
         if not got:
             return
         io.reads += 1

@@ -7,7 +7,7 @@ import errno
 import os
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import attrs
@@ -16,6 +16,19 @@ import trio
 from .._exceptions import ClientError
 from .._net import Address, encode_v1, encode_v2
 from ._config import LoadConfig
+
+#: What a non-blocking OpenSSL call raises when it must wait for the socket.
+_WANTS = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+def _wait_for(want: ssl.SSLError) -> Callable[[socket.socket], Awaitable[None]]:
+    """The trio wait that answers *want*: OpenSSL may need to write for a read, and
+    the reverse, so it is what was raised that says which, not the call.
+
+    A function to call, not a coroutine to await: no extra await where a call waits.
+    """
+    readable = isinstance(want, ssl.SSLWantReadError)
+    return trio.lowlevel.wait_readable if readable else trio.lowlevel.wait_writable
 
 
 class ClientConnection:
@@ -58,10 +71,8 @@ class ClientConnection:
                 try:
                     sock.do_handshake()
                     return cls(sock)
-                except ssl.SSLWantReadError:
-                    await trio.lowlevel.wait_readable(sock)
-                except ssl.SSLWantWriteError:
-                    await trio.lowlevel.wait_writable(sock)
+                except _WANTS as want:
+                    await _wait_for(want)(sock)
         except BaseException:
             sock.close()
             raise
@@ -71,37 +82,29 @@ class ClientConnection:
         while sent < n:
             try:
                 sent += sock.send(data[sent:])
-            except ssl.SSLWantWriteError:
+            except _WANTS as want:
                 self.waits += 1
-                await trio.lowlevel.wait_writable(sock)
-            except ssl.SSLWantReadError:
-                self.waits += 1
-                await trio.lowlevel.wait_readable(sock)
+                await _wait_for(want)(sock)
 
-    async def receive_reply_into(self, buffer: memoryview) -> int:
-        """:meth:`receive_into` for a reply just asked for: waits for the socket first.
+    async def receive_into(self, buffer: memoryview, *, reply: bool = False) -> int:
+        """Read at least one byte into *buffer*; 0 means the server closed the connection.
 
-        Reading at once could only say EAGAIN, a failed recv and an exception on every
-        exchange (unless OpenSSL already holds plaintext, which is asked first).  Waiting
-        first: +21 % round trips/s per loadgen worker (benchmarks/README.md).
+        *reply*: the first read of a reply just asked for, which waits for the socket
+        first.  Reading at once could only say EAGAIN, a failed recv and an exception
+        on every exchange (unless OpenSSL already holds plaintext, which is asked
+        first).  Waiting first: +21 % round trips/s per loadgen worker
+        (benchmarks/README.md).
         """
-        if not self._sock.pending():
-            self.waits += 1
-            await trio.lowlevel.wait_readable(self._sock)
-        return await self.receive_into(buffer)
-
-    async def receive_into(self, buffer: memoryview) -> int:
-        """Read at least one byte into *buffer*; 0 means the server closed the connection."""
         sock = self._sock
+        if reply and not sock.pending():
+            self.waits += 1
+            await trio.lowlevel.wait_readable(sock)
         while True:
             try:
                 return sock.recv_into(buffer)
-            except ssl.SSLWantReadError:
+            except _WANTS as want:
                 self.waits += 1
-                await trio.lowlevel.wait_readable(sock)
-            except ssl.SSLWantWriteError:
-                self.waits += 1
-                await trio.lowlevel.wait_writable(sock)
+                await _wait_for(want)(sock)
 
     def pending(self) -> int:
         """Plaintext bytes OpenSSL already decrypted and holds (one C call, no syscall)."""
