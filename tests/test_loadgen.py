@@ -31,7 +31,6 @@ from trio_tlsecho._cli._loadgen import add_loadgen_parser, config_from_args, des
 from trio_tlsecho._load import _client as _loadclient
 from trio_tlsecho._load import _workers as _loadworkers
 from trio_tlsecho._load import run_load
-from trio_tlsecho._load._client import ExchangeIO
 from trio_tlsecho._load._config import (
     LoadConfig,
     OpenLoopSchedule,
@@ -40,7 +39,7 @@ from trio_tlsecho._load._config import (
     classify_error,
     split,
 )
-from trio_tlsecho._load._stats import ERROR_KINDS, ErrorKind, LoadReport
+from trio_tlsecho._load._stats import ERROR_KINDS, ErrorKind, ExchangeIO, LoadReport
 from trio_tlsecho._load._transport import ClientConnection, Target
 from trio_tlsecho._load._workers import _config_from_wire, _config_to_wire, worker_main
 

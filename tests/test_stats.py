@@ -11,6 +11,7 @@ from trio_tlsecho._load._stats import (
     ERROR_KINDS,
     HIGHEST_US,
     ErrorKind,
+    ExchangeIO,
     Histogram,
     LoadReport,
     Recorder,
@@ -77,10 +78,8 @@ def test_histogram_encoding_round_trips() -> None:
 
 def test_recorder_counts_and_report() -> None:
     rec = Recorder()
-    rec.io(sent=10, received=10, reads=2, writes=1)
-    rec.round_trip(150)
-    rec.io(sent=5, received=5, reads=1, writes=1)
-    rec.mismatch()
+    rec.exchange(ExchangeIO(10, sent=10, received=10, reads=2, writes=1), 150)
+    rec.exchange(ExchangeIO(5, sent=5, received=5, reads=1, writes=1, mismatched=True), 150)
     rec.error(ErrorKind.RESET)
     rec.handshake_done(2_000)
     report = rec.report(clients=3, seconds=2.0)
@@ -93,6 +92,22 @@ def test_recorder_counts_and_report() -> None:
     assert report.mb_per_sec == pytest.approx(15 / 1e6 / 2.0)
     assert report.latency_histogram().count == 1
     assert report.handshake_histogram().count == 1
+
+
+def test_an_exchange_is_a_round_trip_a_mismatch_a_short_read_or_a_failure() -> None:
+    rec = Recorder()
+    rec.exchange(ExchangeIO(4, sent=4, received=4, reads=1, writes=1), 10)
+    rec.exchange(ExchangeIO(4, sent=4, received=4, reads=2, writes=1, mismatched=True), 20)
+    # A differing byte, then the close: a mismatch, not a short read.
+    rec.exchange(ExchangeIO(4, sent=4, received=2, reads=1, writes=1, mismatched=True), 30)
+    rec.exchange(ExchangeIO(4, sent=4, received=3, reads=1, writes=1), 40)
+    rec.failed(ExchangeIO(4, sent=4, writes=1), ErrorKind.TIMEOUT)
+    report = rec.report(clients=1, seconds=1.0)
+    assert (report.round_trips, report.mismatches) == (1, 2)
+    assert report.latency_histogram().percentiles([100.0]) == {100.0: 10}
+    assert report.errors == dict.fromkeys(ERROR_KINDS, 0) | {"short_read": 1, "timeout": 1}
+    # Every measured exchange's I/O counts, whatever its outcome.
+    assert (report.bytes_sent, report.bytes_received, report.write_ops, report.read_ops) == (20, 13, 5, 5)
 
 
 def test_report_is_frozen_and_lists_every_error_kind() -> None:
@@ -116,8 +131,7 @@ def test_merge_is_exact() -> None:
     whole, parts = Recorder(), [Recorder(), Recorder()]
     for i, v in enumerate(values):
         for rec in (whole, parts[i % 2]):
-            rec.io(sent=v % 100, received=v % 100, reads=1, writes=1)
-            rec.round_trip(v)
+            rec.exchange(ExchangeIO(v % 100, sent=v % 100, received=v % 100, reads=1, writes=1), v)
             if v % 7 == 0:
                 rec.error(ErrorKind.TIMEOUT)
     for rec in (whole, parts[0]):

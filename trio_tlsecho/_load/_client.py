@@ -24,7 +24,7 @@ from ._config import (
     ProgressCallback,
     classify_error,
 )
-from ._stats import ErrorKind, LoadReport, Recorder
+from ._stats import ErrorKind, ExchangeIO, LoadReport, Recorder
 from ._transport import ClientConnection, Target
 
 #: Echoes up to this size are sent, then read.  Larger ones are sent and read at once:
@@ -117,7 +117,7 @@ class _Client:
         self.schedule: OpenLoopSchedule | None = None
         self.k = 0
         #: The exchange in progress, and whether it is measured: what a timeout commits.
-        self.io = ExchangeIO()
+        self.io = ExchangeIO(0)
         self.counting = False
 
     async def main(self) -> None:
@@ -171,9 +171,8 @@ class _Client:
             if counting and not run.take_ticket():
                 return True
             self.counting = counting
-            self.io = ExchangeIO()
             scope.deadline = intended + timeout
-            await self._exchange(intended, counting, self.io)
+            await self._exchange(intended, counting)
             scope.deadline = math.inf
 
     def _timed_out(self) -> None:
@@ -181,9 +180,7 @@ class _Client:
             conn, self.conn = self.conn, None
             conn.abort()
         if self.counting:
-            io = self.io
-            self.run.recorder.io(sent=io.sent, received=io.received, reads=io.reads, writes=io.writes)
-            self.run.recorder.error(ErrorKind.TIMEOUT)
+            self.run.recorder.failed(self.io, ErrorKind.TIMEOUT)
 
     async def _connect_or_record(self, began: float) -> None:
         try:
@@ -205,12 +202,12 @@ class _Client:
         if counting:
             self.run.recorder.error(kind)
 
-    async def _exchange(self, began: float, counting: bool, io: ExchangeIO) -> None:
+    async def _exchange(self, began: float, counting: bool) -> None:
         """One send and its echo (and, per request mode, the connection around it).
 
         Latency runs from *began*: the send in a closed loop, the intended send time in
-        an open one.  *io* is filled in as the exchange goes, so that however it ends,
-        what it did is committed.
+        an open one.  ``self.io`` is filled in as the exchange goes, so that however it
+        ends, what it did is committed.
         """
         run, cfg = self.run, self.run.config
         low, high = cfg.sizes.low, cfg.sizes.high
@@ -218,6 +215,7 @@ class _Client:
         n = low if low == high else self.rng.randint(low, high)
         offset = self.rng.randrange(4096)
         payload = memoryview(run.pool)[offset : offset + n]
+        self.io = io = ExchangeIO(n)
         in_handshake = False
         failure: BaseException | None = None
         try:
@@ -255,19 +253,13 @@ class _Client:
         # checkpoint that follows, and _timed_out must not count this exchange again.
         if failure is not None:
             if counting:
-                rec.io(sent=io.sent, received=io.received, reads=io.reads, writes=io.writes)
+                rec.io(io)
             self._failed(failure, during_handshake=in_handshake, counting=counting)
             self.counting = False
             await self._drop()
             return
         if counting:
-            rec.io(sent=io.sent, received=io.received, reads=io.reads, writes=io.writes)
-            if io.mismatched:
-                rec.mismatch()
-            elif io.received < n:
-                rec.error(ErrorKind.SHORT_READ)
-            else:
-                rec.round_trip(int((done - began) * 1e6))
+            rec.exchange(io, int((done - began) * 1e6))
         self.counting = False
         if io.received < n or io.over_long or per_request:
             # Cut short or out of step (over-long): this connection is done.  (A
@@ -290,20 +282,6 @@ class _Client:
                 self.session = conn.session
             conn.close()
         await trio.lowlevel.checkpoint()
-
-
-@attrs.define
-class ExchangeIO:
-    """The I/O of one exchange so far."""
-
-    sent: int = 0
-    received: int = 0
-    reads: int = 0
-    writes: int = 0
-    #: A byte differed, or the server sent more than the message (then also over_long,
-    #: and the stream is out of step).
-    mismatched: bool = False
-    over_long: bool = False
 
 
 async def _send(conn: ClientConnection, payload: memoryview, io: ExchangeIO) -> None:

@@ -122,17 +122,14 @@ def _to_errors(value: Mapping[str, int]) -> Mapping[str, int]:
     return types.MappingProxyType({kind: int(value.get(kind, 0)) for kind in ERROR_KINDS})
 
 
-#: The plain counters a report, a recorder and a merge share (they add up across workers).
-COUNTERS = ("round_trips", "read_ops", "write_ops", "bytes_sent", "bytes_received", "mismatches", "resumed")
+@attrs.define(kw_only=True)
+class _Counters:
+    """The plain counters a :class:`Recorder` keeps and a :class:`LoadReport` holds.
 
+    Declared once for both (a report is frozen by its own class), and added up
+    field by field across workers by :func:`merge`.
+    """
 
-@attrs.frozen(kw_only=True)
-class LoadReport:
-    """What a load run measured: counters and encoded histograms.  Merge with :func:`merge`."""
-
-    clients: int
-    #: Length of the measured window (after warm-up), in seconds.
-    seconds: float
     round_trips: int = 0
     read_ops: int = 0
     write_ops: int = 0
@@ -141,6 +138,19 @@ class LoadReport:
     mismatches: int = 0
     #: Handshakes that resumed an earlier TLS session (``loadgen --resume``).
     resumed: int = 0
+
+
+#: The names of the plain counters, in order.
+COUNTERS: tuple[str, ...] = tuple(field.name for field in attrs.fields(_Counters))
+
+
+@attrs.frozen(kw_only=True)
+class LoadReport(_Counters):
+    """What a load run measured: counters and encoded histograms.  Merge with :func:`merge`."""
+
+    clients: int
+    #: Length of the measured window (after warm-up), in seconds.
+    seconds: float
     #: Count for every kind in :data:`ERROR_KINDS`, zeros included.
     errors: Mapping[str, int] = attrs.field(factory=dict, converter=_to_errors)
     #: Round-trip latency histogram (µs), HdrHistogram's compressed base64 encoding.
@@ -233,26 +243,52 @@ def merge(reports: Sequence[LoadReport]) -> LoadReport:
 
 
 @attrs.define
-class Recorder:
+class ExchangeIO:
+    """What one exchange did so far: written as it goes, committed whole when it ends."""
+
+    #: The message's length: the echo is complete when as many bytes came back.
+    size: int
+    sent: int = 0
+    received: int = 0
+    reads: int = 0
+    writes: int = 0
+    #: A byte differed, or the server sent more than the message (then also over_long,
+    #: and the stream is out of step).
+    mismatched: bool = False
+    over_long: bool = False
+
+
+@attrs.define
+class Recorder(_Counters):
     """The mutable counters client tasks write to; :meth:`report` freezes them."""
 
-    round_trips: int = 0
-    read_ops: int = 0
-    write_ops: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    mismatches: int = 0
-    resumed: int = 0
     errors: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(ERROR_KINDS, 0))
     latency: Histogram = attrs.field(factory=Histogram)
     handshake: Histogram = attrs.field(factory=Histogram)
 
-    def io(self, *, sent: int, received: int, reads: int, writes: int) -> None:
+    def exchange(self, io: ExchangeIO, latency_us: int) -> None:
+        """One measured exchange that did not fail: a round trip taking *latency_us*,
+        a mismatch, or (the server closed before the whole echo) a short read.
+        """
+        self.io(io)
+        if io.mismatched:
+            self.mismatch()
+        elif io.received < io.size:
+            self.error(ErrorKind.SHORT_READ)
+        else:
+            self.round_trip(latency_us)
+
+    def failed(self, io: ExchangeIO, kind: ErrorKind) -> None:
+        """One measured exchange that failed: what it did, and why it ended."""
+        self.io(io)
+        self.error(kind)
+
+    def io(self, io: ExchangeIO) -> None:
         """The I/O of one measured exchange, whatever its outcome."""
-        self.bytes_sent += sent
-        self.bytes_received += received
-        self.read_ops += reads
-        self.write_ops += writes
+        self.bytes_sent += io.sent
+        self.bytes_received += io.received
+        self.read_ops += io.reads
+        self.write_ops += io.writes
 
     def round_trip(self, latency_us: int) -> None:
         """One verified echo."""
