@@ -113,10 +113,15 @@ class _Client:
         self.rng = random.Random(self.index)
         self.conn: ClientConnection | None = None
         self.session: ssl.SSLSession | None = None
-        self.buffer = memoryview(bytearray(min(run.config.sizes.high, 65536)))
+        # Read once per exchange: kept at hand, not looked up through the config.
+        self.low, self.high = run.config.sizes.low, run.config.sizes.high
+        self.per_request = run.config.new_connection_per_request
+        self.pool = memoryview(run.pool)
+        self.buffer = memoryview(bytearray(min(self.high, 65536)))
         self.schedule: OpenLoopSchedule | None = None
         self.k = 0
-        #: The exchange in progress, and whether it is measured: what a timeout commits.
+        #: The exchange in progress (or the connection made before the start), and
+        #: whether it is measured: what a timeout or a failure commits.
         self.io = ExchangeIO(0)
         self.counting = False
 
@@ -126,7 +131,7 @@ class _Client:
         arrived = False
         try:
             if persistent and not cfg.ramp:
-                await self._connect_or_record(_now())
+                await self._connect_first(_now())
                 run.arrive()
                 arrived = True
             await run.started.wait()
@@ -172,7 +177,7 @@ class _Client:
                 return True
             self.counting = counting
             scope.deadline = intended + timeout
-            await self._exchange(intended, counting)
+            await self._exchange(intended)
             scope.deadline = math.inf
 
     def _timed_out(self) -> None:
@@ -182,92 +187,94 @@ class _Client:
         if self.counting:
             self.run.recorder.failed(self.io, ErrorKind.TIMEOUT)
 
-    async def _connect_or_record(self, began: float) -> None:
+    async def _connect_first(self, began: float) -> None:
+        """Connect before the start (its barrier); a failure is counted, and the first
+        exchange connects again."""
+        self.counting = self.run.counting(began)
         try:
             with trio.fail_after(self.run.config.timeout):
-                await self._connect(began, counting=self.run.counting(began))
+                await self._connect(began)
         except _FAILURES as exc:
-            self._failed(exc, during_handshake=True, counting=self.run.counting(began))
+            self._failed(exc, during_handshake=True)
+        self.counting = False
 
-    async def _connect(self, began: float, *, counting: bool) -> None:
+    async def _connect(self, began: float) -> ClientConnection:
         run = self.run
-        self.conn = await ClientConnection.open(run.target, run.ssl_context, self.session)
-        if counting:
-            run.recorder.handshake_done(int((_now() - began) * 1e6), resumed=self.conn.resumed)
+        self.conn = conn = await ClientConnection.open(run.target, run.ssl_context, self.session)
+        if self.counting:
+            run.recorder.handshake_done(int((_now() - began) * 1e6), resumed=conn.resumed)
+        return conn
 
-    def _failed(self, exc: BaseException, *, during_handshake: bool, counting: bool) -> None:
-        kind = classify_error(exc, during_handshake=during_handshake)
-        if kind is None:
-            raise exc
-        if counting:
-            self.run.recorder.error(kind)
-
-    async def _exchange(self, began: float, counting: bool) -> None:
+    async def _exchange(self, began: float) -> None:
         """One send and its echo (and, per request mode, the connection around it).
 
         Latency runs from *began*: the send in a closed loop, the intended send time in
         an open one.  ``self.io`` is filled in as the exchange goes, so that however it
-        ends, what it did is committed.
+        ends, what it did is committed: by :meth:`Recorder.exchange` or :meth:`_failed`,
+        before anything that can checkpoint, and then ``self.counting`` is cleared: the
+        deadline may still pass in the close or checkpoint that follows, and
+        :meth:`_timed_out` must not count this exchange again.
         """
-        run, cfg = self.run, self.run.config
-        low, high = cfg.sizes.low, cfg.sizes.high
-        per_request = cfg.new_connection_per_request
-        n = low if low == high else self.rng.randint(low, high)
-        offset = self.rng.randrange(4096)
-        payload = memoryview(run.pool)[offset : offset + n]
-        self.io = io = ExchangeIO(n)
-        in_handshake = False
-        failure: BaseException | None = None
+        payload = self._next_payload()
+        io = self.io = ExchangeIO(len(payload))
+        conn = self.conn
         try:
-            if self.conn is None:
-                in_handshake = True
-                await self._connect(_now(), counting=counting)
-                in_handshake = False
-            conn = self.conn
-            assert conn is not None
+            if conn is None:
+                conn = await self._connect(_now())
             waits_before = conn.waits
-            if n <= _SEQUENTIAL_MAX:
+            if io.size <= _SEQUENTIAL_MAX:
                 await conn.send_all(payload)
-                io.writes, io.sent = 1, n
+                io.writes, io.sent = 1, io.size
                 await read_echo(conn, payload, self.buffer, io)
             else:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_send, conn, payload, io)
-                    await read_echo(conn, payload, self.buffer, io)
-                    if io.received < n:
-                        nursery.cancel_scope.cancel()
-            done = _now()
-            # Per request, the connection is closed next: the last chance to see more.
-            if per_request and io.received == n and not io.mismatched and conn.anything_more(self.buffer):
-                io.mismatched = io.over_long = True
+                await _echo_at_once(conn, payload, self.buffer, io)
+            latency = _now() - began
+            if self.per_request:
+                self._look_past_the_echo(conn, io)
         except _FAILURES as exc:
-            failure = exc
+            failure: BaseException = exc
         except BaseExceptionGroup as group:  # from the nursery of a large echo
-            matched, rest = group.split(_FAILURES)
-            if rest is not None:  # cancelled (a deadline, the end of the run), or a bug
-                raise rest from None
-            failure = _first_cause(matched) if matched is not None else group
-        rec = run.recorder
-        # From here the outcome is recorded before anything that can checkpoint, and
-        # then self.counting is cleared: the deadline may still pass in the close or
-        # checkpoint that follows, and _timed_out must not count this exchange again.
-        if failure is not None:
-            if counting:
-                rec.io(io)
-            self._failed(failure, during_handshake=in_handshake, counting=counting)
-            self.counting = False
-            await self._drop()
+            failure = _failure_in(group)
+        else:
+            if self.counting:
+                self.run.recorder.exchange(io, int(latency * 1e6))
+                self.counting = False
+            if self._finished_with(io):
+                await self._close()
+            elif conn.waits == waits_before:
+                # Every exchange yields at least once, even against an instant server.
+                await trio.lowlevel.checkpoint()
             return
-        if counting:
-            rec.exchange(io, int((done - began) * 1e6))
-        self.counting = False
-        if io.received < n or io.over_long or per_request:
-            # Cut short or out of step (over-long): this connection is done.  (A
-            # mismatch of the right length leaves the stream in step, and it is kept.)
-            await self._close()
-        elif self.conn is not None and self.conn.waits == waits_before:
-            # Every exchange yields at least once, even against an instant server.
-            await trio.lowlevel.checkpoint()
+        self._failed(failure, during_handshake=conn is None)
+        await self._drop()
+
+    def _next_payload(self) -> memoryview:
+        # Messages are slices of one random block at random offsets (see Run.pool).
+        low, high = self.low, self.high
+        n = low if low == high else self.rng.randint(low, high)
+        offset = self.rng.randrange(4096)
+        return self.pool[offset : offset + n]
+
+    def _look_past_the_echo(self, conn: ClientConnection, io: ExchangeIO) -> None:
+        """Per request the connection is closed next: the last chance to see an echo
+        that goes on in a record of its own (see :func:`read_echo`)."""
+        if io.received == io.size and not io.mismatched and conn.anything_more(self.buffer):
+            io.mismatched = io.over_long = True
+
+    def _failed(self, exc: BaseException, *, during_handshake: bool) -> None:
+        """Commit a failure, by its kind (see :meth:`_exchange`); a bug is raised again."""
+        kind = classify_error(exc, during_handshake=during_handshake)
+        if kind is None:
+            raise exc
+        if self.counting:
+            self.run.recorder.failed(self.io, kind)
+            self.counting = False
+
+    def _finished_with(self, io: ExchangeIO) -> bool:
+        """Whether the connection ends with this exchange: per request, or cut short or
+        out of step (over-long).  A mismatch of the right length leaves the stream in
+        step, and it is kept."""
+        return self.per_request or io.received < io.size or io.over_long
 
     async def _drop(self) -> None:
         if self.conn is not None:
@@ -313,8 +320,28 @@ async def read_echo(conn: ClientConnection, payload: memoryview, buffer: memoryv
         io.mismatched = io.over_long = True
 
 
-def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    leaves = [e for e in causes(group) if not isinstance(e, BaseExceptionGroup)]
+async def _echo_at_once(
+    conn: ClientConnection, payload: memoryview, buffer: memoryview, io: ExchangeIO
+) -> None:
+    """Send *payload* while its echo is read (see ``_SEQUENTIAL_MAX``)."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_send, conn, payload, io)
+        await read_echo(conn, payload, buffer, io)
+        if io.received < io.size:
+            nursery.cancel_scope.cancel()
+
+
+def _failure_in(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """What failed in a large echo's nursery, to be counted: the first leaf with a cause.
+
+    Anything else in *group* goes on: a cancellation (a deadline, the end of the run),
+    or a bug.
+    """
+    matched, rest = group.split(_FAILURES)
+    if rest is not None:
+        raise rest from None
+    failed = matched if matched is not None else group
+    leaves = [e for e in causes(failed) if not isinstance(e, BaseExceptionGroup)]
     with_cause = [e for e in leaves if e.__cause__ is not None]
     return (with_cause or leaves or [group])[0]
 
