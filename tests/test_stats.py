@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 
 import attrs
@@ -158,13 +159,18 @@ def test_json_has_exactly_the_documented_keys() -> None:
     assert data["latency_us"]["max"] == pytest.approx(100, rel=1e-3)
 
 
-def test_wire_format_keeps_histograms() -> None:
+def test_a_report_survives_pickling_histograms_included() -> None:
+    # How a worker hands its report over (see _workers).
     rec = Recorder()
     rec.round_trip(42)
     rec.handshake_done(4200)
     rec.error(ErrorKind.SHORT_READ)
     report = rec.report(clients=2, seconds=0.5)
-    assert LoadReport.from_wire(report.to_wire()) == report
+    back = pickle.loads(pickle.dumps(report))
+    assert back == report
+    assert back.latency_histogram().count == back.handshake_histogram().count == 1
+    with pytest.raises(TypeError):
+        back.errors["reset"] = 1  # still read-only
 
 
 def test_zero_seconds_gives_zero_rates_not_division_errors() -> None:
@@ -197,13 +203,13 @@ def test_format_progress() -> None:
     )
 
 
-def test_every_counter_survives_the_wire_and_adds_up_in_a_merge() -> None:
+def test_every_counter_survives_pickling_and_adds_up_in_a_merge() -> None:
     from trio_tlsecho._load._stats import COUNTERS
 
     rec = Recorder()
     for i, name in enumerate(COUNTERS, start=1):
         setattr(rec, name, i)
     report = rec.report(clients=1, seconds=1.0)
-    assert LoadReport.from_wire(report.to_wire()) == report
+    assert pickle.loads(pickle.dumps(report)) == report
     merged = merge([report, report])
     assert [getattr(merged, name) for name in COUNTERS] == [2 * i for i in range(1, len(COUNTERS) + 1)]

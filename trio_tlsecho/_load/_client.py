@@ -6,6 +6,7 @@ what is counted).
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import random
@@ -23,6 +24,7 @@ from ._config import (
     Progress,
     ProgressCallback,
     classify_error,
+    split,
 )
 from ._stats import ErrorKind, ExchangeIO, LoadReport, Recorder
 from ._transport import ClientConnection, Target
@@ -41,18 +43,42 @@ _FAILURES = (OSError, trio.TooSlowError)
 # -- one process's share of the clients -------------------------------------------
 
 
-@attrs.define(eq=False)
-class Run:
-    """What the client tasks of one process share."""
+@attrs.frozen
+class Share:
+    """One process's part of a load run: all its clients need to know.
+
+    What a worker process is sent (pickled, see :mod:`._workers`); a run in one
+    process has the one share of the whole.
+    """
 
     config: LoadConfig
-    ssl_context: ssl.SSLContext
+    #: Where to connect, resolved once for every process.
     target: Target
     #: Global index of this process's first client, and how many it runs.
     first_client: int
     count: int
-    #: Measured exchanges this process may still start; ``None``: until the time is up.
+    #: Measured exchanges this process may start; ``None``: until the time is up.
     tickets: int | None
+
+    @classmethod
+    def divide(cls, config: LoadConfig, target: Target, parts: int) -> list[Share]:
+        """*config*'s clients and requests in *parts* shares, as even as they go."""
+        counts = split(config.clients, parts)
+        tickets = split(config.requests, parts) if config.requests is not None else [None] * parts
+        firsts = itertools.accumulate(counts[:-1], initial=0)
+        return [cls(config, target, *part) for part in zip(firsts, counts, tickets, strict=True)]
+
+
+@attrs.define(eq=False)
+class _Run:
+    """What the client tasks of one process share: their :class:`Share`, and the run's state."""
+
+    share: Share
+    ssl_context: ssl.SSLContext
+    #: The share's, at hand on the hot path.
+    config: LoadConfig = attrs.field(init=False)
+    #: Measured exchanges this process may still start; ``None``: until the time is up.
+    tickets: int | None = attrs.field(init=False)
     recorder: Recorder = attrs.Factory(Recorder)
     t0: float = math.inf
     measure_from: float = math.inf
@@ -65,12 +91,13 @@ class Run:
     pool: bytes = b""
 
     def __attrs_post_init__(self) -> None:
+        self.config, self.tickets = self.share.config, self.share.tickets
         # Messages are slices of one random block at random offsets: no allocation
         # and no random-number generation per byte on the hot path.
         self.pool = os.urandom(self.config.sizes.high + 4096)
-        if self.count == 0:
+        if self.share.count == 0:
             self.finished.set()
-        if self.count == 0 or self.config.ramp or self.config.new_connection_per_request:
+        if self.share.count == 0 or self.config.ramp or self.config.new_connection_per_request:
             self.connected.set()  # no barrier: nobody connects before the start
 
     def start(self, t0: float) -> None:
@@ -94,21 +121,21 @@ class Run:
 
     def arrive(self) -> None:
         self.arrived += 1
-        if self.arrived == self.count:
+        if self.arrived == self.share.count:
             self.connected.set()
 
     def leave(self) -> None:
         self.done += 1
-        if self.done == self.count:
+        if self.done == self.share.count:
             self.finished.set()
 
 
 class _Client:
     """One client task's state: its connection, its random numbers, its schedule."""
 
-    def __init__(self, run: Run, local_index: int) -> None:
+    def __init__(self, run: _Run, local_index: int) -> None:
         self.run = run
-        self.index = run.first_client + local_index
+        self.index = run.share.first_client + local_index
         self.local_index = local_index
         self.rng = random.Random(self.index)
         self.conn: ClientConnection | None = None
@@ -137,7 +164,7 @@ class _Client:
             await run.started.wait()
             start = run.t0
             if cfg.ramp:
-                start += cfg.ramp * self.local_index / run.count
+                start += cfg.ramp * self.local_index / run.share.count
                 await trio.sleep_until(start)
             if cfg.rate is not None:
                 self.schedule = OpenLoopSchedule.for_client(
@@ -200,7 +227,7 @@ class _Client:
 
     async def _connect(self, began: float) -> ClientConnection:
         run = self.run
-        self.conn = conn = await ClientConnection.open(run.target, run.ssl_context, self.session)
+        self.conn = conn = await ClientConnection.open(run.share.target, run.ssl_context, self.session)
         if self.counting:
             run.recorder.handshake_done(int((_now() - began) * 1e6), resumed=conn.resumed)
         return conn
@@ -249,7 +276,7 @@ class _Client:
         await self._drop()
 
     def _next_payload(self) -> memoryview:
-        # Messages are slices of one random block at random offsets (see Run.pool).
+        # Messages are slices of one random block at random offsets (see _Run.pool).
         low, high = self.low, self.high
         n = low if low == high else self.rng.randint(low, high)
         offset = self.rng.randrange(4096)
@@ -347,14 +374,21 @@ def _failure_in(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 async def run_here(
-    run: Run,
+    share: Share,
+    ssl_context: ssl.SSLContext,
     *,
     before_start: Callable[[], Awaitable[None]] | None = None,
     progress: ProgressCallback | None = None,
 ) -> LoadReport:
+    """Run *share*'s clients in this process and return what they measured.
+
+    *before_start* is awaited once they are connected (a worker's ready/go); then
+    *progress* is called about once a second.
+    """
+    run = _Run(share, ssl_context)
     cfg = run.config
     async with trio.open_nursery() as nursery:
-        for i in range(run.count):
+        for i in range(share.count):
             nursery.start_soon(_Client(run, i).main)
         # Bounded: every connect attempt is bounded by the timeout.
         with trio.move_on_after(cfg.timeout + 1.0):
@@ -370,10 +404,10 @@ async def run_here(
     # With a duration the window is the duration, also when the clients are done early
     # (open loop: no send is due after stop_at, so the last one ends before it).
     end = run.stop_at if run.stop_at < math.inf else _now()
-    return run.recorder.report(clients=run.count, seconds=max(end - run.measure_from, 0.0))
+    return run.recorder.report(clients=share.count, seconds=max(end - run.measure_from, 0.0))
 
 
-async def _report_progress(run: Run, progress: ProgressCallback) -> None:
+async def _report_progress(run: _Run, progress: ProgressCallback) -> None:
     # Ends when the run's nursery is cancelled; at most one call per interval.
     while True:
         await trio.sleep(PROGRESS_INTERVAL)

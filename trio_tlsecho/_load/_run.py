@@ -47,7 +47,7 @@ clients), :mod:`._workers` (processes), and here the one entry point.
 from __future__ import annotations
 
 from .._tls import client_context
-from ._client import Run, run_here
+from ._client import Share, run_here
 from ._config import LoadConfig, ProgressCallback
 from ._stats import LoadReport
 from ._transport import Target
@@ -60,13 +60,7 @@ async def run_load(config: LoadConfig, *, progress: ProgressCallback | None = No
     *progress*, if given, is called about once a second with the totals so far.
     """
     if config.workers == 1:
-        run = Run(
-            config=config,
-            ssl_context=client_context(config.client),
-            target=await Target.resolve(config),
-            first_client=0,
-            count=config.clients,
-            tickets=config.requests,
-        )
-        return await run_here(run, progress=progress)
+        ssl_context = client_context(config.client)  # a bad file is said before an unknown host
+        [share] = Share.divide(config, await Target.resolve(config), 1)
+        return await run_here(share, ssl_context, progress=progress)
     return await run_workers(config, progress)

@@ -33,6 +33,7 @@ What is counted:
 from __future__ import annotations
 
 import enum
+import functools
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -201,13 +202,12 @@ class LoadReport(_Counters):
         }
         return summary
 
-    def to_wire(self) -> dict[str, Any]:
-        """Everything, histograms included: how a worker process hands its report over."""
-        return {**attrs.asdict(self, recurse=False), "errors": dict(self.errors)}
-
-    @classmethod
-    def from_wire(cls, data: Mapping[str, Any]) -> LoadReport:
-        return cls(**data)
+    def __reduce__(self) -> tuple[Any, ...]:
+        # How a worker's report reaches its parent (pickled, see _workers): every field
+        # as it is, but the read-only view of the errors, which does not pickle, as
+        # the dict it shows (the converter makes it read-only again).
+        fields = attrs.asdict(self, recurse=False) | {"errors": dict(self.errors)}
+        return (functools.partial(LoadReport, **fields), ())
 
 
 def _summary(hist: Histogram, names: Mapping[str, float]) -> dict[str, int]:

@@ -7,7 +7,7 @@ import errno
 import os
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -188,21 +188,3 @@ class Target:
         family, _type, _proto, _name, sockaddr = infos[0]
         hostname = config.client.server_hostname or address.host
         return cls(address, family, tuple(sockaddr), hostname, config.proxy_protocol)
-
-    def to_wire(self) -> dict[str, Any]:
-        """What a worker process needs to connect where its parent resolved, as JSON."""
-        return {
-            "family": int(self.family),
-            "sockaddr": list(self.sockaddr),
-            "server_hostname": self.server_hostname,
-        }
-
-    @classmethod
-    def from_wire(cls, config: LoadConfig, data: Mapping[str, Any]) -> Target:
-        return cls(
-            config.address,
-            socket.AddressFamily(data["family"]),
-            tuple(data["sockaddr"]),
-            data["server_hostname"],
-            config.proxy_protocol,
-        )
