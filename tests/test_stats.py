@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import random
+from typing import Any
 
 import attrs
 import pytest
@@ -21,6 +22,7 @@ from trio_tlsecho._load._stats import (
     merge,
 )
 
+#: The keys of ``loadgen --json`` (a documented interface: README "loadgen").
 JSON_KEYS = {
     "clients",
     "seconds",
@@ -38,6 +40,15 @@ JSON_KEYS = {
     "handshakes_resumed",
     "handshake_us",
 }
+
+
+def assert_documented_keys(data: dict[str, Any]) -> None:
+    """*data* (a :meth:`LoadReport.to_json`, or what ``loadgen --json`` wrote) has every
+    documented key and no other, nested ones included."""
+    assert set(data) == JSON_KEYS
+    assert set(data["errors"]) == set(ERROR_KINDS)
+    assert set(data["latency_us"]) == {"p50", "p90", "p99", "p999", "max"}
+    assert set(data["handshake_us"]) == {"p50", "p90", "p99", "max"}
 
 
 def test_histogram_percentiles_within_three_significant_digits() -> None:
@@ -152,10 +163,7 @@ def test_json_has_exactly_the_documented_keys() -> None:
     rec = Recorder()
     rec.round_trip(100)
     data = rec.report(clients=1, seconds=1.0).to_json()
-    assert set(data) == JSON_KEYS
-    assert set(data["errors"]) == set(ERROR_KINDS)
-    assert set(data["latency_us"]) == {"p50", "p90", "p99", "p999", "max"}
-    assert set(data["handshake_us"]) == {"p50", "p90", "p99", "max"}
+    assert_documented_keys(data)
     assert data["latency_us"]["max"] == pytest.approx(100, rel=1e-3)
 
 
