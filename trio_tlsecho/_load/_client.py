@@ -1,4 +1,5 @@
-"""One process's share of a load run: the client tasks, over :mod:`._transport`.
+"""One process's share of a load run (:class:`Share`): its client tasks, over
+:mod:`._transport`, and :func:`run_here`, which runs them.
 
 See :mod:`._run` for the theory of operation (phases, closed and open loop,
 what is counted).

@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 ``run_load(config)`` starts ``config.clients`` client tasks in one nursery (or, with
 ``workers > 1``, that many processes each running its own ``trio.run`` over a share
-of the clients, see below).  A client connects, then repeats *exchanges*: send one
+of the clients, see below; either way the clients of a process are one
+:class:`._client.Share`).  A client connects, then repeats *exchanges*: send one
 message, read back exactly as many bytes, compare them byte for byte.  Reading no
 more than that keeps the hot path at one ``pending()`` call to notice an echo that
 goes on (plaintext left over in its last TLS record); a connection closed after one
@@ -27,9 +28,10 @@ client that falls behind sends at once, and latency is measured from the *intend
 time, so queueing delay that a closed loop hides (coordinated omission) is counted,
 as wrk2 does.  Sends due after the end are not made.
 
-Every exchange that starts inside the window is committed to the :class:`Recorder`
-when it ends, however it ends, and once: its I/O counts, and a round trip, a mismatch
-or an error by kind.  An error ends the connection; the next exchange reconnects.
+Every exchange that starts inside the window is committed to the
+:class:`._stats.Recorder` when it ends, however it ends, and once: its I/O counts,
+and a round trip, a mismatch or an error by kind.  An error ends the connection;
+the next exchange reconnects.
 Every exchange, connecting included, runs under ``timeout``; a deadline that passes
 after its outcome is recorded (in the close that follows) costs at most the
 connection, never a second count.

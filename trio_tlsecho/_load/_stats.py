@@ -8,16 +8,19 @@ so reports from several worker processes merge into the report one process would
 have made; percentiles are computed only from the merged histogram, never averaged.
 
 The :class:`Recorder` is the mutable side, written by client tasks: plain counters
-and two histograms, nothing else, because it runs once per round trip.  A
-:class:`LoadReport` is what comes out: frozen, with the histograms held in their
-standard compressed encoding (``HISTFAAA...``), which is both immutable and what
-worker processes send to their parent.
+and two histograms, nothing else, because it runs once per round trip.  A client
+fills in an :class:`ExchangeIO` as an exchange goes and commits it whole when the
+exchange ends (:meth:`Recorder.exchange`, :meth:`Recorder.failed`), so what counts
+as what is decided here.  A :class:`LoadReport` is what comes out: frozen, with the
+histograms held in their standard compressed encoding (``HISTFAAA...``), which is
+immutable and small enough to cross from a worker process to its parent.
 
 What is counted:
 
 * ``round_trips``: echoes that came back complete and byte-for-byte equal.
-* ``read_ops`` / ``write_ops``: ``receive_some`` calls that returned data and
-  ``send_all`` calls; ``bytes_sent`` / ``bytes_received``: plaintext bytes.  These
+* ``read_ops`` / ``write_ops``: reads that returned data and messages sent (one
+  write each, however many calls it took); ``bytes_sent`` / ``bytes_received``:
+  plaintext bytes.  These
   count every exchange that was measured, including mismatched and failed ones, so
   a clean run has ``bytes_sent == bytes_received`` and ``write_ops == round_trips``.
 * ``mismatches``: echoes that differed from what was sent.  Either a byte differed
