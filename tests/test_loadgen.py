@@ -23,15 +23,17 @@ from trio_tlsecho import (
     ClientError,
     ConfigError,
     Connection,
+    Handler,
     ServerConfig,
     TLSFiles,
     echo,
 )
-from trio_tlsecho._cli._loadgen import add_loadgen_parser, config_from_args, describe, verdict
-from trio_tlsecho._load import _client as _loadclient
-from trio_tlsecho._load import _workers as _loadworkers
+from trio_tlsecho._cli import build_parser
+from trio_tlsecho._cli._loadgen import config_from_args, describe, verdict
+from trio_tlsecho._load import _client as load_client
+from trio_tlsecho._load import _workers as load_workers
 from trio_tlsecho._load import run_load
-from trio_tlsecho._load._client import _IO, _Connection, _Target
+from trio_tlsecho._load._client import Share
 from trio_tlsecho._load._config import (
     LoadConfig,
     OpenLoopSchedule,
@@ -40,10 +42,12 @@ from trio_tlsecho._load._config import (
     classify_error,
     split,
 )
-from trio_tlsecho._load._stats import ERROR_KINDS, ErrorKind, LoadReport
-from trio_tlsecho._load._workers import _config_from_wire, _config_to_wire, worker_main
+from trio_tlsecho._load._stats import ERROR_KINDS, ErrorKind, ExchangeIO, LoadReport
+from trio_tlsecho._load._transport import ClientConnection, Target
+from trio_tlsecho._load._workers import decode, encode, worker_main
 
 from .conftest import start_server
+from .test_stats import assert_documented_keys
 
 # -- handlers the servers under test run ------------------------------------------------
 
@@ -94,10 +98,7 @@ def load_config(address: Address, client_config: ClientConfig, **kw: object) -> 
 
 
 def parse_cli(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="trio-tlsecho")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_loadgen_parser(sub)
-    return parser.parse_args(["loadgen", *argv])
+    return build_parser().parse_args(["loadgen", *argv])
 
 
 def run_cli(argv: list[str]) -> int:
@@ -149,23 +150,51 @@ def test_load_config_rejects(client_config: ClientConfig, changes: dict[str, obj
         load_config(Address("127.0.0.1", 1), client_config, **changes)
 
 
-def test_load_config_survives_the_trip_to_a_worker(client_config: ClientConfig) -> None:
-    config = load_config(
-        Address("::1", 9), client_config, clients=6, requests=7, sizes="3-9", rate=12.5, warmup=1.0
-    )
-    assert _config_from_wire(json.loads(json.dumps(_config_to_wire(config)))) == config
-
-
 @pytest.mark.parametrize(
     ("family", "sockaddr"),
     [(socket.AF_INET, ("127.0.0.1", 9)), (socket.AF_INET6, ("::1", 9, 0, 0))],
 )
-def test_target_survives_the_trip_to_a_worker(
+def test_a_share_survives_the_trip_to_a_worker(
     client_config: ClientConfig, family: socket.AddressFamily, sockaddr: tuple[object, ...]
 ) -> None:
-    config = load_config(Address("localhost", 9), client_config, requests=1, proxy_protocol=2)
-    target = _Target(config.address, family, sockaddr, "localhost", 2)
-    assert _Target.from_wire(config, json.loads(json.dumps(target.to_wire()))) == target
+    client = attrs.evolve(client_config, server_hostname="server.test", handshake_timeout=3.0)
+    config = load_config(
+        Address("::1", 9),
+        client,
+        clients=6,
+        requests=7,
+        sizes="3-9",
+        rate=12.5,
+        new_connection_per_request=True,
+        warmup=1.0,
+        ramp=0.5,
+        workers=2,
+        timeout=4.0,
+        resume=True,
+        proxy_protocol=2,
+    )
+    # Every field differs from its default, so one that the trip lost would show.
+    defaults = load_config(Address("127.0.0.1", 1), client_config)
+    assert all(getattr(config, f.name) != getattr(defaults, f.name) for f in attrs.fields(LoadConfig))
+    share = Share(config, Target(config.address, family, sockaddr, "server.test", 2), 3, 3, 4)
+    line = encode(share)
+    assert line.endswith(b"\n")
+    assert line.count(b"\n") == 1
+    back = decode(line)
+    assert back == share
+    assert isinstance(back, Share)
+    assert back.config.client.tls == client_config.tls
+    assert all(isinstance(path, Path) for path in attrs.astuple(back.config.client.tls))
+    assert (type(back.config.sizes), type(back.config.address)) == (SizeRange, Address)
+
+
+def test_shares_divide_the_clients_and_requests(client_config: ClientConfig) -> None:
+    config = load_config(Address("127.0.0.1", 9), client_config, clients=10, requests=7)
+    target = Target(config.address, socket.AF_INET, ("127.0.0.1", 9), "127.0.0.1")
+    shares = Share.divide(config, target, 3)
+    assert [(s.first_client, s.count, s.tickets) for s in shares] == [(0, 4, 3), (4, 3, 2), (7, 3, 2)]
+    [whole] = Share.divide(attrs.evolve(config, requests=None, duration=1.0), target, 1)
+    assert (whole.first_client, whole.count, whole.tickets) == (0, 10, None)
 
 
 def test_split_is_exact() -> None:
@@ -361,7 +390,7 @@ async def test_workers_with_an_unknown_host_is_one_error(
     client_config: ClientConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The parent resolves before it starts any worker (one that started would exit 5).
-    monkeypatch.setattr(_loadworkers, "_WORKER_COMMAND", "raise SystemExit(5)")
+    monkeypatch.setattr(load_workers, "WORKER_COMMAND", "raise SystemExit(5)")
     config = load_config(Address("no-such-host.invalid", 1), client_config, clients=2, requests=2, workers=2)
     with pytest.raises(ClientError, match=r"^cannot connect to no-such-host\.invalid:1: unknown host"):
         await run_load(config)
@@ -371,7 +400,7 @@ async def test_a_worker_error_is_raised_in_the_parent_as_its_message(
     client_config: ClientConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusing_port: int
 ) -> None:
     # Only the parent skips its certificate check: the workers still load the files.
-    monkeypatch.setattr(_loadworkers, "client_context", lambda _config: None)
+    monkeypatch.setattr(load_workers, "client_context", lambda _config: None)
     missing = attrs.evolve(client_config, tls=attrs.evolve(client_config.tls, cert=tmp_path / "gone.pem"))
     config = load_config(Address("127.0.0.1", refusing_port), missing, clients=2, requests=2, workers=2)
     with pytest.raises(ConfigError, match=r"^certificate file not found: .*gone\.pem$"):
@@ -386,18 +415,17 @@ def test_a_worker_reports_our_errors_as_one_message(
 ) -> None:
     missing = attrs.evolve(client_config, tls=attrs.evolve(client_config.tls, cert=tmp_path / "gone.pem"))
     config = load_config(Address("127.0.0.1", 1), missing, clients=1, requests=1)
-    spec = {"config": _config_to_wire(config), "target": {}, "first_client": 0, "count": 1, "tickets": 1}
-    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps(spec) + "\n"))
+    target = Target(config.address, socket.AF_INET, ("127.0.0.1", 1), "127.0.0.1")
+    monkeypatch.setattr("sys.stdin", io.StringIO(encode(Share(config, target, 0, 1, 1)).decode()))
     with pytest.raises(SystemExit) as info:
         worker_main()
     assert info.value.code == 1
     out, err = capfd.readouterr()
     assert err == ""
     [line] = out.splitlines()
-    assert json.loads(line) == {
-        "error": f"certificate file not found: {tmp_path / 'gone.pem'}",
-        "config": True,
-    }
+    error = decode(line)
+    assert isinstance(error, ConfigError)
+    assert str(error) == f"certificate file not found: {tmp_path / 'gone.pem'}"
 
 
 async def test_a_worker_that_stopped_reading_is_a_dead_worker(
@@ -405,9 +433,10 @@ async def test_a_worker_that_stopped_reading_is_a_dead_worker(
 ) -> None:
     # It says it is ready with its stdin already closed: the parent's "go" meets a broken pipe.
     monkeypatch.setattr(
-        _loadworkers,
-        "_WORKER_COMMAND",
-        "import os, sys; sys.stdin.readline(); os.close(0); print('{\"ready\": true}', flush=True)",
+        load_workers,
+        "WORKER_COMMAND",
+        "import os, sys; from trio_tlsecho._load._workers import Barrier, encode;"
+        " sys.stdin.readline(); os.close(0); sys.stdout.buffer.write(encode(Barrier.READY))",
     )
     config = load_config(server, client_config, clients=2, requests=2, workers=2)
     with pytest.raises(ClientError, match=r"^loadgen worker 0 exited with status 0 without a report"):
@@ -457,24 +486,29 @@ async def test_refused(client_config: ClientConfig, refusing_port: int) -> None:
     assert report.round_trips == 0
 
 
-async def test_timeout(
-    nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig
+@pytest.mark.parametrize(
+    ("handler", "kind", "requests", "timeout"),
+    [
+        # 1 s: the handshake, under the same timeout, must fit on a busy machine.
+        (silent, "timeout", 2, 1.0),
+        (hang_up, "short_read", 3, 10.0),
+    ],
+)
+async def test_an_echo_that_never_comes_is_counted_by_kind(
+    nursery: trio.Nursery,
+    server_config: ServerConfig,
+    client_config: ClientConfig,
+    handler: Handler,
+    kind: str,
+    requests: int,
+    timeout: float,
 ) -> None:
-    [address] = await start_server(nursery, server_config, handler=silent)
-    # 1 s: the handshake, under the same timeout, must fit on a busy machine.
-    report = await run_load(load_config(address, client_config, clients=1, requests=2, timeout=1.0))
-    assert report.errors["timeout"] == 2
-    assert report.round_trips == 0
-
-
-async def test_short_read(
-    nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig
-) -> None:
-    [address] = await start_server(nursery, server_config, handler=hang_up)
-    report = await run_load(load_config(address, client_config, clients=1, requests=3))
-    assert report.errors["short_read"] == 3
-    assert report.bytes_received == 0
-    assert report.write_ops == 3
+    [address] = await start_server(nursery, server_config, handler=handler)
+    config = load_config(address, client_config, clients=1, requests=requests, timeout=timeout)
+    report = await run_load(config)
+    assert report.errors == dict.fromkeys(ERROR_KINDS, 0) | {kind: requests}
+    # Each measured exchange sent its message, and nothing came back.
+    assert (report.round_trips, report.write_ops, report.bytes_received) == (0, requests, 0)
 
 
 @pytest.mark.parametrize("per_request", [False, True])
@@ -498,16 +532,16 @@ async def test_more_after_the_echo_is_a_mismatch_if_it_arrived_before_the_close(
     client_config: ClientConfig,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    read_echo = _loadclient._read_echo
+    read_echo = load_client.read_echo
 
     async def read_echo_then_linger(
-        conn: _Connection, payload: memoryview, buffer: memoryview, exchange: _IO
+        conn: ClientConnection, payload: memoryview, buffer: memoryview, exchange: ExchangeIO
     ) -> None:
         await read_echo(conn, payload, buffer, exchange)
         assert not exchange.mismatched  # the echo's own record held nothing more...
         await trio.lowlevel.wait_readable(conn._sock)  # ...but the next one has arrived
 
-    monkeypatch.setattr(_loadclient, "_read_echo", read_echo_then_linger)
+    monkeypatch.setattr(load_client, "read_echo", read_echo_then_linger)
     [address] = await start_server(nursery, server_config, handler=echo_then_more)
     config = load_config(address, client_config, clients=2, requests=4, new_connection_per_request=True)
     report = await run_load(config)
@@ -522,13 +556,13 @@ async def test_an_exchange_whose_deadline_passes_as_it_closes_is_counted_once(
 ) -> None:
     # The clock stands still but for this jump: past the deadline after the echo was
     # verified and recorded, in the close that ends each per-request connection.
-    close = _Connection.close
+    close = ClientConnection.close
 
-    def close_late(conn: _Connection) -> None:
+    def close_late(conn: ClientConnection) -> None:
         close(conn)
         mock_clock.jump(2.0)
 
-    monkeypatch.setattr(_Connection, "close", close_late)
+    monkeypatch.setattr(ClientConnection, "close", close_late)
     config = load_config(
         server, client_config, clients=1, requests=3, timeout=1.0, new_connection_per_request=True
     )
@@ -559,27 +593,8 @@ async def test_cli_json_has_every_key(server: Address, pki: Path, tmp_path: Path
     argv = ["--connect", str(server), "--certs", str(pki), "--clients", "3", "--requests", "30"]
     assert await trio.to_thread.run_sync(run_cli, [*argv, "--size", "100", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert set(data) == {
-        "clients",
-        "seconds",
-        "round_trips",
-        "round_trips_per_sec",
-        "read_ops",
-        "write_ops",
-        "bytes_sent",
-        "bytes_received",
-        "mb_per_sec",
-        "errors",
-        "mismatches",
-        "latency_us",
-        "handshakes",
-        "handshakes_resumed",
-        "handshake_us",
-    }
+    assert_documented_keys(data)
     assert (data["handshakes"], data["handshakes_resumed"]) == (3, 0)
-    assert set(data["errors"]) == set(ERROR_KINDS)
-    assert set(data["latency_us"]) == {"p50", "p90", "p99", "p999", "max"}
-    assert set(data["handshake_us"]) == {"p50", "p90", "p99", "max"}
     assert (data["clients"], data["round_trips"], data["bytes_sent"]) == (3, 30, 3000)
 
 

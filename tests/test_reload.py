@@ -273,15 +273,15 @@ def test_sighup_reloads_and_revokes_via_cli(certs: Path, tmp_path: Path) -> None
 
 async def test_reload_ends_outstanding_session_tickets(nursery: trio.Nursery, certs: Path) -> None:
     from trio_tlsecho import LoadConfig, client_context
-    from trio_tlsecho._load._client import _Connection, _Target
+    from trio_tlsecho._load._transport import ClientConnection, Target
 
     address, reloads = await start_reloadable(nursery, certs, session_tickets=True)
     client = ClientConfig(tls=TLSFiles.from_dir(certs, "client"))
-    target = await _Target.resolve(LoadConfig(address=address, client=client, requests=1))
+    target = await Target.resolve(LoadConfig(address=address, client=client, requests=1))
     ctx = client_context(client)
 
     async def connect(session: ssl.SSLSession | None) -> tuple[bool, ssl.SSLSession | None]:
-        conn = await _Connection.open(target, ctx, session)
+        conn = await ClientConnection.open(target, ctx, session)
         await conn.send_all(memoryview(b"x"))
         assert await conn.receive_into(memoryview(bytearray(1))) == 1  # the ticket came before the echo
         resumed, session = conn.resumed, conn.session

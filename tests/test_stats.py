@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
 import random
+from typing import Any
 
 import attrs
 import pytest
@@ -11,6 +13,7 @@ from trio_tlsecho._load._stats import (
     ERROR_KINDS,
     HIGHEST_US,
     ErrorKind,
+    ExchangeIO,
     Histogram,
     LoadReport,
     Recorder,
@@ -19,6 +22,7 @@ from trio_tlsecho._load._stats import (
     merge,
 )
 
+#: The keys of ``loadgen --json`` (a documented interface: README "loadgen").
 JSON_KEYS = {
     "clients",
     "seconds",
@@ -36,6 +40,15 @@ JSON_KEYS = {
     "handshakes_resumed",
     "handshake_us",
 }
+
+
+def assert_documented_keys(data: dict[str, Any]) -> None:
+    """*data* (a :meth:`LoadReport.to_json`, or what ``loadgen --json`` wrote) has every
+    documented key and no other, nested ones included."""
+    assert set(data) == JSON_KEYS
+    assert set(data["errors"]) == set(ERROR_KINDS)
+    assert set(data["latency_us"]) == {"p50", "p90", "p99", "p999", "max"}
+    assert set(data["handshake_us"]) == {"p50", "p90", "p99", "max"}
 
 
 def test_histogram_percentiles_within_three_significant_digits() -> None:
@@ -77,10 +90,8 @@ def test_histogram_encoding_round_trips() -> None:
 
 def test_recorder_counts_and_report() -> None:
     rec = Recorder()
-    rec.io(sent=10, received=10, reads=2, writes=1)
-    rec.round_trip(150)
-    rec.io(sent=5, received=5, reads=1, writes=1)
-    rec.mismatch()
+    rec.exchange(ExchangeIO(10, sent=10, received=10, reads=2, writes=1), 150)
+    rec.exchange(ExchangeIO(5, sent=5, received=5, reads=1, writes=1, mismatched=True), 150)
     rec.error(ErrorKind.RESET)
     rec.handshake_done(2_000)
     report = rec.report(clients=3, seconds=2.0)
@@ -93,6 +104,22 @@ def test_recorder_counts_and_report() -> None:
     assert report.mb_per_sec == pytest.approx(15 / 1e6 / 2.0)
     assert report.latency_histogram().count == 1
     assert report.handshake_histogram().count == 1
+
+
+def test_an_exchange_is_a_round_trip_a_mismatch_a_short_read_or_a_failure() -> None:
+    rec = Recorder()
+    rec.exchange(ExchangeIO(4, sent=4, received=4, reads=1, writes=1), 10)
+    rec.exchange(ExchangeIO(4, sent=4, received=4, reads=2, writes=1, mismatched=True), 20)
+    # A differing byte, then the close: a mismatch, not a short read.
+    rec.exchange(ExchangeIO(4, sent=4, received=2, reads=1, writes=1, mismatched=True), 30)
+    rec.exchange(ExchangeIO(4, sent=4, received=3, reads=1, writes=1), 40)
+    rec.failed(ExchangeIO(4, sent=4, writes=1), ErrorKind.TIMEOUT)
+    report = rec.report(clients=1, seconds=1.0)
+    assert (report.round_trips, report.mismatches) == (1, 2)
+    assert report.latency_histogram().percentiles([100.0]) == {100.0: 10}
+    assert report.errors == dict.fromkeys(ERROR_KINDS, 0) | {"short_read": 1, "timeout": 1}
+    # Every measured exchange's I/O counts, whatever its outcome.
+    assert (report.bytes_sent, report.bytes_received, report.write_ops, report.read_ops) == (20, 13, 5, 5)
 
 
 def test_report_is_frozen_and_lists_every_error_kind() -> None:
@@ -116,8 +143,7 @@ def test_merge_is_exact() -> None:
     whole, parts = Recorder(), [Recorder(), Recorder()]
     for i, v in enumerate(values):
         for rec in (whole, parts[i % 2]):
-            rec.io(sent=v % 100, received=v % 100, reads=1, writes=1)
-            rec.round_trip(v)
+            rec.exchange(ExchangeIO(v % 100, sent=v % 100, received=v % 100, reads=1, writes=1), v)
             if v % 7 == 0:
                 rec.error(ErrorKind.TIMEOUT)
     for rec in (whole, parts[0]):
@@ -137,20 +163,22 @@ def test_json_has_exactly_the_documented_keys() -> None:
     rec = Recorder()
     rec.round_trip(100)
     data = rec.report(clients=1, seconds=1.0).to_json()
-    assert set(data) == JSON_KEYS
-    assert set(data["errors"]) == set(ERROR_KINDS)
-    assert set(data["latency_us"]) == {"p50", "p90", "p99", "p999", "max"}
-    assert set(data["handshake_us"]) == {"p50", "p90", "p99", "max"}
+    assert_documented_keys(data)
     assert data["latency_us"]["max"] == pytest.approx(100, rel=1e-3)
 
 
-def test_wire_format_keeps_histograms() -> None:
+def test_a_report_survives_pickling_histograms_included() -> None:
+    # How a worker hands its report over (see _workers).
     rec = Recorder()
     rec.round_trip(42)
     rec.handshake_done(4200)
     rec.error(ErrorKind.SHORT_READ)
     report = rec.report(clients=2, seconds=0.5)
-    assert LoadReport.from_wire(report.to_wire()) == report
+    back = pickle.loads(pickle.dumps(report))
+    assert back == report
+    assert back.latency_histogram().count == back.handshake_histogram().count == 1
+    with pytest.raises(TypeError):
+        back.errors["reset"] = 1  # still read-only
 
 
 def test_zero_seconds_gives_zero_rates_not_division_errors() -> None:
@@ -183,13 +211,13 @@ def test_format_progress() -> None:
     )
 
 
-def test_every_counter_survives_the_wire_and_adds_up_in_a_merge() -> None:
+def test_every_counter_survives_pickling_and_adds_up_in_a_merge() -> None:
     from trio_tlsecho._load._stats import COUNTERS
 
     rec = Recorder()
     for i, name in enumerate(COUNTERS, start=1):
         setattr(rec, name, i)
     report = rec.report(clients=1, seconds=1.0)
-    assert LoadReport.from_wire(report.to_wire()) == report
+    assert pickle.loads(pickle.dumps(report)) == report
     merged = merge([report, report])
     assert [getattr(merged, name) for name in COUNTERS] == [2 * i for i in range(1, len(COUNTERS) + 1)]

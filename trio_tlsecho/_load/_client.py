@@ -1,4 +1,5 @@
-"""One process's share of a load run: the client tasks and their transport.
+"""One process's share of a load run (:class:`Share`): its client tasks, over
+:mod:`._transport`, and :func:`run_here`, which runs them.
 
 See :mod:`._run` for the theory of operation (phases, closed and open loop,
 what is counted).
@@ -6,37 +7,33 @@ what is counted).
 
 from __future__ import annotations
 
-import errno
+import itertools
 import math
 import os
 import random
-import socket
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
 
-from .._exceptions import ClientError
-from .._net import Address, encode_v1, encode_v2
+from .._exceptions import causes
 from ._config import (
     PROGRESS_INTERVAL,
     LoadConfig,
     OpenLoopSchedule,
     Progress,
     ProgressCallback,
-    _causes,
     classify_error,
+    split,
 )
-from ._stats import ErrorKind, LoadReport, Recorder
+from ._stats import ErrorKind, ExchangeIO, LoadReport, Recorder
+from ._transport import ClientConnection, Target
 
 #: Echoes up to this size are sent, then read.  Larger ones are sent and read at once:
 #: a 256 KiB echo can fill both directions' socket buffers and deadlock a client that
 #: is still writing while the server waits to write back.
 _SEQUENTIAL_MAX = 65536
-#: Bounds a clean close (close_notify) of a connection we are done with.
-_CLOSE_TIMEOUT = 1.0
 
 _now = trio.current_time
 #: What ends one exchange (and its connection) and is counted as an error by kind
@@ -44,211 +41,45 @@ _now = trio.current_time
 _FAILURES = (OSError, trio.TooSlowError)
 
 
-# -- the transport -------------------------------------------------------------------
-
-
-class _Connection:
-    """One client connection: a non-blocking ``ssl.SSLSocket`` driven by trio's I/O waits.
-
-    Why not ``trio.SSLStream`` (``open_client``)?  A load generator must not be the
-    bottleneck, and on this project's 2-core machine one worker using ``SSLStream``
-    spent ~52 µs of CPU per small round trip and saturated its core at ~20,000 round
-    trips/s; driving OpenSSL's socket directly costs ~27 µs (benchmarks/README.md).
-    The TLS policy is still the one :func:`client_context` builds.
-
-    One task may send while another receives (large echoes); each call is atomic with
-    respect to the event loop, and partial writes are retried with the same bytes.
-    """
-
-    __slots__ = ("_sock", "waits")
-
-    def __init__(self, sock: ssl.SSLSocket) -> None:
-        self._sock = sock
-        #: How often a call had to wait for the socket (so callers know they yielded).
-        self.waits = 0
-
-    @classmethod
-    async def open(
-        cls, target: _Target, ctx: ssl.SSLContext, session: ssl.SSLSession | None = None
-    ) -> _Connection:
-        raw = socket.socket(target.family, socket.SOCK_STREAM)
-        try:
-            await _connect(raw, target)
-            if target.proxy_protocol is not None:
-                _send_proxy_header(raw, target.proxy_protocol)
-            sock = ctx.wrap_socket(
-                raw, server_hostname=target.server_hostname, do_handshake_on_connect=False, session=session
-            )
-        except BaseException:
-            raw.close()
-            raise
-        try:
-            while True:
-                try:
-                    sock.do_handshake()
-                    return cls(sock)
-                except ssl.SSLWantReadError:
-                    await trio.lowlevel.wait_readable(sock)
-                except ssl.SSLWantWriteError:
-                    await trio.lowlevel.wait_writable(sock)
-        except BaseException:
-            sock.close()
-            raise
-
-    async def send_all(self, data: memoryview) -> None:
-        sock, sent, n = self._sock, 0, len(data)
-        while sent < n:
-            try:
-                sent += sock.send(data[sent:])
-            except ssl.SSLWantWriteError:
-                self.waits += 1
-                await trio.lowlevel.wait_writable(sock)
-            except ssl.SSLWantReadError:
-                self.waits += 1
-                await trio.lowlevel.wait_readable(sock)
-
-    async def receive_reply_into(self, buffer: memoryview) -> int:
-        """:meth:`receive_into` for a reply just asked for: waits for the socket first.
-
-        Reading at once could only say EAGAIN, a failed recv and an exception on every
-        exchange (unless OpenSSL already holds plaintext, which is asked first).  Waiting
-        first: +21 % round trips/s per loadgen worker (benchmarks/README.md).
-        """
-        if not self._sock.pending():
-            self.waits += 1
-            await trio.lowlevel.wait_readable(self._sock)
-        return await self.receive_into(buffer)
-
-    async def receive_into(self, buffer: memoryview) -> int:
-        """Read at least one byte into *buffer*; 0 means the server closed the connection."""
-        sock = self._sock
-        while True:
-            try:
-                return sock.recv_into(buffer)
-            except ssl.SSLWantReadError:
-                self.waits += 1
-                await trio.lowlevel.wait_readable(sock)
-            except ssl.SSLWantWriteError:
-                self.waits += 1
-                await trio.lowlevel.wait_writable(sock)
-
-    def pending(self) -> int:
-        """Plaintext bytes OpenSSL already decrypted and holds (one C call, no syscall)."""
-        return self._sock.pending()
-
-    def anything_more(self, buffer: memoryview) -> bool:
-        """Whether the server sent something that has arrived but was not read.
-
-        One non-blocking read (into *buffer*, which it may overwrite): a syscall, so
-        only worth it before closing, when nothing later could find those bytes.
-        Plaintext only; a TLS 1.3 session ticket is taken in and is not "more".
-        """
-        try:
-            return self._sock.recv_into(buffer, 1) > 0
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return False
-        except OSError:
-            # The echo is complete and verified; how the server treats a connection
-            # we are about to close is no part of this exchange's outcome.
-            return False
-
-    @property
-    def session(self) -> ssl.SSLSession | None:
-        """The TLS session to resume later (with TLS 1.3, known once a ticket was read)."""
-        return self._sock.session
-
-    @property
-    def resumed(self) -> bool:
-        return bool(self._sock.session_reused)
-
-    def close(self) -> None:
-        """Close now, with a close_notify if it can go out without waiting."""
-        try:
-            self._sock.unwrap()  # sends close_notify; would then wait for the server's
-        except (OSError, ValueError):
-            pass
-        finally:
-            self._sock.close()
-
-    def abort(self) -> None:
-        self._sock.close()
-
-
-def _send_proxy_header(raw: socket.socket, version: int) -> None:
-    encode = encode_v1 if version == 1 else encode_v2
-    header = encode(raw.getsockname()[:2], raw.getpeername()[:2])
-    # A fresh connection's send buffer is empty: the header (at most 108 bytes) fits.
-    if raw.send(header) != len(header):
-        raise OSError(errno.EAGAIN, "could not send the PROXY header at once")
-
-
-async def _connect(raw: socket.socket, target: _Target) -> None:
-    raw.setblocking(False)
-    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    err = raw.connect_ex(target.sockaddr)
-    if err == errno.EINPROGRESS:
-        await trio.lowlevel.wait_writable(raw)
-        err = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if err:
-        # OSError(errno, ...) is ConnectionRefusedError for ECONNREFUSED, and so on.
-        raise OSError(err, f"connecting to {target.address}: {os.strerror(err)}")
+# -- one process's share of the clients -------------------------------------------
 
 
 @attrs.frozen
-class _Target:
-    """Where the clients connect, resolved once (a load generator has no use for happy eyeballs)."""
+class Share:
+    """One process's part of a load run: all its clients need to know.
 
-    address: Address
-    family: socket.AddressFamily
-    sockaddr: tuple[Any, ...]
-    server_hostname: str
-    proxy_protocol: int | None = None
+    What a worker process is sent (pickled, see :mod:`._workers`); a run in one
+    process has the one share of the whole.
+    """
 
-    @classmethod
-    async def resolve(cls, config: LoadConfig) -> _Target:
-        address = config.address
-        try:
-            infos = await trio.socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise ClientError(f"cannot connect to {address}: unknown host ({exc.strerror})") from None
-        family, _type, _proto, _name, sockaddr = infos[0]
-        hostname = config.client.server_hostname or address.host
-        return cls(address, family, tuple(sockaddr), hostname, config.proxy_protocol)
-
-    def to_wire(self) -> dict[str, Any]:
-        """What a worker process needs to connect where its parent resolved, as JSON."""
-        return {
-            "family": int(self.family),
-            "sockaddr": list(self.sockaddr),
-            "server_hostname": self.server_hostname,
-        }
+    config: LoadConfig
+    #: Where to connect, resolved once for every process.
+    target: Target
+    #: Global index of this process's first client, and how many it runs.
+    first_client: int
+    count: int
+    #: Measured exchanges this process may start; ``None``: until the time is up.
+    tickets: int | None
 
     @classmethod
-    def from_wire(cls, config: LoadConfig, data: Mapping[str, Any]) -> _Target:
-        return cls(
-            config.address,
-            socket.AddressFamily(data["family"]),
-            tuple(data["sockaddr"]),
-            data["server_hostname"],
-            config.proxy_protocol,
-        )
-
-
-# -- one process's share of the clients -------------------------------------------
+    def divide(cls, config: LoadConfig, target: Target, parts: int) -> list[Share]:
+        """*config*'s clients and requests in *parts* shares, as even as they go."""
+        counts = split(config.clients, parts)
+        tickets = split(config.requests, parts) if config.requests is not None else [None] * parts
+        firsts = itertools.accumulate(counts[:-1], initial=0)
+        return [cls(config, target, *part) for part in zip(firsts, counts, tickets, strict=True)]
 
 
 @attrs.define(eq=False)
 class _Run:
-    """What the client tasks of one process share."""
+    """What the client tasks of one process share: their :class:`Share`, and the run's state."""
 
-    config: LoadConfig
+    share: Share
     ssl_context: ssl.SSLContext
-    target: _Target
-    #: Global index of this process's first client, and how many it runs.
-    first_client: int
-    count: int
+    #: The share's, at hand on the hot path.
+    config: LoadConfig = attrs.field(init=False)
     #: Measured exchanges this process may still start; ``None``: until the time is up.
-    tickets: int | None
+    tickets: int | None = attrs.field(init=False)
     recorder: Recorder = attrs.Factory(Recorder)
     t0: float = math.inf
     measure_from: float = math.inf
@@ -261,12 +92,13 @@ class _Run:
     pool: bytes = b""
 
     def __attrs_post_init__(self) -> None:
+        self.config, self.tickets = self.share.config, self.share.tickets
         # Messages are slices of one random block at random offsets: no allocation
         # and no random-number generation per byte on the hot path.
         self.pool = os.urandom(self.config.sizes.high + 4096)
-        if self.count == 0:
+        if self.share.count == 0:
             self.finished.set()
-        if self.count == 0 or self.config.ramp or self.config.new_connection_per_request:
+        if self.share.count == 0 or self.config.ramp or self.config.new_connection_per_request:
             self.connected.set()  # no barrier: nobody connects before the start
 
     def start(self, t0: float) -> None:
@@ -290,12 +122,12 @@ class _Run:
 
     def arrive(self) -> None:
         self.arrived += 1
-        if self.arrived == self.count:
+        if self.arrived == self.share.count:
             self.connected.set()
 
     def leave(self) -> None:
         self.done += 1
-        if self.done == self.count:
+        if self.done == self.share.count:
             self.finished.set()
 
 
@@ -304,16 +136,21 @@ class _Client:
 
     def __init__(self, run: _Run, local_index: int) -> None:
         self.run = run
-        self.index = run.first_client + local_index
+        self.index = run.share.first_client + local_index
         self.local_index = local_index
         self.rng = random.Random(self.index)
-        self.conn: _Connection | None = None
+        self.conn: ClientConnection | None = None
         self.session: ssl.SSLSession | None = None
-        self.buffer = memoryview(bytearray(min(run.config.sizes.high, 65536)))
+        # Read once per exchange: kept at hand, not looked up through the config.
+        self.low, self.high = run.config.sizes.low, run.config.sizes.high
+        self.per_request = run.config.new_connection_per_request
+        self.pool = memoryview(run.pool)
+        self.buffer = memoryview(bytearray(min(self.high, 65536)))
         self.schedule: OpenLoopSchedule | None = None
         self.k = 0
-        #: The exchange in progress, and whether it is measured: what a timeout commits.
-        self.io = _IO()
+        #: The exchange in progress (or the connection made before the start), and
+        #: whether it is measured: what a timeout or a failure commits.
+        self.io = ExchangeIO(0)
         self.counting = False
 
     async def main(self) -> None:
@@ -322,13 +159,13 @@ class _Client:
         arrived = False
         try:
             if persistent and not cfg.ramp:
-                await self._connect_or_record(_now())
+                await self._connect_first(_now())
                 run.arrive()
                 arrived = True
             await run.started.wait()
             start = run.t0
             if cfg.ramp:
-                start += cfg.ramp * self.local_index / run.count
+                start += cfg.ramp * self.local_index / run.share.count
                 await trio.sleep_until(start)
             if cfg.rate is not None:
                 self.schedule = OpenLoopSchedule.for_client(
@@ -367,9 +204,8 @@ class _Client:
             if counting and not run.take_ticket():
                 return True
             self.counting = counting
-            self.io = _IO()
             scope.deadline = intended + timeout
-            await self._exchange(intended, counting, self.io)
+            await self._exchange(intended)
             scope.deadline = math.inf
 
     def _timed_out(self) -> None:
@@ -377,101 +213,96 @@ class _Client:
             conn, self.conn = self.conn, None
             conn.abort()
         if self.counting:
-            io = self.io
-            self.run.recorder.io(sent=io.sent, received=io.received, reads=io.reads, writes=io.writes)
-            self.run.recorder.error(ErrorKind.TIMEOUT)
+            self.run.recorder.failed(self.io, ErrorKind.TIMEOUT)
 
-    async def _connect_or_record(self, began: float) -> None:
+    async def _connect_first(self, began: float) -> None:
+        """Connect before the start (its barrier); a failure is counted, and the first
+        exchange connects again."""
+        self.counting = self.run.counting(began)
         try:
             with trio.fail_after(self.run.config.timeout):
-                await self._connect(began, counting=self.run.counting(began))
+                await self._connect(began)
         except _FAILURES as exc:
-            self._failed(exc, during_handshake=True, counting=self.run.counting(began))
+            self._failed(exc, during_handshake=True)
+        self.counting = False
 
-    async def _connect(self, began: float, *, counting: bool) -> None:
+    async def _connect(self, began: float) -> ClientConnection:
         run = self.run
-        self.conn = await _Connection.open(run.target, run.ssl_context, self.session)
-        if counting:
-            run.recorder.handshake_done(int((_now() - began) * 1e6), resumed=self.conn.resumed)
+        self.conn = conn = await ClientConnection.open(run.share.target, run.ssl_context, self.session)
+        if self.counting:
+            run.recorder.handshake_done(int((_now() - began) * 1e6), resumed=conn.resumed)
+        return conn
 
-    def _failed(self, exc: BaseException, *, during_handshake: bool, counting: bool) -> None:
-        kind = classify_error(exc, during_handshake=during_handshake)
-        if kind is None:
-            raise exc
-        if counting:
-            self.run.recorder.error(kind)
-
-    async def _exchange(self, began: float, counting: bool, io: _IO) -> None:
+    async def _exchange(self, began: float) -> None:
         """One send and its echo (and, per request mode, the connection around it).
 
         Latency runs from *began*: the send in a closed loop, the intended send time in
-        an open one.  *io* is filled in as the exchange goes, so that however it ends,
-        what it did is committed.
+        an open one.  ``self.io`` is filled in as the exchange goes, so that however it
+        ends, what it did is committed: by :meth:`Recorder.exchange` or :meth:`_failed`,
+        before anything that can checkpoint, and then ``self.counting`` is cleared: the
+        deadline may still pass in the close or checkpoint that follows, and
+        :meth:`_timed_out` must not count this exchange again.
         """
-        run, cfg = self.run, self.run.config
-        low, high = cfg.sizes.low, cfg.sizes.high
-        per_request = cfg.new_connection_per_request
+        payload = self._next_payload()
+        io = self.io = ExchangeIO(len(payload))
+        conn = self.conn
+        try:
+            if conn is None:
+                conn = await self._connect(_now())
+            waits_before = conn.waits
+            if io.size <= _SEQUENTIAL_MAX:
+                await conn.send_all(payload)
+                io.writes, io.sent = 1, io.size
+                await read_echo(conn, payload, self.buffer, io)
+            else:
+                await _echo_at_once(conn, payload, self.buffer, io)
+            latency = _now() - began
+            if self.per_request:
+                self._look_past_the_echo(conn, io)
+        except _FAILURES as exc:
+            failure: BaseException = exc
+        except BaseExceptionGroup as group:  # from the nursery of a large echo
+            failure = _failure_in(group)
+        else:
+            if self.counting:
+                self.run.recorder.exchange(io, int(latency * 1e6))
+                self.counting = False
+            if self._finished_with(io):
+                await self._close()
+            elif conn.waits == waits_before:
+                # Every exchange yields at least once, even against an instant server.
+                await trio.lowlevel.checkpoint()
+            return
+        self._failed(failure, during_handshake=conn is None)
+        await self._drop()
+
+    def _next_payload(self) -> memoryview:
+        # Messages are slices of one random block at random offsets (see _Run.pool).
+        low, high = self.low, self.high
         n = low if low == high else self.rng.randint(low, high)
         offset = self.rng.randrange(4096)
-        payload = memoryview(run.pool)[offset : offset + n]
-        in_handshake = False
-        failure: BaseException | None = None
-        try:
-            if self.conn is None:
-                in_handshake = True
-                await self._connect(_now(), counting=counting)
-                in_handshake = False
-            conn = self.conn
-            assert conn is not None
-            waits_before = conn.waits
-            if n <= _SEQUENTIAL_MAX:
-                await conn.send_all(payload)
-                io.writes, io.sent = 1, n
-                await _read_echo(conn, payload, self.buffer, io)
-            else:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_send, conn, payload, io)
-                    await _read_echo(conn, payload, self.buffer, io)
-                    if io.received < n:
-                        nursery.cancel_scope.cancel()
-            done = _now()
-            # Per request, the connection is closed next: the last chance to see more.
-            if per_request and io.received == n and not io.mismatched and conn.anything_more(self.buffer):
-                io.mismatched = io.over_long = True
-        except _FAILURES as exc:
-            failure = exc
-        except BaseExceptionGroup as group:  # from the nursery of a large echo
-            matched, rest = group.split(_FAILURES)
-            if rest is not None:  # cancelled (a deadline, the end of the run), or a bug
-                raise rest from None
-            failure = _first_cause(matched) if matched is not None else group
-        rec = run.recorder
-        # From here the outcome is recorded before anything that can checkpoint, and
-        # then self.counting is cleared: the deadline may still pass in the close or
-        # checkpoint that follows, and _timed_out must not count this exchange again.
-        if failure is not None:
-            if counting:
-                rec.io(sent=io.sent, received=io.received, reads=io.reads, writes=io.writes)
-            self._failed(failure, during_handshake=in_handshake, counting=counting)
+        return self.pool[offset : offset + n]
+
+    def _look_past_the_echo(self, conn: ClientConnection, io: ExchangeIO) -> None:
+        """Per request the connection is closed next: the last chance to see an echo
+        that goes on in a record of its own (see :func:`read_echo`)."""
+        if io.received == io.size and not io.mismatched and conn.anything_more(self.buffer):
+            io.mismatched = io.over_long = True
+
+    def _failed(self, exc: BaseException, *, during_handshake: bool) -> None:
+        """Commit a failure, by its kind (see :meth:`_exchange`); a bug is raised again."""
+        kind = classify_error(exc, during_handshake=during_handshake)
+        if kind is None:
+            raise exc
+        if self.counting:
+            self.run.recorder.failed(self.io, kind)
             self.counting = False
-            await self._drop()
-            return
-        if counting:
-            rec.io(sent=io.sent, received=io.received, reads=io.reads, writes=io.writes)
-            if io.mismatched:
-                rec.mismatch()
-            elif io.received < n:
-                rec.error(ErrorKind.SHORT_READ)
-            else:
-                rec.round_trip(int((done - began) * 1e6))
-        self.counting = False
-        if io.received < n or io.over_long or per_request:
-            # Cut short or out of step (over-long): this connection is done.  (A
-            # mismatch of the right length leaves the stream in step, and it is kept.)
-            await self._close()
-        elif self.conn is not None and self.conn.waits == waits_before:
-            # Every exchange yields at least once, even against an instant server.
-            await trio.lowlevel.checkpoint()
+
+    def _finished_with(self, io: ExchangeIO) -> bool:
+        """Whether the connection ends with this exchange: per request, or cut short or
+        out of step (over-long).  A mismatch of the right length leaves the stream in
+        step, and it is kept."""
+        return self.per_request or io.received < io.size or io.over_long
 
     async def _drop(self) -> None:
         if self.conn is not None:
@@ -488,37 +319,23 @@ class _Client:
         await trio.lowlevel.checkpoint()
 
 
-@attrs.define
-class _IO:
-    """The I/O of one exchange so far."""
-
-    sent: int = 0
-    received: int = 0
-    reads: int = 0
-    writes: int = 0
-    #: A byte differed, or the server sent more than the message (then also over_long,
-    #: and the stream is out of step).
-    mismatched: bool = False
-    over_long: bool = False
-
-
-async def _send(conn: _Connection, payload: memoryview, io: _IO) -> None:
+async def _send(conn: ClientConnection, payload: memoryview, io: ExchangeIO) -> None:
     await conn.send_all(payload)
     io.writes, io.sent = 1, len(payload)
 
 
-async def _read_echo(conn: _Connection, payload: memoryview, buffer: memoryview, io: _IO) -> None:
+async def read_echo(conn: ClientConnection, payload: memoryview, buffer: memoryview, io: ExchangeIO) -> None:
     """Read until *payload* is echoed whole, the server closes, or a byte differs.
 
     Reads no more than *payload*'s length, so an echo that goes on is caught only by
     what is already decrypted: plaintext left in the record that ended the echo.  (A
     later record is found by the next exchange, or, per request, by the read before
-    closing, :meth:`_Connection.anything_more`.)
+    closing, :meth:`ClientConnection.anything_more`.)
     """
     n = len(payload)
     while io.received < n:
         into = buffer[: min(n - io.received, len(buffer))]
-        got = await (conn.receive_into(into) if io.received else conn.receive_reply_into(into))
+        got = await conn.receive_into(into, reply=not io.received)
         if not got:
             return
         io.reads += 1
@@ -531,21 +348,48 @@ async def _read_echo(conn: _Connection, payload: memoryview, buffer: memoryview,
         io.mismatched = io.over_long = True
 
 
-def _first_cause(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    leaves = [e for e in _causes(group) if not isinstance(e, BaseExceptionGroup)]
+async def _echo_at_once(
+    conn: ClientConnection, payload: memoryview, buffer: memoryview, io: ExchangeIO
+) -> None:
+    """Send *payload* while its echo is read (see ``_SEQUENTIAL_MAX``)."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_send, conn, payload, io)
+        await read_echo(conn, payload, buffer, io)
+        if io.received < io.size:
+            nursery.cancel_scope.cancel()
+
+
+def _failure_in(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """What failed in a large echo's nursery, to be counted: the first leaf with a cause.
+
+    Anything else in *group* goes on: a cancellation (a deadline, the end of the run),
+    or a bug.
+    """
+    matched, rest = group.split(_FAILURES)
+    if rest is not None:
+        raise rest from None
+    failed = matched if matched is not None else group
+    leaves = [e for e in causes(failed) if not isinstance(e, BaseExceptionGroup)]
     with_cause = [e for e in leaves if e.__cause__ is not None]
     return (with_cause or leaves or [group])[0]
 
 
-async def _run_here(
-    run: _Run,
+async def run_here(
+    share: Share,
+    ssl_context: ssl.SSLContext,
     *,
     before_start: Callable[[], Awaitable[None]] | None = None,
     progress: ProgressCallback | None = None,
 ) -> LoadReport:
+    """Run *share*'s clients in this process and return what they measured.
+
+    *before_start* is awaited once they are connected (a worker's ready/go); then
+    *progress* is called about once a second.
+    """
+    run = _Run(share, ssl_context)
     cfg = run.config
     async with trio.open_nursery() as nursery:
-        for i in range(run.count):
+        for i in range(share.count):
             nursery.start_soon(_Client(run, i).main)
         # Bounded: every connect attempt is bounded by the timeout.
         with trio.move_on_after(cfg.timeout + 1.0):
@@ -561,7 +405,7 @@ async def _run_here(
     # With a duration the window is the duration, also when the clients are done early
     # (open loop: no send is due after stop_at, so the last one ends before it).
     end = run.stop_at if run.stop_at < math.inf else _now()
-    return run.recorder.report(clients=run.count, seconds=max(end - run.measure_from, 0.0))
+    return run.recorder.report(clients=share.count, seconds=max(end - run.measure_from, 0.0))
 
 
 async def _report_progress(run: _Run, progress: ProgressCallback) -> None:

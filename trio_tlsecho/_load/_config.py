@@ -20,7 +20,7 @@ from .._config import (
     to_address,
     validator,
 )
-from .._exceptions import ClientError, ConfigError
+from .._exceptions import ClientError, ConfigError, causes
 from .._net import Address
 from ._stats import ErrorKind
 
@@ -161,28 +161,13 @@ class OpenLoopSchedule:
 _EOF_REASONS = frozenset({"UNEXPECTED_EOF_WHILE_READING", "EOF", "ZERO_RETURN"})
 
 
-def _causes(exc: BaseException) -> list[BaseException]:
-    """*exc*, its causes and contexts, and the members of any exception group, in order."""
-    found: list[BaseException] = []
-    todo = [exc]
-    while todo and len(found) < 64:
-        cur = todo.pop(0)
-        if any(cur is seen for seen in found):
-            continue
-        found.append(cur)
-        if isinstance(cur, BaseExceptionGroup):
-            todo.extend(cur.exceptions)
-        todo.extend(e for e in (cur.__cause__, cur.__context__) if e is not None)
-    return found
-
-
 def classify_error(exc: BaseException, *, during_handshake: bool = False) -> ErrorKind | None:
     """Which :class:`ErrorKind` *exc* is, or ``None`` if it is not a connection failure (a bug).
 
     Looks through trio's wrappers (``BrokenResourceError``, ``ClientError``, the
-    ``OSError`` of ``open_tcp_stream``) at what caused them.
+    ``OSError`` of ``open_tcp_stream``) at what caused them, walked by :func:`causes`.
     """
-    chain = _causes(exc)
+    chain = causes(exc)
     for cur in chain:
         if isinstance(cur, trio.TooSlowError):
             return ErrorKind.TIMEOUT

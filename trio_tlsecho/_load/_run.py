@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 ``run_load(config)`` starts ``config.clients`` client tasks in one nursery (or, with
 ``workers > 1``, that many processes each running its own ``trio.run`` over a share
-of the clients, see below).  A client connects, then repeats *exchanges*: send one
+of the clients, see below; either way the clients of a process are one
+:class:`._client.Share`).  A client connects, then repeats *exchanges*: send one
 message, read back exactly as many bytes, compare them byte for byte.  Reading no
 more than that keeps the hot path at one ``pending()`` call to notice an echo that
 goes on (plaintext left over in its last TLS record); a connection closed after one
@@ -27,29 +28,32 @@ client that falls behind sends at once, and latency is measured from the *intend
 time, so queueing delay that a closed loop hides (coordinated omission) is counted,
 as wrk2 does.  Sends due after the end are not made.
 
-Every exchange that starts inside the window is committed to the :class:`Recorder`
-when it ends, however it ends, and once: its I/O counts, and a round trip, a mismatch
-or an error by kind.  An error ends the connection; the next exchange reconnects.
+Every exchange that starts inside the window is committed to the
+:class:`._stats.Recorder` when it ends, however it ends, and once: its I/O counts,
+and a round trip, a mismatch or an error by kind.  An error ends the connection;
+the next exchange reconnects.
 Every exchange, connecting included, runs under ``timeout``; a deadline that passes
 after its outcome is recorded (in the close that follows) costs at most the
 connection, never a second count.
 
 Transport.  Clients drive a non-blocking ``ssl.SSLSocket`` with trio's
 ``wait_readable``/``wait_writable`` instead of ``trio.SSLStream``: half the CPU per
-round trip (see :class:`_Connection`), with the same ``client_context`` policy.
+round trip (see :class:`._transport.ClientConnection`), with the same
+``client_context`` policy.
 
 Workers: see :mod:`._workers`.  Modules: :mod:`._config` (sans-io),
-:mod:`._client` (the clients), :mod:`._workers` (processes), and here
-the one entry point.
+:mod:`._stats` (sans-io), :mod:`._transport` (the socket), :mod:`._client` (the
+clients), :mod:`._workers` (processes), and here the one entry point.
 """
 
 from __future__ import annotations
 
 from .._tls import client_context
-from ._client import _Run, _run_here, _Target
+from ._client import Share, run_here
 from ._config import LoadConfig, ProgressCallback
 from ._stats import LoadReport
-from ._workers import _run_workers
+from ._transport import Target
+from ._workers import run_workers
 
 
 async def run_load(config: LoadConfig, *, progress: ProgressCallback | None = None) -> LoadReport:
@@ -58,13 +62,7 @@ async def run_load(config: LoadConfig, *, progress: ProgressCallback | None = No
     *progress*, if given, is called about once a second with the totals so far.
     """
     if config.workers == 1:
-        run = _Run(
-            config=config,
-            ssl_context=client_context(config.client),
-            target=await _Target.resolve(config),
-            first_client=0,
-            count=config.clients,
-            tickets=config.requests,
-        )
-        return await _run_here(run, progress=progress)
-    return await _run_workers(config, progress)
+        ssl_context = client_context(config.client)  # a bad file is said before an unknown host
+        [share] = Share.divide(config, await Target.resolve(config), 1)
+        return await run_here(share, ssl_context, progress=progress)
+    return await run_workers(config, progress)

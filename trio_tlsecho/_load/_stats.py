@@ -8,16 +8,19 @@ so reports from several worker processes merge into the report one process would
 have made; percentiles are computed only from the merged histogram, never averaged.
 
 The :class:`Recorder` is the mutable side, written by client tasks: plain counters
-and two histograms, nothing else, because it runs once per round trip.  A
-:class:`LoadReport` is what comes out: frozen, with the histograms held in their
-standard compressed encoding (``HISTFAAA...``), which is both immutable and what
-worker processes send to their parent.
+and two histograms, nothing else, because it runs once per round trip.  A client
+fills in an :class:`ExchangeIO` as an exchange goes and commits it whole when the
+exchange ends (:meth:`Recorder.exchange`, :meth:`Recorder.failed`), so what counts
+as what is decided here.  A :class:`LoadReport` is what comes out: frozen, with the
+histograms held in their standard compressed encoding (``HISTFAAA...``), which is
+immutable and small enough to cross from a worker process to its parent.
 
 What is counted:
 
 * ``round_trips``: echoes that came back complete and byte-for-byte equal.
-* ``read_ops`` / ``write_ops``: ``receive_some`` calls that returned data and
-  ``send_all`` calls; ``bytes_sent`` / ``bytes_received``: plaintext bytes.  These
+* ``read_ops`` / ``write_ops``: reads that returned data and messages sent (one
+  write each, however many calls it took); ``bytes_sent`` / ``bytes_received``:
+  plaintext bytes.  These
   count every exchange that was measured, including mismatched and failed ones, so
   a clean run has ``bytes_sent == bytes_received`` and ``write_ops == round_trips``.
 * ``mismatches``: echoes that differed from what was sent.  Either a byte differed
@@ -33,6 +36,7 @@ What is counted:
 from __future__ import annotations
 
 import enum
+import functools
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -122,17 +126,14 @@ def _to_errors(value: Mapping[str, int]) -> Mapping[str, int]:
     return types.MappingProxyType({kind: int(value.get(kind, 0)) for kind in ERROR_KINDS})
 
 
-#: The plain counters a report, a recorder and a merge share (they add up across workers).
-COUNTERS = ("round_trips", "read_ops", "write_ops", "bytes_sent", "bytes_received", "mismatches", "resumed")
+@attrs.define(kw_only=True)
+class _Counters:
+    """The plain counters a :class:`Recorder` keeps and a :class:`LoadReport` holds.
 
+    Declared once for both (a report is frozen by its own class), and added up
+    field by field across workers by :func:`merge`.
+    """
 
-@attrs.frozen(kw_only=True)
-class LoadReport:
-    """What a load run measured: counters and encoded histograms.  Merge with :func:`merge`."""
-
-    clients: int
-    #: Length of the measured window (after warm-up), in seconds.
-    seconds: float
     round_trips: int = 0
     read_ops: int = 0
     write_ops: int = 0
@@ -141,6 +142,19 @@ class LoadReport:
     mismatches: int = 0
     #: Handshakes that resumed an earlier TLS session (``loadgen --resume``).
     resumed: int = 0
+
+
+#: The names of the plain counters, in order.
+COUNTERS: tuple[str, ...] = tuple(field.name for field in attrs.fields(_Counters))
+
+
+@attrs.frozen(kw_only=True)
+class LoadReport(_Counters):
+    """What a load run measured: counters and encoded histograms.  Merge with :func:`merge`."""
+
+    clients: int
+    #: Length of the measured window (after warm-up), in seconds.
+    seconds: float
     #: Count for every kind in :data:`ERROR_KINDS`, zeros included.
     errors: Mapping[str, int] = attrs.field(factory=dict, converter=_to_errors)
     #: Round-trip latency histogram (µs), HdrHistogram's compressed base64 encoding.
@@ -191,13 +205,12 @@ class LoadReport:
         }
         return summary
 
-    def to_wire(self) -> dict[str, Any]:
-        """Everything, histograms included: how a worker process hands its report over."""
-        return {**attrs.asdict(self, recurse=False), "errors": dict(self.errors)}
-
-    @classmethod
-    def from_wire(cls, data: Mapping[str, Any]) -> LoadReport:
-        return cls(**data)
+    def __reduce__(self) -> tuple[Any, ...]:
+        # How a worker's report reaches its parent (pickled, see _workers): every field
+        # as it is, but the read-only view of the errors, which does not pickle, as
+        # the dict it shows (the converter makes it read-only again).
+        fields = attrs.asdict(self, recurse=False) | {"errors": dict(self.errors)}
+        return (functools.partial(LoadReport, **fields), ())
 
 
 def _summary(hist: Histogram, names: Mapping[str, float]) -> dict[str, int]:
@@ -233,26 +246,52 @@ def merge(reports: Sequence[LoadReport]) -> LoadReport:
 
 
 @attrs.define
-class Recorder:
+class ExchangeIO:
+    """What one exchange did so far: written as it goes, committed whole when it ends."""
+
+    #: The message's length: the echo is complete when as many bytes came back.
+    size: int
+    sent: int = 0
+    received: int = 0
+    reads: int = 0
+    writes: int = 0
+    #: A byte differed, or the server sent more than the message (then also over_long,
+    #: and the stream is out of step).
+    mismatched: bool = False
+    over_long: bool = False
+
+
+@attrs.define
+class Recorder(_Counters):
     """The mutable counters client tasks write to; :meth:`report` freezes them."""
 
-    round_trips: int = 0
-    read_ops: int = 0
-    write_ops: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    mismatches: int = 0
-    resumed: int = 0
     errors: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(ERROR_KINDS, 0))
     latency: Histogram = attrs.field(factory=Histogram)
     handshake: Histogram = attrs.field(factory=Histogram)
 
-    def io(self, *, sent: int, received: int, reads: int, writes: int) -> None:
+    def exchange(self, io: ExchangeIO, latency_us: int) -> None:
+        """One measured exchange that did not fail: a round trip taking *latency_us*,
+        a mismatch, or (the server closed before the whole echo) a short read.
+        """
+        self.io(io)
+        if io.mismatched:
+            self.mismatch()
+        elif io.received < io.size:
+            self.error(ErrorKind.SHORT_READ)
+        else:
+            self.round_trip(latency_us)
+
+    def failed(self, io: ExchangeIO, kind: ErrorKind) -> None:
+        """One measured exchange that failed: what it did, and why it ended."""
+        self.io(io)
+        self.error(kind)
+
+    def io(self, io: ExchangeIO) -> None:
         """The I/O of one measured exchange, whatever its outcome."""
-        self.bytes_sent += sent
-        self.bytes_received += received
-        self.read_ops += reads
-        self.write_ops += writes
+        self.bytes_sent += io.sent
+        self.bytes_received += io.received
+        self.read_ops += io.reads
+        self.write_ops += io.writes
 
     def round_trip(self, latency_us: int) -> None:
         """One verified echo."""

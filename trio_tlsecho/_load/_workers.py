@@ -3,81 +3,73 @@
 The parent resolves the server's address (once, so that an unknown host is one
 error, and every worker connects to the same address), then spawns ``python -c
 'from trio_tlsecho._load._workers import worker_main; worker_main()'`` with
-``trio.run_process`` and talks JSON lines: it writes the config, the resolved
-target and the worker's share on stdin; the worker connects its clients and
-answers ``ready``; when all are ready the parent writes ``go``; workers report
-progress each second and finally their whole report, histograms included, which
-the parent merges exactly (:func:`._stats.merge`).
+``trio.run_process`` and talks to it over its stdin and stdout, one message a line
+(:func:`encode`, :func:`decode`).  It writes the worker's :class:`._client.Share`
+(the config, the resolved target, its clients and requests); the worker connects
+its clients and answers ``READY``; when all are ready the parent writes ``GO``;
+workers send their :class:`Progress` each second and finally their whole
+:class:`LoadReport`, histograms included, which the parent merges exactly
+(:func:`._stats.merge`).
 
-A worker that meets one of our errors (:class:`TLSEchoError`) answers ``error``
-with its one-line message instead and exits; the parent raises that message (and,
-if it came before the start, stops the others instead of starting them).  A worker
-that dies otherwise closes its pipes: a write to it that fails is that death,
-reported once every worker is done.
+A message is an object pickled, then base64-encoded: no code per field, so what a
+config or a report holds crosses as it is, and a field added to either needs
+nothing here.  Pickle runs code of the sender's choosing, which is fine because
+the two ends are one program: the worker is our own child, running the same
+interpreter and the same code, on pipes no one else holds.  Base64 keeps a message
+on one line, so the parent reads bounded lines and a worker waits for ``GO`` with
+a plain ``readline``.
+
+A worker that meets one of our errors (:class:`TLSEchoError`) sends that error
+instead and exits; the parent raises it (and, if it came before the start, stops
+the others instead of starting them).  A worker that dies otherwise closes its
+pipes: a write to it that fails is that death, reported once every worker is done.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
-import json
+import enum
+import pickle
 import subprocess
 import sys
-from collections.abc import Mapping
 from functools import partial
-from typing import Any
 
 import attrs
 import trio
 
-from .._config import ClientConfig
-from .._exceptions import ClientError, ConfigError, TLSEchoError
-from .._tls import TLSFiles, client_context
-from ._client import _Run, _run_here, _Target
-from ._config import PROGRESS_INTERVAL, LoadConfig, Progress, ProgressCallback, split
+from .._exceptions import ClientError, TLSEchoError
+from .._tls import client_context
+from ._client import Share, run_here
+from ._config import PROGRESS_INTERVAL, LoadConfig, Progress, ProgressCallback
 from ._stats import LoadReport, merge
+from ._transport import Target
 
 _now = trio.current_time
 #: How long workers may take to start (a Python process, imports, handshakes).
 _WORKER_START_TIMEOUT = 60.0
 
-
-# -- worker processes ---------------------------------------------------------------
-
-
-def _config_to_wire(config: LoadConfig) -> dict[str, Any]:
-    tls = config.client.tls
-    return {
-        "address": str(config.address),
-        "cert": str(tls.cert),
-        "key": str(tls.key),
-        "ca": str(tls.ca),
-        "server_hostname": config.client.server_hostname,
-        "handshake_timeout": config.client.handshake_timeout,
-        "clients": config.clients,
-        "requests": config.requests,
-        "duration": config.duration,
-        "sizes": str(config.sizes),
-        "rate": config.rate,
-        "new_connection_per_request": config.new_connection_per_request,
-        "warmup": config.warmup,
-        "ramp": config.ramp,
-        "timeout": config.timeout,
-        "proxy_protocol": config.proxy_protocol,
-        "resume": config.resume,
-    }
+WORKER_COMMAND = "from trio_tlsecho._load._workers import worker_main; worker_main()"
 
 
-def _config_from_wire(data: Mapping[str, Any]) -> LoadConfig:
-    data = dict(data)
-    client = ClientConfig(
-        tls=TLSFiles(cert=data.pop("cert"), key=data.pop("key"), ca=data.pop("ca")),
-        server_hostname=data.pop("server_hostname"),
-        handshake_timeout=data.pop("handshake_timeout"),
-    )
-    return LoadConfig(client=client, **data)
+# -- the messages -------------------------------------------------------------------
 
 
-_WORKER_COMMAND = "from trio_tlsecho._load._workers import worker_main; worker_main()"
+class Barrier(enum.Enum):
+    """The start barrier's two messages: a worker's clients are connected; start."""
+
+    READY = "ready"
+    GO = "go"
+
+
+def encode(message: object) -> bytes:
+    """*message* as one line: pickled, base64-encoded, ``\\n``-terminated."""
+    return base64.b64encode(pickle.dumps(message)) + b"\n"
+
+
+def decode(line: bytes | str) -> object:
+    """The message *line* holds (its line ending, if any, is ignored)."""
+    return pickle.loads(base64.b64decode(line))
 
 
 class _LineReader:
@@ -104,84 +96,82 @@ class _LineReader:
             self._buffer += chunk
 
 
+# -- the parent's side ------------------------------------------------------------------
+
+#: A worker's progress until it sends some.
+_NO_PROGRESS = Progress(0.0, 0, 0, 0)
+
+
 @attrs.define(eq=False)
 class _Worker:
     number: int
     process: trio.Process
     lines: _LineReader
     ready: trio.Event = attrs.Factory(trio.Event)
-    progress: tuple[int, int, int] = (0, 0, 0)
+    progress: Progress = _NO_PROGRESS
     report: LoadReport | None = None
     #: The error the worker reported instead of running (see :func:`worker_main`).
     error: TLSEchoError | None = None
 
+    @classmethod
+    async def start(cls, nursery: trio.Nursery, number: int, share: Share) -> _Worker:
+        """Spawn a worker, send it *share*, and read what it says in *nursery*."""
+        process: trio.Process = await nursery.start(
+            partial(
+                trio.run_process,
+                [sys.executable, "-c", WORKER_COMMAND],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                check=False,
+            )
+        )
+        assert process.stdout is not None
+        worker = cls(number, process, _LineReader(process.stdout))
+        await worker.send(share)
+        nursery.start_soon(worker.read)
+        return worker
+
     async def read(self) -> None:
         while (line := await self.lines.next_line()) is not None:
-            message = json.loads(line)
-            if "ready" in message:
-                self.ready.set()
-            elif "progress" in message:
-                rt, errors, mismatches = message["progress"]
-                self.progress = (int(rt), int(errors), int(mismatches))
-            elif "report" in message:
-                self.report = LoadReport.from_wire(message["report"])
-            elif "error" in message:
-                kind = ConfigError if message.get("config") else ClientError
-                self.error = kind(str(message["error"]))
+            match decode(line):
+                case Barrier.READY:
+                    self.ready.set()
+                case Progress() as progress:
+                    self.progress = progress
+                case LoadReport() as report:
+                    self.report = report
+                case TLSEchoError() as error:
+                    self.error = error
+                case other:
+                    raise RuntimeError(f"loadgen worker {self.number} sent {other!r}")
         self.ready.set()  # a worker that died early must not hold the barrier
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, message: object) -> None:
         """Write to the worker; if it has died, that is all (its exit status tells)."""
         assert self.process.stdin is not None
         with contextlib.suppress(trio.BrokenResourceError):
-            await self.process.stdin.send_all(data)
+            await self.process.stdin.send_all(encode(message))
 
 
-async def _run_workers(config: LoadConfig, progress: ProgressCallback | None) -> LoadReport:
+async def run_workers(config: LoadConfig, progress: ProgressCallback | None) -> LoadReport:
     # Fail here, once, on bad certificate files or an unknown host.
     client_context(config.client)
-    target = await _Target.resolve(config)
-    shares = split(config.clients, config.workers)
-    requests = split(config.requests, config.workers) if config.requests is not None else None
-    wire = _config_to_wire(config)
+    target = await Target.resolve(config)
     workers: list[_Worker] = []
     async with trio.open_nursery() as nursery:
-        first = 0
-        for number, count in enumerate(shares):
-            process: trio.Process = await nursery.start(
-                partial(
-                    trio.run_process,
-                    [sys.executable, "-c", _WORKER_COMMAND],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    check=False,
-                )
-            )
-            assert process.stdin is not None
-            assert process.stdout is not None
-            spec = {
-                "config": wire,
-                "target": target.to_wire(),
-                "first_client": first,
-                "count": count,
-                "tickets": requests[number] if requests is not None else None,
-            }
-            worker = _Worker(number, process, _LineReader(process.stdout))
-            await worker.send(json.dumps(spec).encode() + b"\n")
-            nursery.start_soon(worker.read)
-            workers.append(worker)
-            first += count
+        for number, share in enumerate(Share.divide(config, target, config.workers)):
+            workers.append(await _Worker.start(nursery, number, share))
         with trio.fail_after(_WORKER_START_TIMEOUT + config.timeout):
             for worker in workers:
                 await worker.ready.wait()
         if not any(worker.error for worker in workers):
             for worker in workers:
-                await worker.send(b"go\n")
+                await worker.send(Barrier.GO)
             if progress is not None:
                 nursery.start_soon(_report_worker_progress, workers, progress, config.warmup)
             for worker in workers:
                 await worker.process.wait()
-        # Ends the readers, and the workers that still wait for "go" if one failed.
+        # Ends the readers, and the workers that still wait for GO if one failed.
         nursery.cancel_scope.cancel()
     for worker in workers:
         if worker.error is not None:
@@ -198,47 +188,47 @@ async def _run_workers(config: LoadConfig, progress: ProgressCallback | None) ->
 
 
 async def _report_worker_progress(workers: list[_Worker], progress: ProgressCallback, warmup: float) -> None:
-    start = _now() + warmup  # "go" starts every worker's clock: the window opens after warm-up
+    start = _now() + warmup  # GO starts every worker's clock: the window opens after warm-up
     while True:
         await trio.sleep(PROGRESS_INTERVAL)
-        rt, errors, mismatches = (sum(w.progress[i] for w in workers) for i in range(3))
-        progress(Progress(_now() - start, rt, errors, mismatches))
+        latest = [worker.progress for worker in workers]
+        progress(
+            Progress(
+                _now() - start,
+                sum(p.round_trips for p in latest),
+                sum(p.errors for p in latest),
+                sum(p.mismatches for p in latest),
+            )
+        )
 
 
-def _emit(message: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
+# -- the worker's side ------------------------------------------------------------------
+
+
+def _tell_parent(message: object) -> None:
+    sys.stdout.write(encode(message).decode("ascii"))
     sys.stdout.flush()
 
 
 def worker_main() -> None:
     """Entry point of one worker process (see the module docstring for the protocol)."""
-    spec = json.loads(sys.stdin.readline())
+    share = decode(sys.stdin.readline())
+    assert isinstance(share, Share), share
     try:
-        trio.run(_worker, spec)
+        trio.run(_worker, share)
     except TLSEchoError as exc:
         # The parent says it once for all workers; a traceback per worker says nothing more.
-        _emit({"error": str(exc), "config": isinstance(exc, ConfigError)})
+        _tell_parent(exc)
         raise SystemExit(1) from None
 
 
-async def _worker(spec: Mapping[str, Any]) -> None:
-    config = _config_from_wire(spec["config"])
-    run = _Run(
-        config=config,
-        ssl_context=client_context(config.client),
-        target=_Target.from_wire(config, spec["target"]),
-        first_client=int(spec["first_client"]),
-        count=int(spec["count"]),
-        tickets=spec["tickets"],
-    )
-
+async def _worker(share: Share) -> None:
     async def wait_for_go() -> None:
-        _emit({"ready": True})
+        _tell_parent(Barrier.READY)
         # The parent answers once every worker is ready; EOF (a dead parent) also ends it.
         await trio.to_thread.run_sync(sys.stdin.readline)
 
-    def on_progress(p: Progress) -> None:
-        _emit({"progress": [p.round_trips, p.errors, p.mismatches]})
-
-    report = await _run_here(run, before_start=wait_for_go, progress=on_progress)
-    _emit({"report": report.to_wire()})
+    report = await run_here(
+        share, client_context(share.config.client), before_start=wait_for_go, progress=_tell_parent
+    )
+    _tell_parent(report)
