@@ -28,6 +28,7 @@ from trio_tlsecho._engines import SEND_PIECE, SSLSocketStream, TrioTLSStream, op
 from trio_tlsecho._engines._socket import _READABLE, _PublicIO
 from trio_tlsecho._tls import describe_tls_error
 
+from .processes import Lines
 from .tools import require_tool
 
 Kind = Literal["engine", "trio"]
@@ -865,35 +866,18 @@ async def test_key_update_from_openssl_s_client(pki: Path, server_ctx: ssl.SSLCo
         )
         assert process.stdin is not None
         assert process.stdout is not None
-        lines = _LineReader(process.stdout)
+        lines = Lines(process.stdout)
         try:
-            await lines.wait_for("Verify return code: 0")
+            assert await lines.await_line("Verify return code: 0")
             await process.stdin.send_all(b"hello\n")
-            await lines.wait_for("hello")
+            assert await lines.await_line("hello")
             await process.stdin.send_all(b"K\n")
-            await lines.wait_for("KEYUPDATE")  # on stderr: s_client has sent it
+            assert await lines.await_line("KEYUPDATE")  # on stderr: s_client has sent it
             await process.stdin.send_all(b"after the update\n")
-            await lines.wait_for("after the update")
+            assert await lines.await_line("after the update")
             await process.stdin.aclose()  # s_client sends close_notify and exits
             assert await process.wait() == 0
         finally:
             with trio.CancelScope(shield=True):
                 process.kill()
                 await process.wait()
-
-
-class _LineReader:
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self.stream = stream
-        self.buffer = b""
-
-    async def wait_for(self, text: str) -> None:
-        """Until a line containing *text* has been read; fails at EOF."""
-        while True:
-            while b"\n" in self.buffer:
-                line, self.buffer = self.buffer.split(b"\n", 1)
-                if text.encode() in line:
-                    return
-            chunk = await self.stream.receive_some()
-            assert chunk, f"s_client ended before printing {text!r}"
-            self.buffer += chunk

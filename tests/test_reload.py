@@ -7,8 +7,6 @@ import functools
 import shutil
 import signal
 import ssl
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -33,14 +31,9 @@ from trio_tlsecho import (
 from trio_tlsecho._server import _serve as _server
 from trio_tlsecho._tls import revoke
 
+from .logs import ServerLog
+from .processes import ServeProcess, run_cli
 from .test_tls import encrypt_key
-
-
-@pytest.fixture
-def certs(tmp_path: Path, pki: Path) -> Path:
-    """A private copy of the PKI: these tests revoke and replace files."""
-    shutil.copytree(pki, tmp_path / "certs")
-    return tmp_path / "certs"
 
 
 def _serial(pem: Path) -> int:
@@ -185,21 +178,21 @@ async def test_reload_swaps_certificates_for_new_connections_only(
 
 
 async def test_broken_reload_keeps_the_old_configuration(
-    nursery: trio.Nursery, certs: Path, caplog: pytest.LogCaptureFixture
+    nursery: trio.Nursery, certs: Path, log: ServerLog
 ) -> None:
     client = ClientConfig(tls=TLSFiles.from_dir(certs, "client"))
     address, reloads = await start_reloadable(nursery, certs)
     before = await echo_once(address, client, b"before")
     shutil.copy(certs / "client.key", certs / "server.key")  # a key that does not match
     await reloads.reload()
-    [line] = [r.getMessage() for r in caplog.records if "reload failed" in r.getMessage()]
+    [line] = log.messages("reload failed")
     assert line.startswith("reload failed, still using the previous certificates: private key")
     after = await echo_once(address, client, b"after")
     assert after.server.fingerprint_sha256 == before.server.fingerprint_sha256
 
 
 async def test_reload_with_an_encrypted_key_or_an_unforeseen_error_keeps_serving(
-    nursery: trio.Nursery, certs: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    nursery: trio.Nursery, certs: Path, log: ServerLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = ClientConfig(tls=TLSFiles.from_dir(certs, "client"))
     address, reloads = await start_reloadable(nursery, certs)
@@ -212,7 +205,7 @@ async def test_reload_with_an_encrypted_key_or_an_unforeseen_error_keeps_serving
 
     monkeypatch.setattr(_server, "server_context", unforeseen)
     await reloads.reload()
-    lines = [r.getMessage() for r in caplog.records if "reload failed" in r.getMessage()]
+    lines = log.messages("reload failed")
     assert len(lines) == 2
     assert "server.key is encrypted: give an unencrypted key" in lines[0]
     assert lines[1].endswith("previous certificates: RuntimeError: something no one thought of")
@@ -231,44 +224,26 @@ async def test_reload_picks_up_a_new_crl(nursery: trio.Nursery, certs: Path) -> 
 
 
 def test_sighup_reloads_and_revokes_via_cli(certs: Path, tmp_path: Path) -> None:
-    py = [sys.executable, "-m", "trio_tlsecho"]
-    proc = subprocess.Popen(
-        [*py, "serve", "--listen", "127.0.0.1:0", "--crl", "certs/crl.pem"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stderr is not None
-        address = proc.stdout.readline().split()[-1]
-        client = [
-            *py,
+    with ServeProcess("--listen", "127.0.0.1:0", "--crl", "certs/crl.pem", cwd=tmp_path) as server:
+        alice = (
             "client",
             "--connect",
-            address,
+            str(server.address),
             "--cert",
             "certs/alice.pem",
             "--key",
             "certs/alice.key",
-        ]
-        assert subprocess.run(client, cwd=tmp_path, capture_output=True, timeout=60).returncode == 0
-        revoked = subprocess.run(
-            [*py, "certs", "--revoke", "alice"], cwd=tmp_path, capture_output=True, text=True, timeout=60
         )
+        assert run_cli(*alice, cwd=tmp_path).returncode == 0
+        revoked = run_cli("certs", "--revoke", "alice", cwd=tmp_path)
         assert revoked.stdout == "revoked alice: wrote certs/crl.pem\n"
-        proc.send_signal(signal.SIGHUP)
-        for line in proc.stderr:  # ends at EOF if the server dies: then the assert below fails
-            if "reloaded certificate" in line:
-                break
-        refused = subprocess.run(client, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        server.signal(signal.SIGHUP)
+        assert server.stderr.wait_for("reloaded certificate")
+        refused = run_cli(*alice, cwd=tmp_path)
         assert refused.returncode == 1
         assert "revoked" in refused.stderr
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=15)
-    assert proc.returncode == 0
+        code, err = server.stop()
+    assert code == 0, err
 
 
 async def test_reload_ends_outstanding_session_tickets(nursery: trio.Nursery, certs: Path) -> None:
