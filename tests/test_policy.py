@@ -13,6 +13,7 @@ from trio_tlsecho import ClientConfig, ClientError, ConfigError, TLSFiles, echo_
 from trio_tlsecho._tls import AllowList, PeerIdentity
 
 from .conftest import Start, issue_with_uri
+from .logs import ServerLog
 
 
 def _identity(
@@ -114,7 +115,7 @@ async def test_server_refuses_identities_not_allowed(
     start: Start,
     pki: Path,
     client_config: ClientConfig,
-    caplog: pytest.LogCaptureFixture,
+    log: ServerLog,
     allow: AllowList | str,
 ) -> None:
     if allow == "fingerprint":
@@ -125,10 +126,9 @@ async def test_server_refuses_identities_not_allowed(
     assert (await echo_once(address, alice, b"alice here")).received == 10
     with pytest.raises(ClientError):
         await echo_once(address, client_config, b"client here")
-    refusals = [r for r in caplog.records if "refused: identity not allowed" in r.getMessage()]
-    assert len(refusals) == 1
-    assert refusals[0].levelno == logging.WARNING
-    assert "subject=O=trio_tlsecho development PKI,OU=client,CN=client" in refusals[0].getMessage()
+    [refusal] = log.find("refused: identity not allowed")
+    assert refusal.levelno == logging.WARNING
+    assert "subject=O=trio_tlsecho development PKI,OU=client,CN=client" in refusal.getMessage()
     assert (await echo_once(address, alice, b"alice again")).received == 11
 
 

@@ -33,6 +33,7 @@ from trio_tlsecho._net import bind_reuse_port
 from trio_tlsecho._tls import IdentityCache
 
 from .conftest import Start, ipv6_loopback_available, issue_client, start_server
+from .logs import ServerLog
 
 NOW = dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
@@ -245,11 +246,10 @@ def test_identity_cache_is_bounded_and_keeps_the_recently_presented() -> None:
 
 
 async def test_connection_log_line_has_the_details(
-    server: Address, client_config: ClientConfig, caplog: pytest.LogCaptureFixture
+    server: Address, client_config: ClientConfig, log: ServerLog
 ) -> None:
-    caplog.set_level(logging.INFO, logger="trio_tlsecho")
     await echo_once(server, client_config, b"x")
-    [line] = [r.getMessage() for r in caplog.records if "connected TLS" in r.getMessage()]
+    [line] = log.messages("connected TLS")
     assert "TLSv1.3 TLS_" in line
     assert "subject=O=trio_tlsecho development PKI,OU=client,CN=client" in line
     assert "issuer=O=trio_tlsecho development PKI,OU=development CA" in line
@@ -258,9 +258,8 @@ async def test_connection_log_line_has_the_details(
 
 
 async def test_client_count_in_log_tracks_open_connections(
-    server: Address, client_config: ClientConfig, caplog: pytest.LogCaptureFixture
+    server: Address, client_config: ClientConfig, log: ServerLog
 ) -> None:
-    caplog.set_level(logging.INFO, logger="trio_tlsecho")
     first = await open_client(server, client_config)
     await first.send_all(b"a")
     await first.receive_some(10)  # the server has logged the connection by now
@@ -269,7 +268,7 @@ async def test_client_count_in_log_tracks_open_connections(
     await second.receive_some(10)
     await first.aclose()
     await second.aclose()
-    counts = [r.getMessage().rsplit(";", 1)[1] for r in caplog.records if "connected TLS" in r.getMessage()]
+    counts = [line.rsplit(";", 1)[1] for line in log.messages("connected TLS")]
     assert counts == [" 1 client connected", " 2 clients connected"]
 
 
@@ -317,20 +316,14 @@ async def test_cancelling_the_nursery_stops_the_server(
 
 
 async def test_connect_and_close_is_not_a_warning(
-    server: Address, client_config: ClientConfig, caplog: pytest.LogCaptureFixture
+    server: Address, client_config: ClientConfig, log: ServerLog
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="trio_tlsecho")
-
-    def probes() -> list[logging.LogRecord]:
-        return [r for r in caplog.records if "closed before sending anything" in r.getMessage()]
-
+    log.set_level(logging.DEBUG)
     # What a load balancer's TCP health check or a port scan looks like.
     probe = await trio.open_tcp_stream(server.host, server.port)
     await probe.aclose()
-    with trio.fail_after(10):
-        while not probes():
-            await trio.testing.wait_all_tasks_blocked()
-    assert [r.levelno for r in probes()] == [logging.DEBUG]
+    await log.wait_for("closed before sending anything")
+    assert [r.levelno for r in log.find("closed before sending anything")] == [logging.DEBUG]
     await _assert_still_serves(server, client_config)
 
 
