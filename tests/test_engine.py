@@ -28,6 +28,7 @@ from trio_tlsecho._engines import SEND_PIECE, SSLSocketStream, TrioTLSStream, op
 from trio_tlsecho._engines._socket import _READABLE, _PublicIO
 from trio_tlsecho._tls import describe_tls_error
 
+from .conftest import receive_until
 from .processes import Lines
 from .tools import require_tool
 
@@ -312,19 +313,16 @@ async def test_8_mib_both_ways_at_once(
     c, s = await tls_pair(server_ctx, client_ctx, client=client, server=server)
     to_server = random.Random(1).randbytes(8 * MiB)
     to_client = random.Random(2).randbytes(8 * MiB)
-    got: dict[str, bytearray] = {"c": bytearray(), "s": bytearray()}
+    got: dict[str, bytes] = {}
 
-    async def receive(stream: AnyStream, into: bytearray, size: int) -> None:
-        while len(into) < size:
-            chunk = await stream.receive_some()
-            assert chunk
-            into += chunk
+    async def receive(side: str, stream: AnyStream, size: int) -> None:
+        got[side] = await receive_until(stream, size)
 
     async with c, s, trio.open_nursery() as nursery:
         nursery.start_soon(c.send_all, to_server)
         nursery.start_soon(s.send_all, to_client)
-        nursery.start_soon(receive, c, got["c"], len(to_client))
-        nursery.start_soon(receive, s, got["s"], len(to_server))
+        nursery.start_soon(receive, "c", c, len(to_client))
+        nursery.start_soon(receive, "s", s, len(to_server))
     assert got["s"] == to_server
     assert got["c"] == to_client
 
@@ -443,7 +441,7 @@ async def test_large_echo(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
     """An echo server on the engine, an 8 MiB message sent while its echo comes back."""
     c, s = await engine_pair(server_ctx, client_ctx)
     payload = random.Random(3).randbytes(8 * MiB)
-    echoed = bytearray()
+    echoed = b""
 
     async def echo() -> None:
         while data := await s.receive_some(65536):
@@ -451,10 +449,10 @@ async def test_large_echo(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
         await s.aclose()
 
     async def client_side() -> None:
+        nonlocal echoed
         async with trio.open_nursery() as nursery:
             nursery.start_soon(c.send_all, payload)
-            while len(echoed) < len(payload):
-                echoed.extend(await c.receive_some())
+            echoed = await receive_until(c, len(payload))
         await c.aclose()
 
     async with trio.open_nursery() as nursery:

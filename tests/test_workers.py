@@ -21,6 +21,7 @@ from trio_tlsecho import Address, ClientConfig, ServerConfig, ServerMetrics, TLS
 from trio_tlsecho._net import bind_reuse_port, open_reuse_port_listeners
 from trio_tlsecho._process import _workers
 
+from .conftest import receive_until
 from .logs import ServerLog, error_line
 from .processes import ServeProcess, run_cli
 
@@ -115,10 +116,7 @@ def test_sigterm_drains_and_sighup_reaches_every_worker(
                 nursery.start_soon(stream.send_all, payload)
                 got += await stream.receive_some(65536)
                 sup.signal(signal.SIGTERM)  # mid-echo
-                while len(got) < len(payload):
-                    chunk = await stream.receive_some(65536)
-                    assert chunk
-                    got += chunk
+                got += await receive_until(stream, len(payload) - len(got))
             assert got == payload
             await stream.aclose()
 
