@@ -39,7 +39,7 @@ from trio_tlsecho import (
     serve,
 )
 
-from .conftest import Start, assert_fds_settle, open_fds, receive_until, start_server
+from .conftest import Start, assert_fds_settle, open_fds, receive_until
 from .logs import PACKAGE, ServerLog
 
 #: Bounds a broken build's hang, never a measurement (virtual seconds under autojump_clock).
@@ -260,14 +260,10 @@ async def test_client_hello_cut_in_half_then_close(
 
 
 async def test_slowloris_is_dropped_at_the_handshake_deadline(
-    nursery: trio.Nursery,
-    server_config: ServerConfig,
-    client_config: ClientConfig,
-    log: ServerLog,
-    autojump_clock: trio.testing.MockClock,
+    start: Start, client_config: ClientConfig, log: ServerLog, autojump_clock: MockClock
 ) -> None:
     timeout = 5
-    [address] = await start_server(nursery, server_config, handshake_timeout=timeout)
+    [address] = await start(handshake_timeout=timeout)
     hello = real_client_hello(client_config)
     sent = 0
     async with good_client(address, client_config) as good:
@@ -410,11 +406,18 @@ def _set_reset_on_close(stream: trio.SSLStream[trio.SocketStream]) -> None:
     reset_on_close(stream.transport_stream.socket)
 
 
-#: What the server logs about a peer that reset: the reset, or our write meeting it.
-RESET_LINES = (
-    "connection lost: connection reset by peer",
-    "connection lost: connection closed by peer (broken pipe)",
-)
+async def assert_lost_to_a_reset(log: ServerLog, port: int, bystander: GoodClient) -> None:
+    """The verified peer at *port* reset: the server logs its connection, then its loss (the
+    reset, or our write meeting it), and nothing else; the bystander is still served."""
+    await log.wait_for("connection lost", about=port)
+    await bystander.still_served()
+    connected, lost = log.about(port)
+    assert connected.startswith("connected TLSv1.3")
+    assert lost in (
+        "connection lost: connection reset by peer",
+        "connection lost: connection closed by peer (broken pipe)",
+    )
+    assert not log.problems()
 
 
 async def test_peer_that_resets_mid_echo(
@@ -430,12 +433,7 @@ async def test_peer_that_resets_mid_echo(
     assert first == payload[: len(first)]
     _set_reset_on_close(rude)
     await trio.aclose_forcefully(rude)  # ...and the peer resets, most of it unread
-    await log.wait_for("connection lost", about=port)
-    await bystander.still_served()
-    connected, lost = log.about(port)
-    assert connected.startswith("connected TLSv1.3")
-    assert lost in RESET_LINES
-    assert not log.problems()
+    await assert_lost_to_a_reset(log, port, bystander)
 
 
 class BareTLSClient:
@@ -552,12 +550,7 @@ async def test_peer_that_resets_right_after_full_records(
         rude.send_now(os.urandom(2 * 16384))
     finally:
         rude.reset()
-    await log.wait_for("connection lost", about=port)
-    await bystander.still_served()
-    connected, lost = log.about(port)
-    assert connected.startswith("connected TLSv1.3")
-    assert lost in RESET_LINES
-    assert not log.problems()
+    await assert_lost_to_a_reset(log, port, bystander)
 
 
 async def test_peer_that_half_closes_still_gets_its_echo(
