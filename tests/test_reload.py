@@ -9,6 +9,7 @@ import signal
 import ssl
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -20,6 +21,7 @@ from trio_tlsecho import (
     CertificateError,
     ClientConfig,
     ClientError,
+    EchoResult,
     ServerConfig,
     ServerMetrics,
     TLSFiles,
@@ -149,13 +151,31 @@ async def start_reloadable(nursery: trio.Nursery, certs: Path, **kw: object) -> 
     return address, reloads
 
 
-async def test_reload_swaps_certificates_for_new_connections_only(
-    nursery: trio.Nursery, certs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    client = ClientConfig(tls=TLSFiles.from_dir(certs, "client"))
+@attrs.frozen
+class Reloadable:
+    """A server on ``certs``, the trigger that reloads it, and the client of ``certs``."""
+
+    address: Address
+    reloads: Reloads
+    client: ClientConfig
+
+    async def echo(self, data: bytes) -> EchoResult:
+        """*data* echoed for the client, on a new connection."""
+        return await echo_once(self.address, self.client, data)
+
+
+@pytest.fixture
+async def reloadable(nursery: trio.Nursery, certs: Path) -> Reloadable:
+    """A server on ``certs`` in the test's nursery, whose reloads the test triggers."""
     address, reloads = await start_reloadable(nursery, certs)
-    before = await echo_once(address, client, b"before")
-    steady = await open_client(address, client)
+    return Reloadable(address, reloads, ClientConfig(tls=TLSFiles.from_dir(certs, "client")))
+
+
+async def test_reload_swaps_certificates_for_new_connections_only(
+    reloadable: Reloadable, certs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = await reloadable.echo(b"before")
+    steady = await open_client(reloadable.address, reloadable.client)
 
     # A new server certificate from the same CA, written where the server reads it.
     fresh = tmp_path / "fresh"
@@ -163,13 +183,13 @@ async def test_reload_swaps_certificates_for_new_connections_only(
     shutil.copy(fresh / "server.pem", certs / "server.pem")
     shutil.copy(fresh / "server.key", certs / "server.key")
     (certs / "ca.pem").write_bytes((certs / "ca.pem").read_bytes() + (fresh / "ca.pem").read_bytes())
-    await reloads.reload()
+    await reloadable.reloads.reload()
     assert "reloaded certificate, key, CA for new connections" in caplog.text
 
     new_client = ClientConfig(
         tls=TLSFiles(cert=certs / "client.pem", key=certs / "client.key", ca=fresh / "ca.pem")
     )
-    after = await echo_once(address, new_client, b"after")
+    after = await echo_once(reloadable.address, new_client, b"after")
     assert after.server.fingerprint_sha256 != before.server.fingerprint_sha256
     # The connection made before the reload goes on with what it had.
     await steady.send_all(b"still")
@@ -178,38 +198,34 @@ async def test_reload_swaps_certificates_for_new_connections_only(
 
 
 async def test_broken_reload_keeps_the_old_configuration(
-    nursery: trio.Nursery, certs: Path, log: ServerLog
+    reloadable: Reloadable, certs: Path, log: ServerLog
 ) -> None:
-    client = ClientConfig(tls=TLSFiles.from_dir(certs, "client"))
-    address, reloads = await start_reloadable(nursery, certs)
-    before = await echo_once(address, client, b"before")
+    before = await reloadable.echo(b"before")
     shutil.copy(certs / "client.key", certs / "server.key")  # a key that does not match
-    await reloads.reload()
+    await reloadable.reloads.reload()
     [line] = log.messages("reload failed")
     assert line.startswith("reload failed, still using the previous certificates: private key")
-    after = await echo_once(address, client, b"after")
+    after = await reloadable.echo(b"after")
     assert after.server.fingerprint_sha256 == before.server.fingerprint_sha256
 
 
 async def test_reload_with_an_encrypted_key_or_an_unforeseen_error_keeps_serving(
-    nursery: trio.Nursery, certs: Path, log: ServerLog, monkeypatch: pytest.MonkeyPatch
+    reloadable: Reloadable, certs: Path, log: ServerLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client = ClientConfig(tls=TLSFiles.from_dir(certs, "client"))
-    address, reloads = await start_reloadable(nursery, certs)
-    before = await echo_once(address, client, b"before")
+    before = await reloadable.echo(b"before")
     encrypt_key(certs / "server.key")
-    await reloads.reload()
+    await reloadable.reloads.reload()
 
     def unforeseen(config: ServerConfig) -> ssl.SSLContext:
         raise RuntimeError("something no one thought of")
 
     monkeypatch.setattr(_server, "server_context", unforeseen)
-    await reloads.reload()
+    await reloadable.reloads.reload()
     lines = log.messages("reload failed")
     assert len(lines) == 2
     assert "server.key is encrypted: give an unencrypted key" in lines[0]
     assert lines[1].endswith("previous certificates: RuntimeError: something no one thought of")
-    after = await echo_once(address, client, b"after")
+    after = await reloadable.echo(b"after")
     assert after.server.fingerprint_sha256 == before.server.fingerprint_sha256
 
 
