@@ -15,7 +15,7 @@ import socket
 import ssl
 import struct
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -464,15 +464,26 @@ async def test_large_echo(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
 # ---------------------------------------------------------------- ends of a stream
 
 
+async def after_last_words(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, *, polite: bool, **kinds: Kind
+) -> AnyStream:
+    """The server side of a pair whose client sent its last words and closed, with
+    close_notify if *polite* (else forcefully: a TCP FIN alone); the words already read."""
+    c, s = await tls_pair(server_ctx, client_ctx, **kinds)
+    await c.send_all(b"last words")
+    if polite:
+        await c.aclose()
+    else:
+        await trio.aclose_forcefully(c)
+    assert await s.receive_some() == b"last words"
+    return s
+
+
 @pytest.mark.parametrize("client", ["engine", "trio"])
 async def test_close_notify_is_eof(
     server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, client: Kind
 ) -> None:
-    c, s = await tls_pair(server_ctx, client_ctx, client=client)
-    async with s:
-        await c.send_all(b"last words")
-        await c.aclose()
-        assert await s.receive_some() == b"last words"
+    async with await after_last_words(server_ctx, client_ctx, polite=True, client=client) as s:
         assert await s.receive_some() == b""
         with trio.testing.assert_checkpoints():
             assert await s.receive_some() == b""  # and stays at EOF
@@ -483,11 +494,7 @@ async def test_ragged_eof_is_broken(
     server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, server: Kind
 ) -> None:
     """A TCP FIN without close_notify (our forceful close) is a broken stream, not EOF."""
-    c, s = await tls_pair(server_ctx, client_ctx, server=server)
-    async with s:
-        await c.send_all(b"cut")
-        await trio.aclose_forcefully(c)
-        assert await s.receive_some() == b"cut"
+    async with await after_last_words(server_ctx, client_ctx, polite=False, server=server) as s:
         with pytest.raises(trio.BrokenResourceError) as info:
             await s.receive_some()
         assert any(isinstance(e, ssl.SSLError) and "EOF" in str(e) for e in causes(info.value))
@@ -655,49 +662,50 @@ def clog(stream: SSLSocketStream) -> None:
     raise AssertionError("the socket never filled up")
 
 
-async def test_clogged_waiter(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None:
+@pytest.fixture
+async def clogged(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> AsyncIterator[tuple[SSLSocketStream, SSLSocketStream]]:
+    """(client, server) engine streams, the server's socket full (see clog); closed after the test."""
+    c, s = await engine_pair(server_ctx, client_ctx, bufsize=65536)
+    async with c, s:
+        clog(s)
+        yield c, s
+
+
+async def closed_under(op: Callable[[], Awaitable[object]]) -> None:
+    """Run *op*, which must end with ClosedResourceError (its stream closed while it waited)."""
+    with pytest.raises(trio.ClosedResourceError):
+        await op()
+
+
+async def test_clogged_waiter(clogged: tuple[SSLSocketStream, SSLSocketStream]) -> None:
     """A waiter really waits, a concurrent sender is busy, and closing wakes the waiter."""
-    c, s = await engine_pair(server_ctx, client_ctx, bufsize=65536)
-    async with c, s:
-        clog(s)
-
-        async def waiter() -> None:
-            with pytest.raises(trio.ClosedResourceError):
-                await s.wait_send_all_might_not_block()
-
-        async with trio.open_nursery() as nursery:
-            await _blocked(waiter, nursery)
-            with pytest.raises(trio.BusyResourceError):
-                await s.send_all(b"x")
-            with pytest.raises(trio.BusyResourceError):
-                await s.wait_send_all_might_not_block()
-            await trio.aclose_forcefully(s)
+    _, s = clogged
+    async with trio.open_nursery() as nursery:
+        await _blocked(lambda: closed_under(s.wait_send_all_might_not_block), nursery)
+        with pytest.raises(trio.BusyResourceError):
+            await s.send_all(b"x")
+        with pytest.raises(trio.BusyResourceError):
+            await s.wait_send_all_might_not_block()
+        await trio.aclose_forcefully(s)
 
 
-async def test_clogged_sender_woken_by_close(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None:
-    c, s = await engine_pair(server_ctx, client_ctx, bufsize=65536)
-    async with c, s:
-        clog(s)
-
-        async def sender() -> None:
-            with pytest.raises(trio.ClosedResourceError):
-                await s.send_all(b"xyzzy")
-
-        async with trio.open_nursery() as nursery:
-            await _blocked(sender, nursery)
-            await s.aclose()  # not polite: a send is half way, so no close_notify
+async def test_clogged_sender_woken_by_close(clogged: tuple[SSLSocketStream, SSLSocketStream]) -> None:
+    _, s = clogged
+    async with trio.open_nursery() as nursery:
+        await _blocked(lambda: closed_under(lambda: s.send_all(b"xyzzy")), nursery)
+        await s.aclose()  # not polite: a send is half way, so no close_notify
 
 
 async def test_clogged_waiter_returns_when_the_peer_goes(
-    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+    clogged: tuple[SSLSocketStream, SSLSocketStream],
 ) -> None:
-    c, s = await engine_pair(server_ctx, client_ctx, bufsize=65536)
-    async with s:
-        clog(s)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(s.wait_send_all_might_not_block)
-            await trio.testing.wait_all_tasks_blocked()
-            await trio.aclose_forcefully(c)  # unread data: the kernel resets, we become writable
+    c, s = clogged
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(s.wait_send_all_might_not_block)
+        await trio.testing.wait_all_tasks_blocked()
+        await trio.aclose_forcefully(c)  # unread data: the kernel resets, we become writable
 
 
 async def test_two_tasks_waiting_for_the_same_direction(
