@@ -74,44 +74,44 @@ async def test_rejects_client_without_certificate(
     assert "handshake failed: peer did not present a client certificate" in caplog.text
 
 
-async def test_rejects_certificate_from_another_ca(
-    server: Address, client_config: ClientConfig, pki: Path, other_pki: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    stranger = ClientConfig(
-        tls=TLSFiles(cert=other_pki / "client.pem", key=other_pki / "client.key", ca=pki / "ca.pem")
-    )
-    with pytest.raises(ClientError, match="unknown CA"):
-        await echo_once(server, stranger, b"let me in")
-    await _assert_still_serves(server, client_config)
-    assert "certificate verify failed: not issued by a trusted CA" in caplog.text
+def _from_another_ca(pki: Path, other_pki: Path, tmp_path: Path) -> TLSFiles:
+    return TLSFiles(cert=other_pki / "client.pem", key=other_pki / "client.key", ca=pki / "ca.pem")
 
 
-async def test_rejects_expired_certificate(
-    server: Address, client_config: ClientConfig, pki: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    expired = issue_client(
-        pki, tmp_path, "expired", not_before=NOW - dt.timedelta(days=30), not_after=NOW - dt.timedelta(days=1)
-    )
-    with pytest.raises(ClientError, match="expired"):
-        await echo_once(server, ClientConfig(tls=expired), b"let me in")
-    await _assert_still_serves(server, client_config)
-    assert "certificate verify failed: expired" in caplog.text
+def _expired(pki: Path, other_pki: Path, tmp_path: Path) -> TLSFiles:
+    ended = NOW - dt.timedelta(days=1)
+    return issue_client(pki, tmp_path, "expired", not_before=NOW - dt.timedelta(days=30), not_after=ended)
 
 
-async def test_rejects_not_yet_valid_certificate(
+def _not_yet_valid(pki: Path, other_pki: Path, tmp_path: Path) -> TLSFiles:
+    begins = NOW + dt.timedelta(days=1)
+    return issue_client(pki, tmp_path, "early", not_before=begins, not_after=NOW + dt.timedelta(days=30))
+
+
+@pytest.mark.parametrize(
+    ("certificate", "client_error", "logged"),
+    [
+        pytest.param(_from_another_ca, "unknown CA", "not issued by a trusted CA", id="another-ca"),
+        pytest.param(_expired, "expired", "expired", id="expired"),
+        pytest.param(_not_yet_valid, r"bad certificate|rejected", "not yet valid", id="not-yet-valid"),
+    ],
+)
+async def test_rejects_a_certificate_it_cannot_verify(
     server: Address,
     client_config: ClientConfig,
     pki: Path,
+    other_pki: Path,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    certificate: Callable[[Path, Path, Path], TLSFiles],
+    client_error: str,
+    logged: str,
 ) -> None:
-    early = issue_client(
-        pki, tmp_path, "early", not_before=NOW + dt.timedelta(days=1), not_after=NOW + dt.timedelta(days=30)
-    )
-    with pytest.raises(ClientError, match=r"bad certificate|rejected"):
-        await echo_once(server, ClientConfig(tls=early), b"let me in")
+    refused = ClientConfig(tls=certificate(pki, other_pki, tmp_path))
+    with pytest.raises(ClientError, match=client_error):
+        await echo_once(server, refused, b"let me in")
     await _assert_still_serves(server, client_config)
-    assert "certificate verify failed: not yet valid" in caplog.text
+    assert f"certificate verify failed: {logged}" in caplog.text
 
 
 async def test_rejects_plain_text_and_keeps_serving(
