@@ -410,3 +410,20 @@ async def test_a_handler_group_logs_its_errors_and_lets_the_rest_go_on(
     assert info.group_contains(SystemExit, depth=None)
     assert not info.group_contains(ValueError, depth=None)
     assert "handler error: ValueError: child bug" in caplog.text
+
+
+async def test_keylog_writes_secrets_and_warns(
+    start: Start, client_config: ClientConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    keylog = tmp_path / "keys.log"
+    [address] = await start(keylog=keylog)
+    await echo_once(address, client_config, b"secret")
+    labels = {
+        line.split()[0] for line in keylog.read_text().splitlines() if line and not line.startswith("#")
+    }
+    assert {"CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0"} <= labels
+    assert f"writing TLS session secrets to {keylog}" in caplog.text
+
+
+def test_keylog_off_by_default(server_config: ServerConfig) -> None:
+    assert server_config.keylog is None

@@ -1,4 +1,4 @@
-"""Graceful shutdown, and the key log."""
+"""Graceful shutdown: listeners close at once, connections get their grace, then are cancelled."""
 
 from __future__ import annotations
 
@@ -139,25 +139,3 @@ def test_sigterm_lets_echoes_in_flight_finish(
     assert "SIGTERM received, shutting down" in err
     assert "1 open connection gets 10s to finish" in err
     assert "Traceback" not in err
-
-
-async def test_keylog_writes_secrets_and_warns(
-    nursery: trio.Nursery,
-    server_config: ServerConfig,
-    client_config: ClientConfig,
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    keylog = tmp_path / "keys.log"
-    config = attrs.evolve(server_config, keylog=keylog)
-    [address] = await nursery.start(serve, config)
-    await echo_once(address, client_config, b"secret")
-    labels = {
-        line.split()[0] for line in keylog.read_text().splitlines() if line and not line.startswith("#")
-    }
-    assert {"CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0"} <= labels
-    assert f"writing TLS session secrets to {keylog}" in caplog.text
-
-
-def test_keylog_off_by_default(server_config: ServerConfig) -> None:
-    assert server_config.keylog is None

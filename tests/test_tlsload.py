@@ -34,7 +34,7 @@ from trio_tlsecho import (
 
 from .conftest import Start
 from .processes import Lines
-from .test_wire import start_recording_proxy
+from .test_no_plaintext_on_the_wire import start_recording_proxy
 from .tools import missing, require_tool
 
 SOURCE = Path(__file__).resolve().parent.parent / "benchmarks" / "tlsload.c"
@@ -271,7 +271,7 @@ async def test_sends_its_own_certificate_not_the_ca(tlsload: Path, pki: Path, nu
     """As Go's client does; an OpenSSL client left to itself (ours, the control) adds the CA.
 
     Over TLS 1.2, where the client's certificate crosses the wire in clear, through
-    test_wire's recording proxy.
+    the recording proxy of test_no_plaintext_on_the_wire.
     """
     ctx = server_context(ServerConfig(tls=TLSFiles.from_dir(pki, "server")))
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2

@@ -1,4 +1,4 @@
-"""What the wire carries: a recording TCP proxy between client and server.
+"""No plaintext crosses the network: a recording TCP proxy between client and server.
 
 The same proxy is used twice: in front of our mTLS echo server, where a known
 plaintext must never show up in the recorded bytes in either direction, and in

@@ -1,4 +1,5 @@
-"""The SSLSocket engine: trio's generic stream checks, then the TLS edge cases one by one.
+"""The socket engine (``_engines/_socket.py``, SSLSocketStream): trio's generic stream
+checks, then the TLS edge cases one by one, some beside trio's SSLStream (the trio engine).
 
 Every pair is a real loopback TCP connection with the test PKI's contexts; a
 relay between the two sides splits TLS records where a test needs a partial one.
