@@ -292,31 +292,90 @@ async def load_with_server_cpu(server: Server, config: LoadConfig) -> tuple[Load
     return report, interpolate(samples, end) - interpolate(samples, begin)
 
 
-def run_workload(
+class RunCost:
+    """The CPU one workload run costs, counted from when this is made (just before the load)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.start = time.monotonic()
+        self.server_cpu, self.own_cpu = server.cpu_seconds(), own_cpu_seconds()
+        self.busy = machine_busy_seconds()
+
+    def shares(self, end: float) -> dict[str, float]:
+        """Check that the server survived the run that ended at *end*; the busy fraction of
+        one CPU over the run (warm-up and connecting included) of the server, of the load
+        generator (with its reaped children) and of whatever else ran."""
+        wall = end - self.start
+        self.server.check()
+        server_cpu = self.server.cpu_seconds() - self.server_cpu
+        own_cpu = own_cpu_seconds() - self.own_cpu
+        # Whatever else ran meanwhile (another test suite, a build): a run it disturbed is suspect.
+        other = max(machine_busy_seconds() - self.busy - server_cpu - own_cpu, 0.0)
+        return {
+            "server_cpu": round(server_cpu / wall, 3),
+            "loadgen_cpu": round(own_cpu / wall, 3),
+            "other_cpu": round(other / wall, 3),
+        }
+
+
+def workload_result(
     server: Server,
     workload: Workload,
-    client: ClientConfig,
-    args: argparse.Namespace,
-    rate: float | None = None,
+    rate: float | None,
+    value: float,
+    per_second: float,
+    seconds: float,
+    window_cpu: float | None,
+    shares: dict[str, float],
+    report: dict[str, Any],
 ) -> dict[str, Any]:
+    """One run's row: its *value* for the table, and *per_second* (round trips or MB)
+    over the *seconds* measured against the server's CPU seconds in that window."""
+    efficiency = None
+    if window_cpu is not None and window_cpu > 0:
+        efficiency = round(per_second * seconds / window_cpu, 1)
+    return {
+        "server": server.name,
+        "workload": workload.name,
+        "value": value,
+        "rate": rate,
+        "efficiency": efficiency,
+        # Busy fraction of one CPU in the measured window: near 1.0 means the server was
+        # the bottleneck.
+        "server_cpu_window": round(window_cpu / seconds, 3) if window_cpu and seconds else None,
+        **shares,
+        "report": report,
+    }
+
+
+@dataclass(frozen=True)
+class LoadGenerators:
+    """What drives the workloads: our load generator as *client*, or tlsload (the binary,
+    if it could be built) as *pki*'s client; and the command line (durations, workers)."""
+
+    args: argparse.Namespace
+    pki: Path
+    client: ClientConfig
+    tlsload: Path | None
+
+
+def run_workload(
+    load: LoadGenerators, server: Server, workload: Workload, rate: float | None = None
+) -> dict[str, Any]:
+    """(a)/(b)/(c)/(e): one run of our load generator, with the server's CPU in its window."""
+    args = load.args
     config = LoadConfig(
         address=server.address,
-        client=client,
+        client=load.client,
         duration=args.duration,
         warmup=args.warmup,
         workers=args.workers,
         rate=rate,
         **workload.config,
     )
-    server_cpu, own_cpu, wall = server.cpu_seconds(), own_cpu_seconds(), time.monotonic()
-    busy = machine_busy_seconds()
+    cost = RunCost(server)
     report, window_cpu = trio.run(load_with_server_cpu, server, config)
-    wall = time.monotonic() - wall
-    server.check()
-    server_cpu = server.cpu_seconds() - server_cpu
-    own_cpu = own_cpu_seconds() - own_cpu
-    # Whatever else ran meanwhile (another test suite, a build): a run it disturbed is suspect.
-    other = max(machine_busy_seconds() - busy - server_cpu - own_cpu, 0.0)
+    shares = cost.shares(time.monotonic())
     summary = report.to_json()
     value = {
         "a": summary["round_trips_per_sec"],
@@ -327,23 +386,10 @@ def run_workload(
     # Rounds trips (a, c, e: one handshake per round trip in c) or MB (b) per server CPU-second,
     # both counted over the measured window only.
     done = summary["mb_per_sec"] if workload.name == "b" else summary["round_trips_per_sec"]
-    efficiency = None
-    if window_cpu is not None and window_cpu > 0:
-        efficiency = round(done * report.seconds / window_cpu, 1)
     return {
-        "server": server.name,
-        "workload": workload.name,
-        "value": value[workload.name],
-        "rate": rate,
-        "efficiency": efficiency,
-        # Busy fraction of one CPU in the measured window: near 1.0 means the server was
-        # the bottleneck.
-        "server_cpu_window": round(window_cpu / report.seconds, 3) if window_cpu and report.seconds else None,
-        # Busy fraction of one CPU over the run (warm-up and connecting included).
-        "server_cpu": round(server_cpu / wall, 3),
-        "loadgen_cpu": round(own_cpu / wall, 3),
-        "other_cpu": round(other / wall, 3),
-        "report": summary,
+        **workload_result(
+            server, workload, rate, value[workload.name], done, report.seconds, window_cpu, shares, summary
+        ),
         "_report": report,
     }
 
@@ -444,24 +490,21 @@ def build_tlsload(out_dir: Path, log: Callable[..., None]) -> Path | None:
 
 
 def run_c_workload(
-    server: Server,
-    workload: Workload,
-    binary: Path,
-    pki: Path,
-    args: argparse.Namespace,
-    rate: float | None = None,
+    load: LoadGenerators, server: Server, workload: Workload, rate: float | None = None
 ) -> dict[str, Any]:
     """(a*)/(b*)/(e*): one run of the C load generator, with the server's CPU in its window."""
+    args = load.args
+    assert load.tlsload is not None
     command = tlsload_command(
-        binary, server, pki, "--clients", str(workload.config["clients"]), "--size", workload.config["size"],
+        load.tlsload, server, load.pki,
+        "--clients", str(workload.config["clients"]), "--size", workload.config["size"],
         "--duration", str(args.duration), "--warmup", str(args.warmup),
         *(("--rate", str(rate)) if rate is not None else ()),
     )  # fmt: skip
-    server_cpu, own_cpu, wall = server.cpu_seconds(), own_cpu_seconds(), time.monotonic()
-    busy = machine_busy_seconds()
+    cost = RunCost(server)
     samples: list[tuple[float, float]] = []
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
-        deadline = wall + args.warmup + args.duration + START_TIMEOUT
+        deadline = cost.start + args.warmup + args.duration + START_TIMEOUT
         while time.monotonic() < deadline:
             samples.append((time.monotonic(), server.cpu_seconds()))
             # Waiting on the process, not sleeping: *end* below is then its exit to
@@ -474,11 +517,7 @@ def run_c_workload(
         end = time.monotonic()
         samples.append((end, server.cpu_seconds()))
         out, err = proc.communicate()
-    wall = end - wall
-    server.check()
-    server_cpu = server.cpu_seconds() - server_cpu
-    own_cpu = own_cpu_seconds() - own_cpu  # tlsload, reaped: in RUSAGE_CHILDREN
-    other = max(machine_busy_seconds() - busy - server_cpu - own_cpu, 0.0)
+    shares = cost.shares(end)  # the load generator's share is tlsload's, reaped: in RUSAGE_CHILDREN
     try:
         summary: dict[str, Any] = json.loads(out)
     except ValueError:
@@ -490,19 +529,7 @@ def run_c_workload(
     window_cpu = interpolate(samples, end) - interpolate(samples, end - seconds) if seconds else None
     done = summary["mb_per_sec"] if workload.name == "b*" else summary["round_trips_per_sec"]
     value = summary["latency_us"]["p99"] if workload.name == "e*" else done
-    efficiency = round(done * seconds / window_cpu, 1) if window_cpu else None
-    return {
-        "server": server.name,
-        "workload": workload.name,
-        "value": value,
-        "rate": rate,
-        "efficiency": efficiency,
-        "server_cpu_window": round(window_cpu / seconds, 3) if window_cpu and seconds else None,
-        "server_cpu": round(server_cpu / wall, 3),
-        "loadgen_cpu": round(own_cpu / wall, 3),
-        "other_cpu": round(other / wall, 3),
-        "report": summary,
-    }
+    return workload_result(server, workload, rate, value, done, seconds, window_cpu, shares, summary)
 
 
 def median(runs: list[dict[str, Any]], server: str, workload: str, key: str = "value") -> float | None:
@@ -674,9 +701,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def one_run(server: Server, workload: Workload, rate: float | None) -> dict[str, Any]:
         if workload in (*C_WORKLOADS, OPEN_LOOP_C):
-            assert tlsload is not None
-            return run_c_workload(server, workload, tlsload, pki, args, rate)
-        return run_workload(server, workload, client, args, rate)
+            return run_c_workload(load, server, workload, rate)
+        return run_workload(load, server, workload, rate)
 
     def measure(server: Server, workload: Workload, rate: float | None = None) -> dict[str, Any]:
         wait_for_quiet(args.max_other_cpu, args.quiet_wait, log)
@@ -694,6 +720,7 @@ def main(argv: list[str] | None = None) -> int:
         make_dev_pki(pki)
         client = ClientConfig(tls=TLSFiles.from_dir(pki, "client"))
         tlsload = None if args.no_c_loadgen else build_tlsload(Path(tmp), log)
+        load = LoadGenerators(args, pki, client, tlsload)
         workloads = WORKLOADS + (C_WORKLOADS if tlsload is not None else ())
         with running_servers(pki, Path(tmp), server_cpus) as servers:
             for rep in range(args.repeat):

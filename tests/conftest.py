@@ -1,4 +1,9 @@
-"""Shared fixtures: one development PKI per test session, servers on port 0."""
+"""Shared fixtures: one development PKI per test session, servers on port 0, the server's log.
+
+Helpers that are not fixtures live here too when several test files use them (the
+certificates a test makes, a stream read to a length, open descriptors); child
+processes are in ``processes.py``, log capture in ``logs.py``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import datetime as dt
 import functools
 import logging
 import os
+import shutil
 import socket
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -19,6 +25,8 @@ import trio.testing
 import trustme
 
 from trio_tlsecho import Address, ClientConfig, ServerConfig, TLSFiles, make_dev_pki, serve
+
+from .logs import ServerLog
 
 
 @pytest.fixture(autouse=True)
@@ -49,6 +57,13 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("pki")
     make_dev_pki(directory, clients=["client", "alice"])
     return directory
+
+
+@pytest.fixture
+def certs(tmp_path: Path, pki: Path) -> Path:
+    """A private copy of ``pki`` in ``tmp_path/certs``: for a test that revokes or replaces
+    files, and where ``serve`` run in ``tmp_path`` finds its certificates by default."""
+    return Path(shutil.copytree(pki, tmp_path / "certs"))
 
 
 @pytest.fixture(scope="session")
@@ -91,6 +106,24 @@ async def server(nursery: trio.Nursery, server_config: ServerConfig) -> Address:
     """An echo server on 127.0.0.1 and an ephemeral port."""
     [address] = await start_server(nursery, server_config)
     return address
+
+
+@pytest.fixture
+def log() -> Iterator[ServerLog]:
+    """What the server logs during the test, INFO and up (see ServerLog)."""
+    with ServerLog() as server_log:
+        yield server_log
+
+
+async def receive_until(stream: trio.abc.ReceiveStream, size: int, what: str = "the stream") -> bytes:
+    """Read until *size* bytes have come (and whatever came with the last read); fails if
+    *what* ends first."""
+    got = bytearray()
+    while len(got) < size:
+        chunk = await stream.receive_some(65536)
+        assert chunk, f"{what} ended after {len(got)} of {size} bytes"
+        got += chunk
+    return bytes(got)
 
 
 def issue_client(

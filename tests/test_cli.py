@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,52 +12,21 @@ import pytest
 
 from trio_tlsecho._cli import main
 
-PY = [sys.executable, "-m", "trio_tlsecho"]
+from .logs import error_line
+from .processes import ServeProcess, run_cli
 
-
-class Server:
-    """``serve`` as a subprocess; ``address`` once it has printed ``listening on``."""
-
-    def __init__(self, args: list[str], cwd: Path, program: list[str] = PY) -> None:
-        self.proc = subprocess.Popen(
-            [*program, "serve", *args],
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # EOF (and a failed test) if it dies instead
-        assert line.startswith("listening on "), (line, self.proc.stderr.read() if self.proc.stderr else "")
-        self.address = line.split()[-1]
-
-    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
-        self.proc.send_signal(sig)
-        _, err = self.proc.communicate(timeout=15)
-        return self.proc.returncode, err
-
-
-def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*PY, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
-
-
-@pytest.fixture
-def certs(tmp_path: Path, pki: Path) -> Path:
-    shutil.copytree(pki, tmp_path / "certs")
-    return tmp_path / "certs"
+LISTEN = ("--listen", "127.0.0.1:0")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_serve_client_and_clean_stop(tmp_path: Path, certs: Path, sig: int) -> None:
-    server = Server(["--listen", "127.0.0.1:0"], cwd=tmp_path)
-    try:
-        client = _run("client", "--connect", server.address, cwd=tmp_path)
+    with ServeProcess(*LISTEN, cwd=tmp_path) as server:
+        client = run_cli("client", "--connect", str(server.address), cwd=tmp_path)
         assert client.returncode == 0, client.stderr
         assert "verdict:               OK, echo verified byte for byte" in client.stdout
         assert "mutual authentication: yes" in client.stdout
         assert "echo:                  5155 bytes sent, 5155 received" in client.stdout
         assert client.stderr == ""
-    finally:
         code, err = server.stop(sig)
     assert code == 0, err
     assert "Traceback" not in err
@@ -68,10 +35,8 @@ def test_serve_client_and_clean_stop(tmp_path: Path, certs: Path, sig: int) -> N
 
 
 def test_serve_with_the_socket_engine(tmp_path: Path, certs: Path) -> None:
-    server = Server(["--listen", "127.0.0.1:0", "--engine", "socket"], cwd=tmp_path)
-    try:
-        client = _run("client", "--connect", server.address, cwd=tmp_path)
-    finally:
+    with ServeProcess(*LISTEN, "--engine", "socket", cwd=tmp_path) as server:
+        client = run_cli("client", "--connect", str(server.address), cwd=tmp_path)
         code, err = server.stop()
     assert client.returncode == 0, client.stderr
     assert "verdict:               OK" in client.stdout
@@ -79,8 +44,8 @@ def test_serve_with_the_socket_engine(tmp_path: Path, certs: Path) -> None:
 
 
 def test_serve_makes_dev_certs_on_first_run(tmp_path: Path) -> None:
-    server = Server(["--listen", "127.0.0.1:0"], cwd=tmp_path)
-    code, err = server.stop()
+    with ServeProcess(*LISTEN, cwd=tmp_path) as server:
+        code, err = server.stop()
     assert code == 0
     assert (tmp_path / "certs" / "ca.pem").is_file()
     warnings = [line for line in err.splitlines() if "WARNING" in line]
@@ -93,8 +58,8 @@ def test_serve_makes_no_pki_where_it_could_be_a_mistake(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     # A --certs directory without a CA: a typo, not a request for a new PKI.
-    assert main(["serve", "--certs", "elsewhere", "--listen", "127.0.0.1:0"]) == 2
-    assert capsys.readouterr().err.strip() == (
+    assert main(["serve", "--certs", "elsewhere", *LISTEN]) == 2
+    assert error_line(capsys.readouterr().err) == (
         "trio-tlsecho: error: no certificates in elsewhere (no ca.pem):"
         " run 'trio-tlsecho certs --out elsewhere', or pass --cert/--key/--ca"
     )
@@ -103,8 +68,8 @@ def test_serve_makes_no_pki_where_it_could_be_a_mistake(
     (tmp_path / "certs").mkdir()
     (tmp_path / "certs" / "server.pem").write_text("mine")
     (tmp_path / "certs" / "server.key").write_text("mine too")
-    assert main(["serve", "--listen", "127.0.0.1:0"]) == 2
-    [line] = capsys.readouterr().err.splitlines()
+    assert main(["serve", *LISTEN]) == 2
+    line = error_line(capsys.readouterr().err)
     assert line.endswith("certs holds server.key, server.pem but no ca.pem: not making a development PKI"
                          " over them; pass --cert/--key/--ca, or move them away")  # fmt: skip
     assert (tmp_path / "certs" / "server.pem").read_text() == "mine"
@@ -122,95 +87,65 @@ def test_the_console_script_finds_a_handler_module_in_the_current_directory(
         "    while data := await conn.stream.receive_some(100):\n"
         "        await conn.stream.send_all(data.upper())\n"
     )
-    server = Server(["--listen", "127.0.0.1:0", "--handler", "local_handler:shout", "--workers", workers],
-                    cwd=tmp_path, program=[str(script)])  # fmt: skip
-    try:
-        done = _run("client", "--connect", server.address, "--message", "hi", cwd=tmp_path)
-    finally:
+    args = [*LISTEN, "--handler", "local_handler:shout", "--workers", workers]
+    with ServeProcess(*args, cwd=tmp_path, program=[str(script)]) as server:
+        done = run_cli("client", "--connect", str(server.address), "--message", "hi", cwd=tmp_path)
         code, err = server.stop()
     assert code == 0, err
     assert "echo differs from what was sent at byte 0" in done.stderr  # "HI": our handler ran
 
 
 def test_serve_two_listeners_prints_each(tmp_path: Path, certs: Path) -> None:
-    server = Server(["--listen", "127.0.0.1:0", "--listen", "localhost:0"], cwd=tmp_path)
-    assert server.proc.stdout is not None
-    second = server.proc.stdout.readline()
-    code, _ = server.stop()
+    with ServeProcess(*LISTEN, "--listen", "localhost:0", cwd=tmp_path, listeners=2) as server:
+        code, _ = server.stop()
     assert code == 0
-    assert second.startswith("listening on ")
+    assert len(server.addresses) == 2
 
 
 def test_client_with_message_and_server_name(tmp_path: Path, certs: Path) -> None:
-    server = Server(["--listen", "127.0.0.1:0", "--handler", "echo"], cwd=tmp_path)
-    try:
-        result = _run(
-            "client",
-            "--connect",
-            server.address,
-            "--message",
-            "hi there",
-            "--server-name",
-            "localhost",
+    with ServeProcess(*LISTEN, "--handler", "echo", cwd=tmp_path) as server:
+        result = run_cli(
+            "client", "--connect", str(server.address), "--message", "hi there", "--server-name", "localhost",
             cwd=tmp_path,
-        )
-    finally:
-        server.stop()
+        )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "8 bytes sent, 8 received" in result.stdout
 
 
 def test_client_rejected_is_one_line_and_nonzero(tmp_path: Path, certs: Path, other_pki: Path) -> None:
-    server = Server(["--listen", "127.0.0.1:0"], cwd=tmp_path)
-    try:
-        result = _run(
-            "client",
-            "--connect",
-            server.address,
-            "--cert",
-            str(other_pki / "client.pem"),
-            "--key",
-            str(other_pki / "client.key"),
+    with ServeProcess(*LISTEN, cwd=tmp_path) as server:
+        result = run_cli(
+            "client", "--connect", str(server.address),
+            "--cert", str(other_pki / "client.pem"), "--key", str(other_pki / "client.key"),
             cwd=tmp_path,
-        )
-    finally:
-        server.stop()
+        )  # fmt: skip
     assert result.returncode == 1
     assert result.stdout == ""
-    [line] = result.stderr.splitlines()
+    line = error_line(result.stderr)
     assert line.startswith("trio-tlsecho: error: ")
     assert "peer rejected our certificate: unknown CA" in line
 
 
 def test_client_hostname_mismatch(tmp_path: Path, certs: Path) -> None:
-    server = Server(["--listen", "127.0.0.1:0"], cwd=tmp_path)
-    try:
-        result = _run("client", "--connect", server.address, "--server-name", "example.org", cwd=tmp_path)
-    finally:
-        server.stop()
+    with ServeProcess(*LISTEN, cwd=tmp_path) as server:
+        result = run_cli(
+            "client", "--connect", str(server.address), "--server-name", "example.org", cwd=tmp_path
+        )
     assert result.returncode == 1
     assert "hostname mismatch" in result.stderr
 
 
 def test_certs_command(tmp_path: Path) -> None:
-    first = _run("certs", "--out", "pki", "--client", "client", "--client", "alice", cwd=tmp_path)
+    first = run_cli("certs", "--out", "pki", "--client", "client", "--client", "alice", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "wrote pki/ca.key" in first.stdout
     assert (tmp_path / "pki" / "alice.pem").is_file()
-    again = _run("certs", "--out", "pki", "--client", "bob", cwd=tmp_path)
+    again = run_cli("certs", "--out", "pki", "--client", "bob", cwd=tmp_path)
     assert "reusing the CA in pki/ca.pem" in again.stdout
     assert "wrote pki/ca.pem" not in again.stdout
 
 
 # -- one line, status 2, no traceback ---------------------------------------------
-
-
-def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    err = capsys.readouterr().err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 @pytest.mark.parametrize(
@@ -233,7 +168,7 @@ def test_bad_flags(args: list[str], message: str, capsys: pytest.CaptureFixture[
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == 2
-    line = _error_line(capsys)
+    line = error_line(capsys.readouterr().err)
     assert message in line
     assert line.endswith("(see --help)")
 
@@ -268,7 +203,7 @@ def test_startup_errors(
     ]
     for extra, message in cases:
         assert main(["serve", *listen, *extra]) == 2, extra
-        line = _error_line(capsys)
+        line = error_line(capsys.readouterr().err)
         assert line.startswith("trio-tlsecho: error: "), line
         assert message in line, (extra, line)
 
@@ -283,7 +218,7 @@ def test_port_in_use(
         port = taken.getsockname()[1]
         assert main(["serve", "--listen", f"127.0.0.1:{port}"]) == 2
     assert (
-        _error_line(capsys)
+        error_line(capsys.readouterr().err)
         == f"trio-tlsecho: error: cannot listen on 127.0.0.1:{port}: address already in use"
     )
 
@@ -293,7 +228,7 @@ def test_client_without_certs(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["client"]) == 2
-    assert "no certificates in certs: run 'trio-tlsecho certs'" in _error_line(capsys)
+    assert "no certificates in certs: run 'trio-tlsecho certs'" in error_line(capsys.readouterr().err)
 
 
 def test_client_refused(
@@ -305,16 +240,16 @@ def test_client_refused(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["client", "--connect", f"127.0.0.1:{refusing_port}"]) == 1
-    assert "connection refused (is the server running?)" in _error_line(capsys)
+    assert "connection refused (is the server running?)" in error_line(capsys.readouterr().err)
 
 
 def test_certs_bad_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["certs", "--out", str(tmp_path), "--client", "a/b"]) == 2
-    assert "bad client name 'a/b'" in _error_line(capsys)
+    assert "bad client name 'a/b'" in error_line(capsys.readouterr().err)
 
 
 def test_demo(tmp_path: Path, certs: Path) -> None:
-    result = _run("demo", cwd=tmp_path)
+    result = run_cli("demo", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "demo passed" in result.stdout
     assert "client without a certificate refused: peer requires a client certificate" in result.stdout
@@ -330,16 +265,16 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_keys_from_certs_command_are_private(tmp_path: Path) -> None:
-    assert _run("certs", "--out", "pki", cwd=tmp_path).returncode == 0
+    assert run_cli("certs", "--out", "pki", cwd=tmp_path).returncode == 0
     for key in (tmp_path / "pki").glob("*.key"):
         assert os.stat(key).st_mode & 0o077 == 0
 
 
 def test_certs_revoke_alone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["certs", "--out", str(tmp_path), "--revoke", "client", "--force"]) == 2
-    assert "--revoke only updates the CRL" in _error_line(capsys)
+    assert "--revoke only updates the CRL" in error_line(capsys.readouterr().err)
     assert main(["certs", "--out", str(tmp_path), "--revoke", "client"]) == 2
-    assert f"no CA in {tmp_path}: run 'certs' first" in _error_line(capsys)
+    assert f"no CA in {tmp_path}: run 'certs' first" in error_line(capsys.readouterr().err)
 
 
 def test_zero_in_any_spelling_turns_a_timeout_off() -> None:

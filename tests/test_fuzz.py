@@ -45,6 +45,7 @@ from trio_tlsecho._server._pipeline import run_connection
 from trio_tlsecho._server._state import ServerState
 
 from .conftest import assert_fds_settle, open_fds
+from .logs import ServerLog
 
 # derandomize: the same examples on every run (CI must be deterministic); database=None:
 # nothing written into the checkout.
@@ -55,7 +56,6 @@ FAST = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-LOGGER = "trio_tlsecho"
 HANG = 60
 
 
@@ -548,9 +548,9 @@ def _mutations(rng: random.Random) -> list[Callable[[bytes], bytes]]:
 
 
 async def test_fuzzed_client_hellos_never_crash_or_leak(
-    server_config: ServerConfig, client_config: ClientConfig, caplog: pytest.LogCaptureFixture
+    server_config: ServerConfig, client_config: ClientConfig, log: ServerLog
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger=LOGGER)  # a zero-byte case is logged at DEBUG
+    log.set_level(logging.DEBUG)  # a zero-byte case is logged at DEBUG
     rng = random.Random(FUZZ_SEED)
     hellos = _real_hellos(client_config)
     mutations = _mutations(rng)
@@ -606,8 +606,6 @@ async def test_fuzzed_client_hellos_never_crash_or_leak(
     assert metrics.handshakes["ok"] == 2
     assert sum(metrics.handshakes.values()) == FUZZ_CONNECTIONS + 2
     for port in ports:
-        prefix = f"127.0.0.1:{port}: "
-        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith(prefix)]
-        assert len(lines) == 1, lines
-        assert lines[0].startswith(prefix + "handshake "), lines
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+        [line] = log.about(port)
+        assert line.startswith("handshake "), line
+    assert not log.problems()

@@ -6,17 +6,14 @@ import trio
 
 from trio_tlsecho import Address, ClientConfig, Connection, discard, open_client
 
-from .conftest import Start
+from .conftest import Start, receive_until
 
 
 async def test_echo_answers_each_chunk(server: Address, client_config: ClientConfig) -> None:
     stream = await open_client(server, client_config)
     for chunk in (b"a", b"bc" * 10_000, b"d"):
         await stream.send_all(chunk)
-        got = b""
-        while len(got) < len(chunk):
-            got += await stream.receive_some(65536)
-        assert got == chunk
+        assert await receive_until(stream, len(chunk)) == chunk
     await stream.aclose()
 
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,38 +14,20 @@ import trio
 
 from trio_tlsecho import Address, ClientConfig, LoadConfig, open_client, run_load
 
+from .conftest import receive_until
+from .processes import ServeProcess
 from .tools import require_tool
 
 CLIENTS = 12
-
-
-class Instance:
-    def __init__(self, cwd: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "trio_tlsecho", "serve", "--listen", "127.0.0.1:0", "--proxy-protocol",
-             "--proxy-from", "127.0.0.1/32"],
-            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line.startswith("listening on "), line
-        self.address = line.split()[-1]
-
-    def stop(self) -> str:
-        self.proc.terminate()
-        _, err = self.proc.communicate(timeout=30)
-        assert self.proc.returncode == 0, err
-        return err
+#: How each instance is started, as the README says (with our balancer's address).
+INSTANCE = ("--listen", "127.0.0.1:0", "--proxy-protocol", "--proxy-from", "127.0.0.1/32")
 
 
 @pytest.fixture
-def balanced(tmp_path: Path, pki: Path) -> Iterator[tuple[Address, list[Instance]]]:
+def balanced(tmp_path: Path, certs: Path) -> Iterator[tuple[Address, list[ServeProcess]]]:
     haproxy = require_tool("haproxy", "haproxy")
-    shutil.copytree(pki, tmp_path / "certs")
-    instances: list[Instance] = []
     with contextlib.ExitStack() as cleanup:
-        cleanup.callback(_kill, instances)
-        instances += [Instance(tmp_path), Instance(tmp_path)]
+        instances = [cleanup.enter_context(ServeProcess(*INSTANCE, cwd=tmp_path)) for _ in range(2)]
         # We bind the frontend socket and hand it to HAProxy (bind fd@N): no port race,
         # and clients can connect at once (the backlog holds them until HAProxy accepts).
         with socket.socket() as frontend:
@@ -55,7 +35,7 @@ def balanced(tmp_path: Path, pki: Path) -> Iterator[tuple[Address, list[Instance
             frontend.listen(64)
             port = frontend.getsockname()[1]
             config = tmp_path / "haproxy.cfg"
-            config.write_text(_readme_config(frontend.fileno(), [inst.address for inst in instances]))
+            config.write_text(_readme_config(frontend.fileno(), [str(inst.address) for inst in instances]))
             fds = [frontend.fileno()]
             check = subprocess.run(
                 [haproxy, "-c", "-f", str(config)], capture_output=True, text=True, timeout=30, pass_fds=fds
@@ -91,15 +71,18 @@ def _readme_config(fd: int, backends: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _kill(instances: list[Instance]) -> None:
-    for inst in instances:
-        if inst.proc.poll() is None:
-            inst.proc.kill()
-            inst.proc.communicate()
+def _logs(instances: list[ServeProcess]) -> list[str]:
+    """Each instance's log, once it has stopped cleanly."""
+    logs = []
+    for instance in instances:
+        code, err = instance.stop()
+        assert code == 0, err
+        logs.append(err)
+    return logs
 
 
 def test_behind_haproxy_logs_show_the_real_client(
-    balanced: tuple[Address, list[Instance]], client_config: ClientConfig, pki: Path
+    balanced: tuple[Address, list[ServeProcess]], client_config: ClientConfig, pki: Path
 ) -> None:
     address, instances = balanced
     client_ports: list[int] = []
@@ -109,10 +92,7 @@ def test_behind_haproxy_logs_show_the_real_client(
         client_ports.append(stream.transport_stream.socket.getsockname()[1])
         payload = f"message {i} ".encode() * 100
         await stream.send_all(payload)
-        got = b""
-        while len(got) < len(payload):
-            got += await stream.receive_some(65536)
-        assert got == payload
+        assert await receive_until(stream, len(payload)) == payload
         await stream.aclose()
 
     async def main() -> None:
@@ -121,7 +101,7 @@ def test_behind_haproxy_logs_show_the_real_client(
                 nursery.start_soon(one, i)
 
     trio.run(main)
-    logs = [inst.stop() for inst in instances]
+    logs = _logs(instances)
     pattern = re.compile(r"(\d+\.\d+\.\d+\.\d+):(\d+) \(via 127\.0\.0\.1:(\d+)\): connected")
     seen = [[m.groups() for m in pattern.finditer(log)] for log in logs]
     assert all(seen), "both instances served connections"
@@ -136,7 +116,7 @@ def test_behind_haproxy_logs_show_the_real_client(
 
 
 def test_load_generator_through_haproxy(
-    balanced: tuple[Address, list[Instance]], client_config: ClientConfig
+    balanced: tuple[Address, list[ServeProcess]], client_config: ClientConfig
 ) -> None:
     address, instances = balanced
     config = LoadConfig(address=address, client=client_config, clients=8, requests=400, sizes="1-2000")
@@ -144,7 +124,7 @@ def test_load_generator_through_haproxy(
     assert report.round_trips == 400
     assert report.mismatches == 0
     assert report.error_count == 0
-    logs = [inst.stop() for inst in instances]
+    logs = _logs(instances)
     pattern = re.compile(r"127\.0\.0\.1:(\d+) \(via 127\.0\.0\.1:(\d+)\): connected")
     per_instance = [pattern.findall(log) for log in logs]
     assert all(per_instance), "both instances served the load generator"

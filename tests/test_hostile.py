@@ -20,7 +20,7 @@ import ssl
 import struct
 import tracemalloc
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -39,9 +39,9 @@ from trio_tlsecho import (
     serve,
 )
 
-from .conftest import Start, assert_fds_settle, open_fds, start_server
+from .conftest import Start, assert_fds_settle, open_fds, receive_until
+from .logs import PACKAGE, ServerLog
 
-LOGGER = "trio_tlsecho"
 #: Bounds a broken build's hang, never a measurement (virtual seconds under autojump_clock).
 HANG = 60
 
@@ -49,58 +49,9 @@ HANG = 60
 # -- helpers -------------------------------------------------------------------------
 
 
-class LogWatch(logging.Handler):
-    """Wakes waiters on every record of the package logger: how a test learns that the
-    server has dealt with a peer it cannot observe (one that reset, or closed and left)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self._changed = trio.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-        self._changed.set()
-        self._changed = trio.Event()
-
-    async def wait_for(self, predicate: Callable[[], bool]) -> None:
-        with trio.fail_after(HANG):
-            while True:
-                changed = self._changed
-                if predicate():
-                    return
-                await changed.wait()
-
-
-@pytest.fixture
-def watch() -> Iterator[LogWatch]:
-    handler = LogWatch()
-    logger = logging.getLogger(LOGGER)
-    logger.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-
-
-def lines_for(caplog: pytest.LogCaptureFixture, port: int) -> list[str]:
-    """What the server logged about the peer whose local port is *port*."""
-    prefix = f"127.0.0.1:{port}: "
-    return [
-        r.getMessage()[len(prefix) :]
-        for r in caplog.records
-        if r.name == LOGGER and r.getMessage().startswith(prefix)
-    ]
-
-
 def reset_on_close(sock: socket.socket | trio.socket.SocketType) -> None:
     """Make close() send a TCP reset (SO_LINGER, timeout 0) instead of a FIN."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-
-
-def assert_no_errors(caplog: pytest.LogCaptureFixture) -> None:
-    bad = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
-    assert not bad, [r.getMessage() for r in bad]
 
 
 def local_port(stream: trio.SocketStream) -> int:
@@ -125,13 +76,8 @@ class GoodClient:
 
     async def echo(self, data: bytes) -> None:
         await self.stream.send_all(data)
-        got = bytearray()
         with trio.fail_after(HANG):
-            while len(got) < len(data):
-                chunk = await self.stream.receive_some(65536)
-                assert chunk, "the server closed a good client's connection"
-                got += chunk
-        assert got == data
+            assert await receive_until(self.stream, len(data), "a good client's connection") == data
         self.exchanges += 1
 
     async def still_served(self) -> None:
@@ -150,6 +96,13 @@ async def good_client(address: Address, config: ClientConfig) -> AsyncIterator[G
         yield good
     finally:
         await trio.aclose_forcefully(stream)
+
+
+@pytest.fixture
+async def bystander(server: Address, client_config: ClientConfig) -> AsyncIterator[GoodClient]:
+    """A good client of ``server``, connected and served before the test's attack."""
+    async with good_client(server, client_config) as good:
+        yield good
 
 
 def real_client_hello(config: ClientConfig) -> bytes:
@@ -245,23 +198,20 @@ def is_alert_or_nothing(answer: bytes) -> bool:
 
 
 async def test_plain_text_instead_of_client_hello(
-    server: Address, client_config: ClientConfig, caplog: pytest.LogCaptureFixture
+    server: Address, bystander: GoodClient, log: ServerLog
 ) -> None:
-    async with good_client(server, client_config) as good:
-        port, answer = await send_and_read(server, b"HELO mail.example.org\r\nthis is not TLS\r\n")
-        await good.still_served()
+    port, answer = await send_and_read(server, b"HELO mail.example.org\r\nthis is not TLS\r\n")
+    await bystander.still_served()
     assert is_alert_or_nothing(answer)
-    assert lines_for(caplog, port) == [
-        "handshake failed: not TLS (wrong version number): plain text or garbage?"
-    ]
-    assert_no_errors(caplog)
+    assert log.about(port) == ["handshake failed: not TLS (wrong version number): plain text or garbage?"]
+    assert not log.problems()
 
 
 @pytest.mark.parametrize("seed", range(5))
 async def test_random_garbage(
     start: Start,
     client_config: ClientConfig,
-    caplog: pytest.LogCaptureFixture,
+    log: ServerLog,
     autojump_clock: MockClock,
     seed: int,
 ) -> None:
@@ -274,16 +224,16 @@ async def test_random_garbage(
         port, answer = await send_and_read(address, garbage)
         await good.still_served()
     assert garbage not in answer
-    [line] = lines_for(caplog, port)
+    [line] = log.about(port)
     assert line.startswith(("handshake failed: ", "handshake timed out after 5s"))
-    assert_no_errors(caplog)
+    assert not log.problems()
 
 
 # -- a ClientHello that never completes ----------------------------------------------
 
 
 async def test_client_hello_cut_in_half_then_silence(
-    start: Start, client_config: ClientConfig, caplog: pytest.LogCaptureFixture, autojump_clock: MockClock
+    start: Start, client_config: ClientConfig, log: ServerLog, autojump_clock: MockClock
 ) -> None:
     [address] = await start(handshake_timeout=5)
     hello = real_client_hello(client_config)
@@ -291,36 +241,29 @@ async def test_client_hello_cut_in_half_then_silence(
         port, answer = await send_and_read(address, hello[: len(hello) // 2])
         await good.still_served()
     assert answer == b""
-    assert lines_for(caplog, port) == ["handshake timed out after 5s"]
-    assert_no_errors(caplog)
+    assert log.about(port) == ["handshake timed out after 5s"]
+    assert not log.problems()
 
 
 async def test_client_hello_cut_in_half_then_close(
-    server: Address, client_config: ClientConfig, caplog: pytest.LogCaptureFixture, watch: LogWatch
+    server: Address, client_config: ClientConfig, bystander: GoodClient, log: ServerLog
 ) -> None:
     hello = real_client_hello(client_config)
-    async with good_client(server, client_config) as good:
-        tcp = await trio.open_tcp_stream(server.host, server.port)
-        port = local_port(tcp)
-        await tcp.send_all(hello[: len(hello) // 2])
-        await tcp.aclose()
-        await watch.wait_for(lambda: bool(lines_for(caplog, port)))
-        await good.still_served()
-    assert lines_for(caplog, port) == [
-        "handshake failed: peer closed the connection without a TLS close_notify"
-    ]
-    assert_no_errors(caplog)
+    tcp = await trio.open_tcp_stream(server.host, server.port)
+    port = local_port(tcp)
+    await tcp.send_all(hello[: len(hello) // 2])
+    await tcp.aclose()
+    await log.wait_for("handshake failed", about=port)
+    await bystander.still_served()
+    assert log.about(port) == ["handshake failed: peer closed the connection without a TLS close_notify"]
+    assert not log.problems()
 
 
 async def test_slowloris_is_dropped_at_the_handshake_deadline(
-    nursery: trio.Nursery,
-    server_config: ServerConfig,
-    client_config: ClientConfig,
-    caplog: pytest.LogCaptureFixture,
-    autojump_clock: trio.testing.MockClock,
+    start: Start, client_config: ClientConfig, log: ServerLog, autojump_clock: MockClock
 ) -> None:
     timeout = 5
-    [address] = await start_server(nursery, server_config, handshake_timeout=timeout)
+    [address] = await start(handshake_timeout=timeout)
     hello = real_client_hello(client_config)
     sent = 0
     async with good_client(address, client_config) as good:
@@ -351,8 +294,8 @@ async def test_slowloris_is_dropped_at_the_handshake_deadline(
     # after about `timeout` bytes, long before the ClientHello was complete.
     assert timeout <= sent <= timeout + 2 < len(hello)
     assert good.exchanges >= timeout
-    assert lines_for(caplog, port) == [f"handshake timed out after {timeout}s"]
-    assert_no_errors(caplog)
+    assert log.about(port) == [f"handshake timed out after {timeout}s"]
+    assert not log.problems()
 
 
 # -- old protocol versions -----------------------------------------------------------
@@ -370,33 +313,28 @@ def _tls11_only_context() -> ssl.SSLContext:
     return ctx
 
 
-async def test_tls_1_1_only_client_is_refused(
-    server: Address, client_config: ClientConfig, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_tls_1_1_only_client_is_refused(server: Address, bystander: GoodClient, log: ServerLog) -> None:
     ctx = _tls11_only_context()
     try:
         flight = first_flight(ctx, "localhost")
     except ssl.SSLError:
         flight = b""  # this OpenSSL cannot offer TLS 1.0/1.1 at all
-    async with good_client(server, client_config) as good:
-        if flight:
-            # Prove the real client offers nothing newer than TLS 1.1, then let it try.
-            assert hello_versions(flight) == (0x0302, False)
-            tcp = await trio.open_tcp_stream(server.host, server.port)
-            port = local_port(tcp)
-            old = trio.SSLStream(tcp, ctx, server_hostname="localhost")
-            with pytest.raises(trio.BrokenResourceError) as info:
-                await old.do_handshake()
-            await trio.aclose_forcefully(old)
-            assert "ALERT_PROTOCOL_VERSION" in repr(info.value.__cause__)
-        else:
-            port, answer = await send_and_read(server, crafted_client_hello(0x0302))
-            assert answer == b"\x15\x03\x02\x00\x02\x02\x46"  # fatal protocol_version
-        await good.still_served()
-    assert lines_for(caplog, port) == [
-        "handshake failed: peer offers only an unsupported (too old) TLS version"
-    ]
-    assert_no_errors(caplog)
+    if flight:
+        # Prove the real client offers nothing newer than TLS 1.1, then let it try.
+        assert hello_versions(flight) == (0x0302, False)
+        tcp = await trio.open_tcp_stream(server.host, server.port)
+        port = local_port(tcp)
+        old = trio.SSLStream(tcp, ctx, server_hostname="localhost")
+        with pytest.raises(trio.BrokenResourceError) as info:
+            await old.do_handshake()
+        await trio.aclose_forcefully(old)
+        assert "ALERT_PROTOCOL_VERSION" in repr(info.value.__cause__)
+    else:
+        port, answer = await send_and_read(server, crafted_client_hello(0x0302))
+        assert answer == b"\x15\x03\x02\x00\x02\x02\x46"  # fatal protocol_version
+    await bystander.still_served()
+    assert log.about(port) == ["handshake failed: peer offers only an unsupported (too old) TLS version"]
+    assert not log.problems()
 
 
 @pytest.mark.parametrize(
@@ -430,49 +368,35 @@ async def test_tls_1_1_only_client_is_refused(
     ],
 )
 async def test_crafted_old_client_hello_is_refused(
-    server: Address,
-    client_config: ClientConfig,
-    caplog: pytest.LogCaptureFixture,
-    hello: bytes,
-    alert: bytes,
-    reason: str,
+    server: Address, bystander: GoodClient, log: ServerLog, hello: bytes, alert: bytes, reason: str
 ) -> None:
-    async with good_client(server, client_config) as good:
-        port, answer = await send_and_read(server, hello)
-        await good.still_served()
+    port, answer = await send_and_read(server, hello)
+    await bystander.still_served()
     # One fatal alert record (level 2) with the expected description, then the close.
     assert answer[:1] == b"\x15"
     assert answer[3:] == b"\x00\x02\x02" + alert
-    assert lines_for(caplog, port) == [reason]
-    assert_no_errors(caplog)
+    assert log.about(port) == [reason]
+    assert not log.problems()
 
 
 async def test_one_byte_then_reset_before_the_server_looks(
-    server: Address,
-    client_config: ClientConfig,
-    caplog: pytest.LogCaptureFixture,
-    watch: LogWatch,
+    server: Address, bystander: GoodClient, log: ServerLog
 ) -> None:
     # Connected, sent the first byte of a hello and reset, all before the server's task
     # runs (no await in between): the socket it accepts is already dead with data in
     # it.  CPython's wrap_socket() then refuses it (getpeername() fails, CVE-2023-40217
     # check); that once escaped run_connection and stopped the whole server.
-    async with good_client(server, client_config) as good:
-        rude = socket.create_connection((server.host, server.port))
-        port = rude.getsockname()[1]
-        rude.sendall(b"\x16")
-        reset_on_close(rude)
-        rude.close()
-
-        def failures() -> list[str]:
-            return [r.getMessage() for r in watch.records if "handshake failed" in r.getMessage()]
-
-        await watch.wait_for(lambda: bool(failures()))
-        await good.still_served()
+    rude = socket.create_connection((server.host, server.port))
+    port = rude.getsockname()[1]
+    rude.sendall(b"\x16")
+    reset_on_close(rude)
+    rude.close()
+    await log.wait_for("handshake failed")
+    await bystander.still_served()
     # Named by the address accept() gave, as getpeername() no longer can.
-    [line] = failures()
+    [line] = log.messages("handshake failed")
     assert line.startswith(f"127.0.0.1:{port}: ")
-    assert_no_errors(caplog)
+    assert not log.problems()
 
 
 # -- verified peers that misbehave after the handshake -------------------------------
@@ -482,32 +406,34 @@ def _set_reset_on_close(stream: trio.SSLStream[trio.SocketStream]) -> None:
     reset_on_close(stream.transport_stream.socket)
 
 
-async def test_peer_that_resets_mid_echo(
-    server: Address,
-    client_config: ClientConfig,
-    caplog: pytest.LogCaptureFixture,
-    watch: LogWatch,
-) -> None:
-    payload = os.urandom(4 << 20)
-    async with good_client(server, client_config) as good:
-        rude = await open_client(server, client_config)
-        port = local_port(rude.transport_stream)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(rude.send_all, payload)
-            first = await rude.receive_some(65536)  # the server is echoing...
-            nursery.cancel_scope.cancel()
-        assert first == payload[: len(first)]
-        _set_reset_on_close(rude)
-        await trio.aclose_forcefully(rude)  # ...and the peer resets, most of it unread
-        await watch.wait_for(lambda: any("connection lost" in s for s in lines_for(caplog, port)))
-        await good.still_served()
-    connected, lost = lines_for(caplog, port)
+async def assert_lost_to_a_reset(log: ServerLog, port: int, bystander: GoodClient) -> None:
+    """The verified peer at *port* reset: the server logs its connection, then its loss (the
+    reset, or our write meeting it), and nothing else; the bystander is still served."""
+    await log.wait_for("connection lost", about=port)
+    await bystander.still_served()
+    connected, lost = log.about(port)
     assert connected.startswith("connected TLSv1.3")
     assert lost in (
         "connection lost: connection reset by peer",
         "connection lost: connection closed by peer (broken pipe)",
     )
-    assert_no_errors(caplog)
+    assert not log.problems()
+
+
+async def test_peer_that_resets_mid_echo(
+    server: Address, client_config: ClientConfig, bystander: GoodClient, log: ServerLog
+) -> None:
+    payload = os.urandom(4 << 20)
+    rude = await open_client(server, client_config)
+    port = local_port(rude.transport_stream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(rude.send_all, payload)
+        first = await rude.receive_some(65536)  # the server is echoing...
+        nursery.cancel_scope.cancel()
+    assert first == payload[: len(first)]
+    _set_reset_on_close(rude)
+    await trio.aclose_forcefully(rude)  # ...and the peer resets, most of it unread
+    await assert_lost_to_a_reset(log, port, bystander)
 
 
 class BareTLSClient:
@@ -587,18 +513,14 @@ class BareTLSClient:
     "version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls1.2", "tls1.3"]
 )
 async def test_a_tampered_record_after_the_handshake_is_answered_with_its_alert(
-    server: Address,
-    client_config: ClientConfig,
-    caplog: pytest.LogCaptureFixture,
-    watch: LogWatch,
-    version: ssl.TLSVersion,
+    server: Address, client_config: ClientConfig, log: ServerLog, version: ssl.TLSVersion
 ) -> None:
     # A fatal TLS error is announced with an alert before the close (RFC 8446 6, RFC 5246
     # 7.2), as openssl s_server does: both engines, both versions.
     client = await BareTLSClient.connect(server, client_config, maximum_version=version)
     port = client.sock.getsockname()[1]
     try:
-        await watch.wait_for(lambda: bool(lines_for(caplog, port)))  # the server logged "connected"
+        await log.wait_for("connected", about=port)
         client.tls.write(b"a record whose tag will not verify")
         record = bytearray(client.outgoing.read())
         record[-1] ^= 0x01  # the last byte of the AEAD tag
@@ -609,70 +531,53 @@ async def test_a_tampered_record_after_the_handshake_is_answered_with_its_alert(
     finally:
         client.close()
     assert alert.value.reason == "SSLV3_ALERT_BAD_RECORD_MAC"
-    await watch.wait_for(lambda: len(lines_for(caplog, port)) == 2)
-    connected, lost = lines_for(caplog, port)
+    await log.wait_for("connection lost", about=port)
+    connected, lost = log.about(port)
     assert connected.startswith("connected TLSv1." + ("2" if version == ssl.TLSVersion.TLSv1_2 else "3"))
     assert lost == "connection lost: decryption failed or bad record mac"
-    assert_no_errors(caplog)
+    assert not log.problems()
 
 
 async def test_peer_that_resets_right_after_full_records(
-    server: Address,
-    client_config: ClientConfig,
-    caplog: pytest.LogCaptureFixture,
-    watch: LogWatch,
+    server: Address, client_config: ClientConfig, bystander: GoodClient, log: ServerLog
 ) -> None:
     # Two full 16 KiB records and the reset reach the server's socket together: its
     # first read returns a whole record and the read after it meets the reset.
-    async with good_client(server, client_config) as good:
-        rude = await BareTLSClient.connect(server, client_config)
-        port = rude.sock.getsockname()[1]
-        try:
-            await watch.wait_for(lambda: bool(lines_for(caplog, port)))  # the server logged "connected"
-            rude.send_now(os.urandom(2 * 16384))
-        finally:
-            rude.reset()
-        await watch.wait_for(lambda: any("connection lost" in s for s in lines_for(caplog, port)))
-        await good.still_served()
-    connected, lost = lines_for(caplog, port)
-    assert connected.startswith("connected TLSv1.3")
-    assert lost in (
-        "connection lost: connection reset by peer",
-        "connection lost: connection closed by peer (broken pipe)",
-    )
-    assert_no_errors(caplog)
+    rude = await BareTLSClient.connect(server, client_config)
+    port = rude.sock.getsockname()[1]
+    try:
+        await log.wait_for("connected", about=port)
+        rude.send_now(os.urandom(2 * 16384))
+    finally:
+        rude.reset()
+    await assert_lost_to_a_reset(log, port, bystander)
 
 
 async def test_peer_that_half_closes_still_gets_its_echo(
-    server: Address, client_config: ClientConfig, caplog: pytest.LogCaptureFixture
+    server: Address, client_config: ClientConfig, bystander: GoodClient, log: ServerLog
 ) -> None:
     payload = os.urandom(300_000)
-    async with good_client(server, client_config) as good:
-        peer = await open_client(server, client_config)
-        port = local_port(peer.transport_stream)
+    peer = await open_client(server, client_config)
+    port = local_port(peer.transport_stream)
 
-        async def send_then_half_close() -> None:
-            await peer.send_all(payload)
-            # A TCP FIN straight after the TLS data: no close_notify, but still reading.
-            await peer.transport_stream.send_eof()
+    async def send_then_half_close() -> None:
+        await peer.send_all(payload)
+        # A TCP FIN straight after the TLS data: no close_notify, but still reading.
+        await peer.transport_stream.send_eof()
 
-        got = bytearray()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(send_then_half_close)
-            with trio.fail_after(HANG):
-                while len(got) < len(payload):
-                    chunk = await peer.receive_some(65536)
-                    assert chunk
-                    got += chunk
-        rest = await read_until_closed(peer)
-        await trio.aclose_forcefully(peer)
-        await good.still_served()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send_then_half_close)
+        with trio.fail_after(HANG):
+            got = await receive_until(peer, len(payload))
+    rest = await read_until_closed(peer)
+    await trio.aclose_forcefully(peer)
+    await bystander.still_served()
     assert got == payload
     assert rest == b""
-    connected, lost = lines_for(caplog, port)
+    connected, lost = log.about(port)
     assert connected.startswith("connected TLSv1.3")
     assert lost == "connection lost: peer closed the connection without a TLS close_notify"
-    assert_no_errors(caplog)
+    assert not log.problems()
 
 
 def _kernel_buffer_bound() -> int:
@@ -687,8 +592,7 @@ async def test_peer_that_sends_but_never_reads_is_flow_controlled(
     nursery: trio.Nursery,
     server_config: ServerConfig,
     client_config: ClientConfig,
-    caplog: pytest.LogCaptureFixture,
-    watch: LogWatch,
+    log: ServerLog,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     metrics = ServerMetrics()
@@ -717,10 +621,10 @@ async def test_peer_that_sends_but_never_reads_is_flow_controlled(
         await good.still_served()
         _set_reset_on_close(hog)
         await trio.aclose_forcefully(hog)
-        await watch.wait_for(lambda: any("connection lost" in s for s in lines_for(caplog, port)))
-    [lost] = [s for s in lines_for(caplog, port) if not s.startswith("connected ")]
+        await log.wait_for("connection lost", about=port)
+    [lost] = [s for s in log.about(port) if not s.startswith("connected ")]
     assert lost.startswith("connection lost: ")
-    assert_no_errors(caplog)
+    assert not log.problems()
 
 
 # -- many failures in a row ----------------------------------------------------------
@@ -790,7 +694,7 @@ async def test_many_failed_handshakes_leak_nothing(
 
     # 10,000 log records would make caplog's memory look like a leak: count them instead.
     counter = _Count()
-    logger = logging.getLogger(LOGGER)
+    logger = logging.getLogger(PACKAGE)
     monkeypatch.setattr(logger, "propagate", False)
     logger.addHandler(counter)
     try:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from trio.testing import MockClock
 from trio_tlsecho import ClientConfig, Connection, ServerConfig, echo, echo_once, open_client
 
 from .conftest import Start, start_server
-from .tools import Lines
+from .processes import ServeProcess, run_cli
 
 
 async def test_idle_connection_is_closed(
@@ -98,46 +96,28 @@ async def test_max_connections_stops_accepting_until_one_closes(
     assert most == 2
 
 
-def test_running_out_of_file_descriptors_does_not_crash(tmp_path: Path, pki: Path) -> None:
-    shutil.copytree(pki, tmp_path / "certs")
+def test_running_out_of_file_descriptors_does_not_crash(tmp_path: Path, certs: Path) -> None:
     limit = 64
-    launcher = (
+    limited = [
+        sys.executable,
+        "-c",
         "import resource, sys;"
         f"resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit}));"
-        "from trio_tlsecho._cli import main; sys.exit(main(sys.argv[1:]))"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", launcher, "serve", "--listen", "127.0.0.1:0"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+        "from trio_tlsecho._cli import main; sys.exit(main(sys.argv[1:]))",
+    ]
     flood: list[socket.socket] = []
-    try:
-        assert proc.stdout is not None
-        assert proc.stderr is not None
-        host, _, port = proc.stdout.readline().split()[-1].rpartition(":")
-        for _ in range(limit + 16):  # more connections than the server has descriptors
-            flood.append(socket.create_connection((host, int(port))))
-        line = Lines(proc.stderr).wait_for("accept failed")
-        assert "Too many open files; pausing 100 ms" in line
-        for sock in flood:
-            sock.close()
-        flood.clear()
-        ok = subprocess.run(
-            [sys.executable, "-m", "trio_tlsecho", "client", "--connect", f"{host}:{port}"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+    with ServeProcess("--listen", "127.0.0.1:0", cwd=tmp_path, program=limited) as server:
+        try:
+            for _ in range(limit + 16):  # more connections than the server has descriptors
+                flood.append(socket.create_connection((server.address.host, server.address.port)))
+            line = server.stderr.wait_for("accept failed")
+            assert "Too many open files; pausing 100 ms" in line
+        finally:
+            for sock in flood:
+                sock.close()
+        ok = run_cli("client", "--connect", str(server.address), cwd=tmp_path)
         assert ok.returncode == 0, ok.stderr
-        assert proc.poll() is None  # still serving
-    finally:
-        for sock in flood:
-            sock.close()
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0
+        assert server.proc.poll() is None  # still serving
+        code, err = server.stop()
+    assert code == 0
     assert "Traceback" not in err

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -32,25 +29,21 @@ from trio_tlsecho import (
 from trio_tlsecho._server import HANDSHAKE_RESULTS, Histogram
 from trio_tlsecho._server._outcome import Outcome
 
-from .conftest import issue_leaf
+from .conftest import issue_leaf, receive_until
+from .logs import ServerLog
+from .processes import ServeProcess, run_cli
 
 
 async def echo_exactly(conn: Connection) -> None:
     """Echo one message (its length first, one byte) and hang up."""
     want = (await conn.stream.receive_some(1))[0]
-    got = b""
-    while len(got) < want:
-        got += await conn.stream.receive_some(want - len(got))
-    await conn.stream.send_all(got)
+    await conn.stream.send_all(await receive_until(conn.stream, want))
 
 
 async def _one_exchange(address: Address, client: ClientConfig, payload: bytes) -> None:
     stream = await open_client(address, client)
     await stream.send_all(bytes([len(payload)]) + payload)
-    got = b""
-    while len(got) < len(payload):
-        got += await stream.receive_some(1000)
-    assert got == payload
+    assert await receive_until(stream, len(payload)) == payload
     assert await stream.receive_some(1000) == b""  # the handler is done: close_notify
     await trio.aclose_forcefully(stream)
 
@@ -155,37 +148,19 @@ async def test_metrics_endpoint(nursery: trio.Nursery) -> None:
     assert (await _http(address, b"GET / HTTP/1.0\r\n\r\n")).startswith(b"HTTP/1.1 200 OK")
 
 
-def test_cli_metrics(tmp_path: Path, pki: Path) -> None:
-    shutil.copytree(pki, tmp_path / "certs")
-    py = [sys.executable, "-m", "trio_tlsecho"]
-    proc = subprocess.Popen(
-        [*py, "serve", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        metrics_line = proc.stdout.readline()
-        assert metrics_line.startswith("metrics on http://127.0.0.1:")
-        url = metrics_line.split()[-1]
-        address = proc.stdout.readline().split()[-1]
+def test_cli_metrics(tmp_path: Path, certs: Path) -> None:
+    with ServeProcess("--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", cwd=tmp_path) as server:
+        assert server.metrics_url.startswith("http://127.0.0.1:")
         for _ in range(3):
-            done = subprocess.run(
-                [*py, "client", "--connect", address], cwd=tmp_path, capture_output=True, timeout=60
-            )
-            assert done.returncode == 0
-        with urllib.request.urlopen(url, timeout=10) as response:
+            assert run_cli("client", "--connect", str(server.address), cwd=tmp_path).returncode == 0
+        with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
             text = response.read().decode()
         assert "tlsecho_connections_total 3.0" in text
         assert 'tlsecho_handshakes_total{result="ok"} 3.0' in text
         with pytest.raises(urllib.error.HTTPError):
-            urllib.request.urlopen(url.replace("/metrics", "/other"), timeout=10)
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
-    assert proc.returncode == 0
+            urllib.request.urlopen(server.metrics_url.replace("/metrics", "/other"), timeout=10)
+        code, err = server.stop()
+    assert code == 0, err
 
 
 async def test_metrics_match_a_load_run(
@@ -245,7 +220,7 @@ async def test_a_certificate_not_for_client_authentication_has_its_own_result(
     server_config: ServerConfig,
     pki: Path,
     tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
+    log: ServerLog,
 ) -> None:
     # Signed by our CA, but its extended key usage is serverAuth only: a server's
     # certificate offered as a client's.  Not "unknown_ca": the operator's fix differs.
@@ -260,7 +235,7 @@ async def test_a_certificate_not_for_client_authentication_has_its_own_result(
         while metrics.handshake_failures == 0:
             await trio.testing.wait_all_tasks_blocked()
     assert {result: n for result, n in metrics.handshakes.items() if n} == {"wrong_purpose": 1}
-    [line] = [r.getMessage() for r in caplog.records if "handshake failed" in r.getMessage()]
+    [line] = log.messages("handshake failed")
     assert line.endswith(
         "handshake failed: certificate verify failed: not for this use: its extended key usage"
         " does not allow it (unsuitable certificate purpose)"

@@ -33,6 +33,8 @@ from trio_tlsecho import (
 from trio_tlsecho._server._pipeline import run_connection
 from trio_tlsecho._server._state import ServerState
 
+from .logs import ServerLog
+
 PEER = ("192.0.2.7", 40000)
 WHERE = "192.0.2.7:40000"
 
@@ -42,15 +44,11 @@ def state(pki: Path) -> ServerState:
     return ServerState.build(ServerConfig(tls=TLSFiles.from_dir(pki, "server"), handler=echo))
 
 
-@pytest.fixture(autouse=True)
-def _logs(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="trio_tlsecho")
-
-
-def lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """What the server logged about our one peer, without the address prefix."""
-    prefix = f"{WHERE}: "
-    return [r.getMessage().removeprefix(prefix) for r in caplog.records if r.getMessage().startswith(prefix)]
+@pytest.fixture
+def log(log: ServerLog) -> ServerLog:
+    """The server's log, DEBUG and up: nothing about our peer goes unseen."""
+    log.set_level(logging.DEBUG)
+    return log
 
 
 class Session:
@@ -103,7 +101,7 @@ def counted(state: ServerState) -> dict[str, int]:
 
 
 async def test_a_finished_conversation_ends_with_close_notify(
-    connect: Connect, state: ServerState, caplog: pytest.LogCaptureFixture
+    connect: Connect, state: ServerState, log: ServerLog
 ) -> None:
     session = connect()
     await session.round_trip(b"hello")
@@ -113,7 +111,7 @@ async def test_a_finished_conversation_ends_with_close_notify(
     assert state.metrics.connections_total == 1
     assert state.metrics.connections_open == 0
     assert state.metrics.bytes_received == state.metrics.bytes_sent == 5
-    [connected] = lines(caplog)
+    [connected] = log.about(WHERE)
     assert connected.startswith("connected TLSv1.3 TLS_")
     assert ",CN=client issuer=" in connected
     assert connected.endswith("; 1 client connected")
@@ -129,7 +127,7 @@ async def test_the_server_closes_with_close_notify_when_its_handler_returns(conn
 
 
 async def test_a_client_from_another_ca_is_refused_with_its_alert(
-    nursery: trio.Nursery, state: ServerState, pki: Path, other_pki: Path, caplog: pytest.LogCaptureFixture
+    nursery: trio.Nursery, state: ServerState, pki: Path, other_pki: Path, log: ServerLog
 ) -> None:
     stranger = TLSFiles(cert=other_pki / "client.pem", key=other_pki / "client.key", ca=pki / "ca.pem")
     session = Session(nursery, state, stranger)
@@ -143,19 +141,19 @@ async def test_a_client_from_another_ca_is_refused_with_its_alert(
     await session.done.wait()
     assert counted(state) == {"unknown_ca": 1}
     assert state.metrics.connections_total == 0
-    [line] = lines(caplog)
+    [line] = log.about(WHERE)
     assert line.startswith("handshake failed: certificate verify failed: not issued by a trusted CA")
 
 
 async def test_an_identity_not_on_the_allow_list_is_refused_after_the_handshake(
-    connect: Connect, state: ServerState, caplog: pytest.LogCaptureFixture
+    connect: Connect, state: ServerState, log: ServerLog
 ) -> None:
     session = connect("alice", allow=AllowList(common_names=["client"]))
     with pytest.raises(trio.BrokenResourceError):  # closed without close_notify
         await session.read_to_end()
     await session.done.wait()
     assert counted(state) == {"identity_refused": 1}
-    [line] = lines(caplog)
+    [line] = log.about(WHERE)
     assert line.startswith("refused: identity not allowed: subject=")
     assert ",CN=alice sans=DNS:alice sha256=" in line
 
@@ -163,7 +161,7 @@ async def test_an_identity_not_on_the_allow_list_is_refused_after_the_handshake(
 async def test_a_silent_client_times_out_in_the_handshake(
     connect: Connect,
     state: ServerState,
-    caplog: pytest.LogCaptureFixture,
+    log: ServerLog,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     connect()  # never sends its hello
@@ -174,11 +172,11 @@ async def test_a_silent_client_times_out_in_the_handshake(
             await trio.sleep(1)
     assert counted(state) == {"timeout": 1}
     assert trio.current_time() - start >= state.config.handshake_timeout
-    assert lines(caplog) == ["handshake timed out after 10s"]
+    assert log.about(WHERE) == ["handshake timed out after 10s"]
 
 
 async def test_an_idle_connection_is_closed_with_close_notify(
-    nursery: trio.Nursery, pki: Path, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, pki: Path, log: ServerLog, autojump_clock: trio.testing.MockClock
 ) -> None:
     state = ServerState.build(ServerConfig(tls=TLSFiles.from_dir(pki, "server"), idle_timeout=5))
     nursery.start_soon(state.liveness.run)  # the idle sweep, as serve() runs it
@@ -189,7 +187,7 @@ async def test_an_idle_connection_is_closed_with_close_notify(
     assert 5 <= trio.current_time() - sent_at <= 5 + state.liveness.period + 0.01
     await session.done.wait()
     assert state.metrics.idle_closed == 1
-    assert lines(caplog)[1:] == ["closed: idle for 5s"]
+    assert log.about(WHERE)[1:] == ["closed: idle for 5s"]
 
 
 @pytest.mark.parametrize(
@@ -204,7 +202,7 @@ async def test_an_idle_connection_is_closed_with_close_notify(
     ids=["exception", "group"],
 )
 async def test_a_handler_error_is_logged_and_ends_the_connection_without_close_notify(
-    connect: Connect, state: ServerState, caplog: pytest.LogCaptureFixture, failure: Exception, logged: str
+    connect: Connect, state: ServerState, log: ServerLog, failure: Exception, logged: str
 ) -> None:
     async def broken(conn: Connection) -> None:
         await conn.stream.send_all(b"half a rep")
@@ -218,21 +216,20 @@ async def test_a_handler_error_is_logged_and_ends_the_connection_without_close_n
     assert got == b"half a rep"
     await session.done.wait()
     assert state.metrics.handler_errors == 1
-    assert lines(caplog)[1:] == [logged]
-    error_records = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(error_records) == 1
+    assert log.about(WHERE)[1:] == [logged]
+    assert len(log.problems()) == 1
 
 
 async def test_a_connection_lost_under_the_handler_is_one_info_line(
-    connect: Connect, state: ServerState, caplog: pytest.LogCaptureFixture
+    connect: Connect, state: ServerState, log: ServerLog
 ) -> None:
     session = connect()
     await session.round_trip(b"x")
     await trio.aclose_forcefully(session.client)  # no close_notify: a cut connection
     await session.done.wait()
-    assert lines(caplog)[1:] == ["connection lost: peer closed the connection without a TLS close_notify"]
+    assert log.about(WHERE)[1:] == ["connection lost: peer closed the connection without a TLS close_notify"]
     assert state.metrics.handler_errors == 0
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [r for r in log.records if r.levelno >= logging.WARNING]
 
 
 async def test_a_cancelled_connection_is_closed_without_close_notify(state: ServerState, pki: Path) -> None:

@@ -13,6 +13,7 @@ from trio_tlsecho import ClientConfig, ClientError, ConfigError, TLSFiles, echo_
 from trio_tlsecho._tls import AllowList, PeerIdentity
 
 from .conftest import Start, issue_with_uri
+from .logs import ServerLog
 
 
 def _identity(
@@ -35,24 +36,36 @@ def test_common_name() -> None:
     assert not allow.permits(_identity(None, sans=()))
 
 
-def test_sans_dns_and_uri() -> None:
-    allow = AllowList(sans=["DNS:Alice", "spiffe://example.org/ns/prod/sa/app"])
-    assert allow.sans == frozenset({"DNS:alice", "URI:spiffe://example.org/ns/prod/sa/app"})
-    assert allow.permits(_identity("x", sans=("DNS:ALICE",)))
-    assert allow.permits(_identity("x", sans=("URI:spiffe://example.org/ns/prod/sa/app",)))
-    # URIs are case-sensitive, and a URI never matches a DNS entry or vice versa.
-    assert not allow.permits(_identity("x", sans=("URI:spiffe://example.org/ns/prod/sa/APP",)))
-    assert not allow.permits(_identity("x", sans=("URI:alice",)))
-
-
-def test_ip_sans_in_any_spelling() -> None:
-    allow = AllowList(sans=["IP:10.0.0.1", "ip:2001:db8::1"])
-    assert allow.sans == frozenset({"IP:10.0.0.1", "IP:2001:db8::1"})
-    # As getpeercert() writes them: "IP Address", IPv6 uncompressed and upper-case.
-    assert allow.permits(_identity("x", sans=("IP Address:10.0.0.1",)))
-    assert allow.permits(_identity("x", sans=("IP Address:2001:DB8:0:0:0:0:0:1",)))
-    assert not allow.permits(_identity("x", sans=("IP Address:10.0.0.2",)))
-    assert not allow.permits(_identity("x", sans=("DNS:10.0.0.1",)))
+@pytest.mark.parametrize(
+    ("entries", "kept", "admitted", "refused"),
+    [
+        pytest.param(
+            ["DNS:Alice", "spiffe://example.org/ns/prod/sa/app"],
+            {"DNS:alice", "URI:spiffe://example.org/ns/prod/sa/app"},
+            ["DNS:ALICE", "URI:spiffe://example.org/ns/prod/sa/app"],
+            # URIs are case-sensitive, and a URI never matches a DNS entry or vice versa.
+            ["URI:spiffe://example.org/ns/prod/sa/APP", "URI:alice"],
+            id="dns-and-uri",
+        ),
+        pytest.param(
+            ["IP:10.0.0.1", "ip:2001:db8::1"],
+            {"IP:10.0.0.1", "IP:2001:db8::1"},
+            # As getpeercert() writes them: "IP Address", IPv6 uncompressed and upper-case.
+            ["IP Address:10.0.0.1", "IP Address:2001:DB8:0:0:0:0:0:1"],
+            ["IP Address:10.0.0.2", "DNS:10.0.0.1"],
+            id="ip-in-any-spelling",
+        ),
+    ],
+)
+def test_san_entries_are_normalised_and_matched(
+    entries: list[str], kept: set[str], admitted: list[str], refused: list[str]
+) -> None:
+    allow = AllowList(sans=entries)
+    assert allow.sans == frozenset(kept)
+    for san in admitted:
+        assert allow.permits(_identity("x", sans=(san,))), san
+    for san in refused:
+        assert not allow.permits(_identity("x", sans=(san,))), san
 
 
 def test_fingerprint_accepts_colons_and_case() -> None:
@@ -114,7 +127,7 @@ async def test_server_refuses_identities_not_allowed(
     start: Start,
     pki: Path,
     client_config: ClientConfig,
-    caplog: pytest.LogCaptureFixture,
+    log: ServerLog,
     allow: AllowList | str,
 ) -> None:
     if allow == "fingerprint":
@@ -125,10 +138,9 @@ async def test_server_refuses_identities_not_allowed(
     assert (await echo_once(address, alice, b"alice here")).received == 10
     with pytest.raises(ClientError):
         await echo_once(address, client_config, b"client here")
-    refusals = [r for r in caplog.records if "refused: identity not allowed" in r.getMessage()]
-    assert len(refusals) == 1
-    assert refusals[0].levelno == logging.WARNING
-    assert "subject=O=trio_tlsecho development PKI,OU=client,CN=client" in refusals[0].getMessage()
+    [refusal] = log.find("refused: identity not allowed")
+    assert refusal.levelno == logging.WARNING
+    assert "subject=O=trio_tlsecho development PKI,OU=client,CN=client" in refusal.getMessage()
     assert (await echo_once(address, alice, b"alice again")).received == 11
 
 

@@ -35,6 +35,7 @@ from trio_tlsecho._net._proxy import (
 )
 
 from .conftest import Start, start_server
+from .logs import ServerLog
 
 TLS_START = b"\x16\x03\x01\x00\xc0"  # what follows the header: a ClientHello's record header
 
@@ -222,10 +223,10 @@ async def test_server_refuses_bad_headers_and_keeps_serving(
     ids=["check", "check-send-proxy"],
 )
 async def test_a_health_check_is_a_probe_not_a_refusal(
-    nursery: trio.Nursery, server_config: ServerConfig, caplog: pytest.LogCaptureFixture, sent: bytes
+    nursery: trio.Nursery, server_config: ServerConfig, log: ServerLog, sent: bytes
 ) -> None:
     # HAProxy's checks: connect and close; or a PROXY v2 LOCAL header, then close.
-    caplog.set_level(logging.DEBUG, logger="trio_tlsecho")
+    log.set_level(logging.DEBUG)
     metrics = ServerMetrics()
     config = attrs.evolve(server_config, proxy_protocol=True)
     [address] = await nursery.start(functools.partial(serve, config, metrics=metrics))
@@ -237,10 +238,10 @@ async def test_a_health_check_is_a_probe_not_a_refusal(
             await trio.testing.wait_all_tasks_blocked()
     assert {result: n for result, n in metrics.handshakes.items() if n} == {"probe": 1}
     assert metrics.handshake_failures == 0
-    [record] = [r for r in caplog.records if "before sending" in r.getMessage()]
+    [record] = log.find("before sending")
     assert record.levelno == logging.DEBUG
     assert record.getMessage().endswith("closed before sending anything (a health check?)")
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [r for r in log.records if r.levelno >= logging.WARNING]
 
 
 async def test_truncated_header_times_out(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from .processes import PY, ServeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -56,8 +57,7 @@ def _readme_command(subcommand: str) -> list[str]:
 
 def test_try_it_commands(tmp_path: Path) -> None:
     """`serve` exactly as the first README line starts it, then the README's `client` line."""
-    serve = [sys.executable, "-m", "trio_tlsecho", "serve"]
-    assert " ".join(serve[1:]) in _blocks("sh")[0]
+    assert " ".join([*PY[1:], "serve"]) in _blocks("sh")[0]
     # The README's command takes the default port: say so plainly if something has it.
     with socket.socket() as probe:
         # As the server binds (trio sets it): a TIME_WAIT left by an earlier run is no owner.
@@ -66,23 +66,13 @@ def test_try_it_commands(tmp_path: Path) -> None:
             probe.bind(("127.0.0.1", 8443))
         except OSError as exc:
             pytest.fail(f"port 8443, which the README's serve uses, is taken ({exc.strerror}): free it")
-    proc = subprocess.Popen(serve, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line == "listening on 127.0.0.1:8443\n", proc.stderr.read() if proc.stderr else ""
+    with ServeProcess(cwd=tmp_path) as server:  # never left holding 8443 for the next run
+        assert server.stdout.seen == ["listening on 127.0.0.1:8443"]
         client = subprocess.run(
             _readme_command("client"), cwd=tmp_path, capture_output=True, text=True, timeout=60
         )
         assert client.returncode == 0, client.stderr
         assert "connected to 127.0.0.1:8443" in client.stdout
         assert "verdict:               OK" in client.stdout
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()  # never left holding 8443 for the next run
-            _, err = proc.communicate()
-            raise
-    assert proc.returncode == 0, err
+        code, err = server.stop()
+    assert code == 0, err

@@ -7,10 +7,9 @@ import functools
 import shutil
 import signal
 import ssl
-import subprocess
-import sys
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -22,6 +21,7 @@ from trio_tlsecho import (
     CertificateError,
     ClientConfig,
     ClientError,
+    EchoResult,
     ServerConfig,
     ServerMetrics,
     TLSFiles,
@@ -33,14 +33,9 @@ from trio_tlsecho import (
 from trio_tlsecho._server import _serve as _server
 from trio_tlsecho._tls import revoke
 
+from .logs import ServerLog
+from .processes import ServeProcess, run_cli
 from .test_tls import encrypt_key
-
-
-@pytest.fixture
-def certs(tmp_path: Path, pki: Path) -> Path:
-    """A private copy of the PKI: these tests revoke and replace files."""
-    shutil.copytree(pki, tmp_path / "certs")
-    return tmp_path / "certs"
 
 
 def _serial(pem: Path) -> int:
@@ -156,13 +151,31 @@ async def start_reloadable(nursery: trio.Nursery, certs: Path, **kw: object) -> 
     return address, reloads
 
 
-async def test_reload_swaps_certificates_for_new_connections_only(
-    nursery: trio.Nursery, certs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    client = ClientConfig(tls=TLSFiles.from_dir(certs, "client"))
+@attrs.frozen
+class Reloadable:
+    """A server on ``certs``, the trigger that reloads it, and the client of ``certs``."""
+
+    address: Address
+    reloads: Reloads
+    client: ClientConfig
+
+    async def echo(self, data: bytes) -> EchoResult:
+        """*data* echoed for the client, on a new connection."""
+        return await echo_once(self.address, self.client, data)
+
+
+@pytest.fixture
+async def reloadable(nursery: trio.Nursery, certs: Path) -> Reloadable:
+    """A server on ``certs`` in the test's nursery, whose reloads the test triggers."""
     address, reloads = await start_reloadable(nursery, certs)
-    before = await echo_once(address, client, b"before")
-    steady = await open_client(address, client)
+    return Reloadable(address, reloads, ClientConfig(tls=TLSFiles.from_dir(certs, "client")))
+
+
+async def test_reload_swaps_certificates_for_new_connections_only(
+    reloadable: Reloadable, certs: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = await reloadable.echo(b"before")
+    steady = await open_client(reloadable.address, reloadable.client)
 
     # A new server certificate from the same CA, written where the server reads it.
     fresh = tmp_path / "fresh"
@@ -170,13 +183,13 @@ async def test_reload_swaps_certificates_for_new_connections_only(
     shutil.copy(fresh / "server.pem", certs / "server.pem")
     shutil.copy(fresh / "server.key", certs / "server.key")
     (certs / "ca.pem").write_bytes((certs / "ca.pem").read_bytes() + (fresh / "ca.pem").read_bytes())
-    await reloads.reload()
+    await reloadable.reloads.reload()
     assert "reloaded certificate, key, CA for new connections" in caplog.text
 
     new_client = ClientConfig(
         tls=TLSFiles(cert=certs / "client.pem", key=certs / "client.key", ca=fresh / "ca.pem")
     )
-    after = await echo_once(address, new_client, b"after")
+    after = await echo_once(reloadable.address, new_client, b"after")
     assert after.server.fingerprint_sha256 != before.server.fingerprint_sha256
     # The connection made before the reload goes on with what it had.
     await steady.send_all(b"still")
@@ -185,38 +198,34 @@ async def test_reload_swaps_certificates_for_new_connections_only(
 
 
 async def test_broken_reload_keeps_the_old_configuration(
-    nursery: trio.Nursery, certs: Path, caplog: pytest.LogCaptureFixture
+    reloadable: Reloadable, certs: Path, log: ServerLog
 ) -> None:
-    client = ClientConfig(tls=TLSFiles.from_dir(certs, "client"))
-    address, reloads = await start_reloadable(nursery, certs)
-    before = await echo_once(address, client, b"before")
+    before = await reloadable.echo(b"before")
     shutil.copy(certs / "client.key", certs / "server.key")  # a key that does not match
-    await reloads.reload()
-    [line] = [r.getMessage() for r in caplog.records if "reload failed" in r.getMessage()]
+    await reloadable.reloads.reload()
+    [line] = log.messages("reload failed")
     assert line.startswith("reload failed, still using the previous certificates: private key")
-    after = await echo_once(address, client, b"after")
+    after = await reloadable.echo(b"after")
     assert after.server.fingerprint_sha256 == before.server.fingerprint_sha256
 
 
 async def test_reload_with_an_encrypted_key_or_an_unforeseen_error_keeps_serving(
-    nursery: trio.Nursery, certs: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    reloadable: Reloadable, certs: Path, log: ServerLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client = ClientConfig(tls=TLSFiles.from_dir(certs, "client"))
-    address, reloads = await start_reloadable(nursery, certs)
-    before = await echo_once(address, client, b"before")
+    before = await reloadable.echo(b"before")
     encrypt_key(certs / "server.key")
-    await reloads.reload()
+    await reloadable.reloads.reload()
 
     def unforeseen(config: ServerConfig) -> ssl.SSLContext:
         raise RuntimeError("something no one thought of")
 
     monkeypatch.setattr(_server, "server_context", unforeseen)
-    await reloads.reload()
-    lines = [r.getMessage() for r in caplog.records if "reload failed" in r.getMessage()]
+    await reloadable.reloads.reload()
+    lines = log.messages("reload failed")
     assert len(lines) == 2
     assert "server.key is encrypted: give an unencrypted key" in lines[0]
     assert lines[1].endswith("previous certificates: RuntimeError: something no one thought of")
-    after = await echo_once(address, client, b"after")
+    after = await reloadable.echo(b"after")
     assert after.server.fingerprint_sha256 == before.server.fingerprint_sha256
 
 
@@ -231,44 +240,26 @@ async def test_reload_picks_up_a_new_crl(nursery: trio.Nursery, certs: Path) -> 
 
 
 def test_sighup_reloads_and_revokes_via_cli(certs: Path, tmp_path: Path) -> None:
-    py = [sys.executable, "-m", "trio_tlsecho"]
-    proc = subprocess.Popen(
-        [*py, "serve", "--listen", "127.0.0.1:0", "--crl", "certs/crl.pem"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stderr is not None
-        address = proc.stdout.readline().split()[-1]
-        client = [
-            *py,
+    with ServeProcess("--listen", "127.0.0.1:0", "--crl", "certs/crl.pem", cwd=tmp_path) as server:
+        alice = (
             "client",
             "--connect",
-            address,
+            str(server.address),
             "--cert",
             "certs/alice.pem",
             "--key",
             "certs/alice.key",
-        ]
-        assert subprocess.run(client, cwd=tmp_path, capture_output=True, timeout=60).returncode == 0
-        revoked = subprocess.run(
-            [*py, "certs", "--revoke", "alice"], cwd=tmp_path, capture_output=True, text=True, timeout=60
         )
+        assert run_cli(*alice, cwd=tmp_path).returncode == 0
+        revoked = run_cli("certs", "--revoke", "alice", cwd=tmp_path)
         assert revoked.stdout == "revoked alice: wrote certs/crl.pem\n"
-        proc.send_signal(signal.SIGHUP)
-        for line in proc.stderr:  # ends at EOF if the server dies: then the assert below fails
-            if "reloaded certificate" in line:
-                break
-        refused = subprocess.run(client, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        server.signal(signal.SIGHUP)
+        assert server.stderr.wait_for("reloaded certificate")
+        refused = run_cli(*alice, cwd=tmp_path)
         assert refused.returncode == 1
         assert "revoked" in refused.stderr
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=15)
-    assert proc.returncode == 0
+        code, err = server.stop()
+    assert code == 0, err
 
 
 async def test_reload_ends_outstanding_session_tickets(nursery: trio.Nursery, certs: Path) -> None:

@@ -33,6 +33,7 @@ from trio_tlsecho._net import bind_reuse_port
 from trio_tlsecho._tls import IdentityCache
 
 from .conftest import Start, ipv6_loopback_available, issue_client, start_server
+from .logs import ServerLog
 
 NOW = dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
@@ -73,44 +74,44 @@ async def test_rejects_client_without_certificate(
     assert "handshake failed: peer did not present a client certificate" in caplog.text
 
 
-async def test_rejects_certificate_from_another_ca(
-    server: Address, client_config: ClientConfig, pki: Path, other_pki: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    stranger = ClientConfig(
-        tls=TLSFiles(cert=other_pki / "client.pem", key=other_pki / "client.key", ca=pki / "ca.pem")
-    )
-    with pytest.raises(ClientError, match="unknown CA"):
-        await echo_once(server, stranger, b"let me in")
-    await _assert_still_serves(server, client_config)
-    assert "certificate verify failed: not issued by a trusted CA" in caplog.text
+def _from_another_ca(pki: Path, other_pki: Path, tmp_path: Path) -> TLSFiles:
+    return TLSFiles(cert=other_pki / "client.pem", key=other_pki / "client.key", ca=pki / "ca.pem")
 
 
-async def test_rejects_expired_certificate(
-    server: Address, client_config: ClientConfig, pki: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    expired = issue_client(
-        pki, tmp_path, "expired", not_before=NOW - dt.timedelta(days=30), not_after=NOW - dt.timedelta(days=1)
-    )
-    with pytest.raises(ClientError, match="expired"):
-        await echo_once(server, ClientConfig(tls=expired), b"let me in")
-    await _assert_still_serves(server, client_config)
-    assert "certificate verify failed: expired" in caplog.text
+def _expired(pki: Path, other_pki: Path, tmp_path: Path) -> TLSFiles:
+    ended = NOW - dt.timedelta(days=1)
+    return issue_client(pki, tmp_path, "expired", not_before=NOW - dt.timedelta(days=30), not_after=ended)
 
 
-async def test_rejects_not_yet_valid_certificate(
+def _not_yet_valid(pki: Path, other_pki: Path, tmp_path: Path) -> TLSFiles:
+    begins = NOW + dt.timedelta(days=1)
+    return issue_client(pki, tmp_path, "early", not_before=begins, not_after=NOW + dt.timedelta(days=30))
+
+
+@pytest.mark.parametrize(
+    ("certificate", "client_error", "logged"),
+    [
+        pytest.param(_from_another_ca, "unknown CA", "not issued by a trusted CA", id="another-ca"),
+        pytest.param(_expired, "expired", "expired", id="expired"),
+        pytest.param(_not_yet_valid, r"bad certificate|rejected", "not yet valid", id="not-yet-valid"),
+    ],
+)
+async def test_rejects_a_certificate_it_cannot_verify(
     server: Address,
     client_config: ClientConfig,
     pki: Path,
+    other_pki: Path,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
+    certificate: Callable[[Path, Path, Path], TLSFiles],
+    client_error: str,
+    logged: str,
 ) -> None:
-    early = issue_client(
-        pki, tmp_path, "early", not_before=NOW + dt.timedelta(days=1), not_after=NOW + dt.timedelta(days=30)
-    )
-    with pytest.raises(ClientError, match=r"bad certificate|rejected"):
-        await echo_once(server, ClientConfig(tls=early), b"let me in")
+    refused = ClientConfig(tls=certificate(pki, other_pki, tmp_path))
+    with pytest.raises(ClientError, match=client_error):
+        await echo_once(server, refused, b"let me in")
     await _assert_still_serves(server, client_config)
-    assert "certificate verify failed: not yet valid" in caplog.text
+    assert f"certificate verify failed: {logged}" in caplog.text
 
 
 async def test_rejects_plain_text_and_keeps_serving(
@@ -245,11 +246,10 @@ def test_identity_cache_is_bounded_and_keeps_the_recently_presented() -> None:
 
 
 async def test_connection_log_line_has_the_details(
-    server: Address, client_config: ClientConfig, caplog: pytest.LogCaptureFixture
+    server: Address, client_config: ClientConfig, log: ServerLog
 ) -> None:
-    caplog.set_level(logging.INFO, logger="trio_tlsecho")
     await echo_once(server, client_config, b"x")
-    [line] = [r.getMessage() for r in caplog.records if "connected TLS" in r.getMessage()]
+    [line] = log.messages("connected TLS")
     assert "TLSv1.3 TLS_" in line
     assert "subject=O=trio_tlsecho development PKI,OU=client,CN=client" in line
     assert "issuer=O=trio_tlsecho development PKI,OU=development CA" in line
@@ -258,9 +258,8 @@ async def test_connection_log_line_has_the_details(
 
 
 async def test_client_count_in_log_tracks_open_connections(
-    server: Address, client_config: ClientConfig, caplog: pytest.LogCaptureFixture
+    server: Address, client_config: ClientConfig, log: ServerLog
 ) -> None:
-    caplog.set_level(logging.INFO, logger="trio_tlsecho")
     first = await open_client(server, client_config)
     await first.send_all(b"a")
     await first.receive_some(10)  # the server has logged the connection by now
@@ -269,7 +268,7 @@ async def test_client_count_in_log_tracks_open_connections(
     await second.receive_some(10)
     await first.aclose()
     await second.aclose()
-    counts = [r.getMessage().rsplit(";", 1)[1] for r in caplog.records if "connected TLS" in r.getMessage()]
+    counts = [line.rsplit(";", 1)[1] for line in log.messages("connected TLS")]
     assert counts == [" 1 client connected", " 2 clients connected"]
 
 
@@ -317,20 +316,14 @@ async def test_cancelling_the_nursery_stops_the_server(
 
 
 async def test_connect_and_close_is_not_a_warning(
-    server: Address, client_config: ClientConfig, caplog: pytest.LogCaptureFixture
+    server: Address, client_config: ClientConfig, log: ServerLog
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="trio_tlsecho")
-
-    def probes() -> list[logging.LogRecord]:
-        return [r for r in caplog.records if "closed before sending anything" in r.getMessage()]
-
+    log.set_level(logging.DEBUG)
     # What a load balancer's TCP health check or a port scan looks like.
     probe = await trio.open_tcp_stream(server.host, server.port)
     await probe.aclose()
-    with trio.fail_after(10):
-        while not probes():
-            await trio.testing.wait_all_tasks_blocked()
-    assert [r.levelno for r in probes()] == [logging.DEBUG]
+    await log.wait_for("closed before sending anything")
+    assert [r.levelno for r in log.find("closed before sending anything")] == [logging.DEBUG]
     await _assert_still_serves(server, client_config)
 
 
@@ -417,3 +410,20 @@ async def test_a_handler_group_logs_its_errors_and_lets_the_rest_go_on(
     assert info.group_contains(SystemExit, depth=None)
     assert not info.group_contains(ValueError, depth=None)
     assert "handler error: ValueError: child bug" in caplog.text
+
+
+async def test_keylog_writes_secrets_and_warns(
+    start: Start, client_config: ClientConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    keylog = tmp_path / "keys.log"
+    [address] = await start(keylog=keylog)
+    await echo_once(address, client_config, b"secret")
+    labels = {
+        line.split()[0] for line in keylog.read_text().splitlines() if line and not line.startswith("#")
+    }
+    assert {"CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0"} <= labels
+    assert f"writing TLS session secrets to {keylog}" in caplog.text
+
+
+def test_keylog_off_by_default(server_config: ServerConfig) -> None:
+    assert server_config.keylog is None

@@ -1,12 +1,9 @@
-"""Graceful shutdown, and the key log."""
+"""Graceful shutdown: listeners close at once, connections get their grace, then are cancelled."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import attrs
@@ -24,6 +21,8 @@ from trio_tlsecho import (
     open_client,
     serve,
 )
+
+from .processes import ServeProcess
 
 PAYLOAD = os.urandom(8 << 20)
 
@@ -116,18 +115,10 @@ async def test_idle_connections_still_time_out_during_the_grace(
     assert metrics.idle_closed == 1
 
 
-def test_sigterm_lets_echoes_in_flight_finish(tmp_path: Path, pki: Path, client_config: ClientConfig) -> None:
-    shutil.copytree(pki, tmp_path / "certs")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trio_tlsecho", "serve", "--listen", "127.0.0.1:0"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        address = Address.parse(proc.stdout.readline().split()[-1])
+def test_sigterm_lets_echoes_in_flight_finish(
+    tmp_path: Path, certs: Path, client_config: ClientConfig
+) -> None:
+    with ServeProcess("--listen", "127.0.0.1:0", cwd=tmp_path) as server:
 
         async def main() -> bytes:
             halfway = trio.Event()
@@ -135,42 +126,16 @@ def test_sigterm_lets_echoes_in_flight_finish(tmp_path: Path, pki: Path, client_
                 result: list[bytes] = []
 
                 async def client() -> None:
-                    result.append(await _echo_in_flight(address, client_config, halfway))
+                    result.append(await _echo_in_flight(server.address, client_config, halfway))
 
                 nursery.start_soon(client)
                 await halfway.wait()
-                proc.send_signal(signal.SIGTERM)
+                server.signal(signal.SIGTERM)
             return result[0]
 
         assert trio.run(main) == PAYLOAD
-        _, err = proc.communicate(timeout=30)  # it stops by itself once the echo is done
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
+        code, err = server.wait()  # it stops by itself once the echo is done
+    assert code == 0, err
     assert "SIGTERM received, shutting down" in err
     assert "1 open connection gets 10s to finish" in err
     assert "Traceback" not in err
-
-
-async def test_keylog_writes_secrets_and_warns(
-    nursery: trio.Nursery,
-    server_config: ServerConfig,
-    client_config: ClientConfig,
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    keylog = tmp_path / "keys.log"
-    config = attrs.evolve(server_config, keylog=keylog)
-    [address] = await nursery.start(serve, config)
-    await echo_once(address, client_config, b"secret")
-    labels = {
-        line.split()[0] for line in keylog.read_text().splitlines() if line and not line.startswith("#")
-    }
-    assert {"CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0"} <= labels
-    assert f"writing TLS session secrets to {keylog}" in caplog.text
-
-
-def test_keylog_off_by_default(server_config: ServerConfig) -> None:
-    assert server_config.keylog is None

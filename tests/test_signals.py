@@ -17,7 +17,8 @@ from trio_tlsecho._process import serve_until_signalled
 from trio_tlsecho._process._signals import Action, Phase, SignalState, log_action
 from trio_tlsecho._process._single import _dispatch
 
-from .logwatch import LogWatch
+from .conftest import receive_until
+from .logs import ServerLog
 
 HUP, INT, TERM, USR1 = signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGUSR1
 
@@ -147,39 +148,35 @@ async def _serving_one_connection(
 
 async def _echo(stream: trio.abc.Stream, data: bytes) -> bytes:
     await stream.send_all(data)
-    got = b""
-    while len(got) < len(data):
-        chunk = await stream.receive_some()
-        assert chunk, "the server closed the connection"
-        got += chunk
-    return got
+    return await receive_until(stream, len(data), "the connection")
 
 
 @pytest.mark.parametrize("stop", [TERM, INT], ids=["SIGTERM", "SIGINT"])
 async def test_sighup_reloads_and_a_stop_signal_lets_connections_finish(
-    config: ServerConfig, client_config: ClientConfig, stop: signal.Signals
+    config: ServerConfig, client_config: ClientConfig, log: ServerLog, stop: signal.Signals
 ) -> None:
-    with LogWatch() as logs:
-        async with _serving_one_connection(config, client_config) as stream:
-            signal.raise_signal(HUP)
-            await logs.wait_for("SIGHUP received, reloading certificates")
-            await logs.wait_for("reloaded certificate")
-            signal.raise_signal(stop)
-            await logs.wait_for(f"{stop.name} received, shutting down")
-            await logs.wait_for("shutting down: listeners closed; 1 open connection gets 3600s")
-            assert await _echo(stream, b"still served") == b"still served"
-            await stream.aclose()  # the last connection done: the server returns
-        await logs.wait_for("stopped")
+    async with _serving_one_connection(config, client_config) as stream:
+        signal.raise_signal(HUP)
+        await log.wait_for("SIGHUP received, reloading certificates")
+        await log.wait_for("reloaded certificate")
+        signal.raise_signal(stop)
+        await log.wait_for(f"{stop.name} received, shutting down")
+        await log.wait_for("shutting down: listeners closed; 1 open connection gets 3600s")
+        assert await _echo(stream, b"still served") == b"still served"
+        await stream.aclose()  # the last connection done: the server returns
+    await log.wait_for("stopped")
 
 
-async def test_a_second_stop_signal_stops_now(config: ServerConfig, client_config: ClientConfig) -> None:
+async def test_a_second_stop_signal_stops_now(
+    config: ServerConfig, client_config: ClientConfig, log: ServerLog
+) -> None:
     # A guard against a hang (the failure this test is for), not a measurement.
-    with LogWatch() as logs, trio.fail_after(60):
+    with trio.fail_after(60):
         async with _serving_one_connection(config, client_config) as stream:
             signal.raise_signal(TERM)
-            await logs.wait_for("SIGTERM received, shutting down")
+            await log.wait_for("SIGTERM received, shutting down")
             signal.raise_signal(INT)
-            assert "SIGINT received again, stopping now" in await logs.wait_for("received again")
+            assert "SIGINT received again, stopping now" in await log.wait_for("received again")
         # serve_until_signalled returned with a connection open and an hour of grace left.
         try:
             rest = await stream.receive_some()

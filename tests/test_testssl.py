@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from .tools import Lines, require_tool
+from .processes import ServeProcess, run_cli
+from .tools import require_tool
 
 #: Severities that are findings.  (OK, INFO, DEBUG and WARN are not: WARN means
 #: "could not test", which the report lists.)  FATAL means the scan itself broke.
@@ -90,21 +89,10 @@ def test_testssl_finds_nothing_but_dev_ca_provenance(tmp_path: Path, pki: Path, 
     # Both engines share one SSLContext policy, but not the code that meets testssl's
     # malformed probes (heartbleed, CCS injection, renegotiation): each must survive them.
     testssl = find_testssl()
-    server_log = tmp_path / "server.log"
-    with server_log.open("w") as err:
-        server = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "trio_tlsecho", "serve", "--listen", "127.0.0.1:0"),
-                *("--certs", str(pki), "--engine", engine),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=err,
-        )
-    try:
-        assert server.stdout is not None
-        line = Lines(server.stdout).wait_for("listening on", timeout=30)
-        assert line, f"server did not start: {server_log.read_text()}"
-        target = line.split()[-1]
+    with ServeProcess(
+        "--listen", "127.0.0.1:0", "--certs", str(pki), "--engine", engine, cwd=tmp_path
+    ) as server:
+        target = str(server.address)
         report = tmp_path / "testssl.json"
         scan = subprocess.run(
             [
@@ -138,24 +126,10 @@ def test_testssl_finds_nothing_but_dev_ca_provenance(tmp_path: Path, pki: Path, 
         findings = json.loads(report.read_text())
 
         # The server survived the scan and still serves a verified client.
-        assert server.poll() is None, server_log.read_text()
-        client = subprocess.run(
-            [sys.executable, "-m", "trio_tlsecho", "client", "--connect", target, "--certs", str(pki)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        assert server.proc.poll() is None, "\n".join(server.stderr.seen)
+        client = run_cli("client", "--connect", target, "--certs", str(pki))
         assert client.returncode == 0, client.stderr
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        finally:
-            if server.poll() is None:
-                server.kill()
-                server.wait()
-            if server.stdout is not None:
-                server.stdout.close()
+        code, log = server.stop()
 
     ids = {f["id"] for f in findings}
     assert ids >= EXPECTED, f"the scan skipped checks: {sorted(EXPECTED - ids)}"
@@ -169,7 +143,6 @@ def test_testssl_finds_nothing_but_dev_ca_provenance(tmp_path: Path, pki: Path, 
     not_tested = [f"{f['id']}: {f['finding']}" for f in findings if f["severity"] == "WARN"]
     if not_tested:
         print("testssl could not test (mTLS):", *not_tested, sep="\n  ")
-    log = server_log.read_text()
     assert "Traceback" not in log
     assert " ERROR " not in log
-    assert server.returncode == 0, log
+    assert code == 0, log

@@ -51,22 +51,16 @@ def test_client_context_verifies_server(pki: Path) -> None:
     assert ctx.check_hostname
 
 
-def _copy(pki: Path, tmp: Path) -> TLSFiles:
-    for name in ("server.pem", "server.key", "ca.pem", "client.pem", "client.key"):
-        shutil.copy(pki / name, tmp / name)
-    return TLSFiles.from_dir(tmp, "server")
-
-
-def test_missing_file(pki: Path, tmp_path: Path) -> None:
-    files = _copy(pki, tmp_path)
+def test_missing_file(certs: Path) -> None:
+    files = TLSFiles.from_dir(certs, "server")
     files.key.unlink()
     with pytest.raises(CertificateError, match=r"^private key file not found: .*server\.key$"):
         server_context(_server(files))
 
 
-def test_key_does_not_match_certificate(pki: Path, tmp_path: Path) -> None:
-    files = _copy(pki, tmp_path)
-    shutil.copy(tmp_path / "client.key", files.key)
+def test_key_does_not_match_certificate(certs: Path) -> None:
+    files = TLSFiles.from_dir(certs, "server")
+    shutil.copy(certs / "client.key", files.key)
     with pytest.raises(CertificateError, match=r"private key .*server\.key does not match certificate"):
         server_context(_server(files))
 
@@ -83,9 +77,9 @@ def encrypt_key(path: Path) -> None:
     )
 
 
-def test_encrypted_key_is_one_error_not_a_prompt(pki: Path, tmp_path: Path) -> None:
+def test_encrypted_key_is_one_error_not_a_prompt(certs: Path) -> None:
     # stdin is not read: OpenSSL would otherwise prompt "Enter PEM pass phrase:" and wait.
-    files = _copy(pki, tmp_path)
+    files = TLSFiles.from_dir(certs, "server")
     encrypt_key(files.key)
     with pytest.raises(
         CertificateError, match=r"^private key .*server\.key is encrypted: give an unencrypted key"
@@ -94,10 +88,10 @@ def test_encrypted_key_is_one_error_not_a_prompt(pki: Path, tmp_path: Path) -> N
 
 
 def test_files_changing_while_loaded_are_a_certificate_error(
-    pki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    certs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A reload racing a deployment that replaces the files: our read saw them, OpenSSL's did not.
-    files = _copy(pki, tmp_path)
+    files = TLSFiles.from_dir(certs, "server")
     read = _tls._read
 
     def read_then_vanish(path: Path, what: str) -> bytes:
@@ -111,8 +105,8 @@ def test_files_changing_while_loaded_are_a_certificate_error(
         server_context(_server(files))
 
 
-def test_certificate_without_private_key(pki: Path, tmp_path: Path) -> None:
-    files = _copy(pki, tmp_path)
+def test_certificate_without_private_key(certs: Path) -> None:
+    files = TLSFiles.from_dir(certs, "server")
     # A common slip: pointing --key at the certificate file.
     with pytest.raises(
         CertificateError, match=r"no PEM private key in .*server\.pem \(it holds a certificate"
@@ -120,14 +114,14 @@ def test_certificate_without_private_key(pki: Path, tmp_path: Path) -> None:
         server_context(_server(TLSFiles(cert=files.cert, key=files.cert, ca=files.ca)))
 
 
-def test_certificate_file_without_certificate(pki: Path, tmp_path: Path) -> None:
-    files = _copy(pki, tmp_path)
+def test_certificate_file_without_certificate(certs: Path) -> None:
+    files = TLSFiles.from_dir(certs, "server")
     with pytest.raises(CertificateError, match="no PEM certificate in"):
         server_context(_server(TLSFiles(cert=files.key, key=files.key, ca=files.ca)))
 
 
-def test_unreadable_ca(pki: Path, tmp_path: Path) -> None:
-    files = _copy(pki, tmp_path)
+def test_unreadable_ca(certs: Path) -> None:
+    files = TLSFiles.from_dir(certs, "server")
     files.ca.write_text("this is not a certificate\n")
     with pytest.raises(CertificateError, match="no PEM certificate in CA file"):
         server_context(_server(files))
@@ -136,10 +130,10 @@ def test_unreadable_ca(pki: Path, tmp_path: Path) -> None:
         server_context(_server(files))
 
 
-def test_ca_is_a_directory(pki: Path, tmp_path: Path) -> None:
-    files = _copy(pki, tmp_path)
+def test_ca_is_a_directory(certs: Path) -> None:
+    files = TLSFiles.from_dir(certs, "server")
     with pytest.raises(CertificateError, match="CA file is a directory"):
-        server_context(_server(TLSFiles(cert=files.cert, key=files.key, ca=tmp_path)))
+        server_context(_server(TLSFiles(cert=files.cert, key=files.key, ca=certs)))
 
 
 def test_describe_tls_error_reads_the_cause() -> None:

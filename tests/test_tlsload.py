@@ -33,7 +33,8 @@ from trio_tlsecho import (
 )
 
 from .conftest import Start
-from .test_wire import start_recording_proxy
+from .processes import Lines
+from .test_no_plaintext_on_the_wire import start_recording_proxy
 from .tools import missing, require_tool
 
 SOURCE = Path(__file__).resolve().parent.parent / "benchmarks" / "tlsload.c"
@@ -175,20 +176,6 @@ async def child(args: list[str]) -> AsyncIterator[trio.Process]:
             await proc.wait()
 
 
-class Lines:
-    """Lines from a child's stdout, as they come."""
-
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self.stream, self.buffer = stream, b""
-
-    async def next(self) -> bytes:
-        """The next line, without its newline (b"" at the end)."""
-        while b"\n" not in self.buffer and (chunk := await self.stream.receive_some()):
-            self.buffer += chunk
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return line
-
-
 async def test_hold_keeps_every_connection_open_until_stdin_closes(
     tlsload: Path, pki: Path, nursery: trio.Nursery, server_config: ServerConfig
 ) -> None:
@@ -201,12 +188,12 @@ async def test_hold_keeps_every_connection_open_until_stdin_closes(
             assert proc.stdin is not None
             assert proc.stdout is not None
             lines = Lines(proc.stdout)
-            assert json.loads(await lines.next()) == {"held": 40}
+            assert json.loads(await lines.await_line()) == {"held": 40}
             # Each has had its byte echoed: the server holds them all, verified and idle.
             assert metrics.connections_open == 40
             await proc.stdin.aclose()
-            report = json.loads(await lines.next())
-            assert await lines.next() == b""
+            report = json.loads(await lines.await_line())
+            assert await lines.await_line() == ""
     assert proc.returncode == 0
     assert report["round_trips"] == 40
     assert report["errors"] == NO_ERRORS
@@ -224,8 +211,8 @@ async def test_hold_counts_a_server_closing_a_held_connection(start: Start, tlsl
         async with child(args) as proc:
             assert proc.stdout is not None
             lines = Lines(proc.stdout)
-            last = b""
-            while line := await lines.next():
+            last = ""
+            while line := await lines.await_line():
                 last = line
     assert proc.returncode == 1
     report = json.loads(last)
@@ -284,7 +271,7 @@ async def test_sends_its_own_certificate_not_the_ca(tlsload: Path, pki: Path, nu
     """As Go's client does; an OpenSSL client left to itself (ours, the control) adds the CA.
 
     Over TLS 1.2, where the client's certificate crosses the wire in clear, through
-    test_wire's recording proxy.
+    the recording proxy of test_no_plaintext_on_the_wire.
     """
     ctx = server_context(ServerConfig(tls=TLSFiles.from_dir(pki, "server")))
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2

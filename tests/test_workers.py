@@ -7,14 +7,12 @@ import functools
 import multiprocessing
 import os
 import re
-import shutil
 import signal
 import socket
-import subprocess
-import sys
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -23,10 +21,9 @@ from trio_tlsecho import Address, ClientConfig, ServerConfig, ServerMetrics, TLS
 from trio_tlsecho._net import bind_reuse_port, open_reuse_port_listeners
 from trio_tlsecho._process import _workers
 
-from .logwatch import LogWatch
-from .tools import Lines
-
-PY = [sys.executable, "-m", "trio_tlsecho"]
+from .conftest import receive_until
+from .logs import ServerLog, error_line
+from .processes import ServeProcess, run_cli
 
 
 async def test_reuse_port_listeners_share_a_port() -> None:
@@ -39,57 +36,23 @@ async def test_reuse_port_listeners_share_a_port() -> None:
         assert second.socket.getsockname()[1] == port
 
 
-def _serve(*args: str, listen: str = "127.0.0.1:0") -> list[str]:
-    """The command line of ``serve`` with two workers."""
-    return [*PY, "serve", "--workers", "2", "--listen", listen, *args]
+def _supervisor(cwd: Path, *args: str, **kwargs: Any) -> ServeProcess:
+    """``serve`` with two workers."""
+    return ServeProcess("--workers", "2", "--listen", "127.0.0.1:0", *args, cwd=cwd, **kwargs)
 
 
 def _start_fails(cwd: Path, *args: str, listen: str = "127.0.0.1:0") -> str:
     """Run ``serve`` with two workers that must stop at a user's mistake (status 2); its stderr."""
-    result = subprocess.run(_serve(*args, listen=listen), cwd=cwd, capture_output=True, text=True, timeout=60)
+    result = run_cli("serve", "--workers", "2", "--listen", listen, *args, cwd=cwd)
     assert result.returncode == 2, result.stderr
     return result.stderr
 
 
-class Supervisor:
-    def __init__(self, cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            _serve(*args),
-            cwd=cwd,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        assert self.proc.stdout is not None
-        assert self.proc.stderr is not None
-        self.stdout, self.stderr = self.proc.stdout, Lines(self.proc.stderr)
-        self.metrics_url = ""
-        line = self.stdout.readline()
-        if line.startswith("metrics on "):
-            self.metrics_url = line.split()[-1]
-            line = self.stdout.readline()
-        assert line.startswith("listening on "), line
-        self.address = Address.parse(line.split()[-1])
-        pids = self.stderr.wait_for("workers serving: pids")
-        self.pids = [int(p) for p in re.findall(r"\d+", pids.split("pids")[1])]
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
-        err = self.stderr.rest()
-        self.stdout.close()
-        assert self.proc.stderr is not None
-        self.proc.stderr.close()
-        return err
-
-
-@pytest.fixture
-def certs(tmp_path: Path, pki: Path) -> Path:
-    shutil.copytree(pki, tmp_path / "certs")
-    return tmp_path
+def _pids(supervisor: ServeProcess) -> list[int]:
+    """The workers' process ids, from the supervisor's log."""
+    line = supervisor.stderr.wait_for("workers serving: pids")
+    assert line
+    return [int(p) for p in re.findall(r"\d+", line.split("pids")[1])]
 
 
 async def _echo_many(address: Address, client: ClientConfig, n: int) -> None:
@@ -98,44 +61,46 @@ async def _echo_many(address: Address, client: ClientConfig, n: int) -> None:
             nursery.start_soon(echo_once, address, client, os.urandom(100 + i))
 
 
-def test_workers_share_the_load_and_metrics_add_up(certs: Path, client_config: ClientConfig) -> None:
-    sup = Supervisor(certs, "--metrics", "127.0.0.1:0")
-    try:
-        assert len(sup.pids) == 2
+def test_workers_share_the_load_and_metrics_add_up(
+    tmp_path: Path, certs: Path, client_config: ClientConfig
+) -> None:
+    with _supervisor(tmp_path, "--metrics", "127.0.0.1:0") as sup:
+        assert len(_pids(sup)) == 2
         trio.run(_echo_many, sup.address, client_config, 40)
         with urllib.request.urlopen(sup.metrics_url, timeout=10) as response:
             text = response.read().decode()
         assert "tlsecho_connections_total 40.0" in text
         assert 'tlsecho_handshakes_total{result="ok"} 40.0' in text
-    finally:
-        err = sup.stop()
-    assert sup.proc.returncode == 0, err
+        code, err = sup.stop()
+    assert code == 0, err
     served = {int(w) for w in re.findall(r"\[worker (\d)\] \S+: connected", err)}
     assert served == {0, 1}  # the kernel spread 40 connections over both
     assert "all workers stopped" in err
     assert "Traceback" not in err
 
 
-def test_crashed_worker_is_restarted_and_counts_survive(certs: Path, client_config: ClientConfig) -> None:
-    sup = Supervisor(certs, "--metrics", "127.0.0.1:0")
-    try:
+def test_crashed_worker_is_restarted_and_counts_survive(
+    tmp_path: Path, certs: Path, client_config: ClientConfig
+) -> None:
+    with _supervisor(tmp_path, "--metrics", "127.0.0.1:0") as sup:
+        first, _ = _pids(sup)
         trio.run(_echo_many, sup.address, client_config, 10)
-        os.kill(sup.pids[0], signal.SIGKILL)
-        assert sup.stderr.wait_for(f"worker 0 (pid {sup.pids[0]}) exited with signal 9; restarting")
+        os.kill(first, signal.SIGKILL)
+        assert sup.stderr.wait_for(f"worker 0 (pid {first}) exited with signal 9; restarting")
         assert sup.stderr.wait_for("worker 0 restarted: pid")
         trio.run(_echo_many, sup.address, client_config, 10)
         with urllib.request.urlopen(sup.metrics_url, timeout=10) as response:
             text = response.read().decode()
         assert "tlsecho_connections_total 20.0" in text  # nothing lost with the dead worker
-    finally:
-        err = sup.stop()
-    assert sup.proc.returncode == 0, err
+        code, err = sup.stop()
+    assert code == 0, err
 
 
-def test_sigterm_drains_and_sighup_reaches_every_worker(certs: Path, client_config: ClientConfig) -> None:
-    sup = Supervisor(certs)
-    try:
-        sup.proc.send_signal(signal.SIGHUP)
+def test_sigterm_drains_and_sighup_reaches_every_worker(
+    tmp_path: Path, certs: Path, client_config: ClientConfig
+) -> None:
+    with _supervisor(tmp_path) as sup:
+        sup.signal(signal.SIGHUP)
         first = sup.stderr.wait_for("reloaded certificate")
         second = sup.stderr.wait_for("reloaded certificate")
         assert {first[first.index("[worker") :][:10], second[second.index("[worker") :][:10]} == {
@@ -150,50 +115,45 @@ def test_sigterm_drains_and_sighup_reaches_every_worker(certs: Path, client_conf
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(stream.send_all, payload)
                 got += await stream.receive_some(65536)
-                sup.proc.send_signal(signal.SIGTERM)  # mid-echo
-                while len(got) < len(payload):
-                    chunk = await stream.receive_some(65536)
-                    assert chunk
-                    got += chunk
+                sup.signal(signal.SIGTERM)  # mid-echo
+                got += await receive_until(stream, len(payload) - len(got))
             assert got == payload
             await stream.aclose()
 
         trio.run(in_flight)
-    finally:
-        err = sup.stop()
-    assert sup.proc.returncode == 0, err
+        code, err = sup.stop()
+    assert code == 0, err
     assert "SIGTERM received, stopping workers gracefully" in err
     assert "Traceback" not in err
 
 
-def test_a_second_stop_signal_stops_the_workers_now(certs: Path, client_config: ClientConfig) -> None:
+def test_a_second_stop_signal_stops_the_workers_now(
+    tmp_path: Path, certs: Path, client_config: ClientConfig
+) -> None:
     # An hour of grace and no idle timeout: the connection can only end by "stop now".
-    sup = Supervisor(certs, "--shutdown-grace", "3600", "--idle-timeout", "0")
+    with _supervisor(tmp_path, "--shutdown-grace", "3600", "--idle-timeout", "0") as sup:
 
-    async def held_open() -> bytes:
-        stream = await open_client(sup.address, client_config)
-        await stream.send_all(b"x")
-        assert await stream.receive_some() == b"x"
-        sup.proc.send_signal(signal.SIGTERM)
-        # Each worker must have read the first before it gets the second: a signal
-        # that arrives while the same one is pending is lost.
-        for _ in range(2):
-            assert await trio.to_thread.run_sync(sup.stderr.wait_for, "SIGTERM received, shutting down")
-        sup.proc.send_signal(signal.SIGINT)  # any stop signal, as Ctrl-C after a systemctl stop
-        try:
-            with trio.fail_after(60):  # a guard against the hang this test is for
-                rest = await stream.receive_some()
-        except trio.BrokenResourceError:
-            rest = b""
-        await stream.aclose()
-        return rest
+        async def held_open() -> bytes:
+            stream = await open_client(sup.address, client_config)
+            await stream.send_all(b"x")
+            assert await stream.receive_some() == b"x"
+            sup.signal(signal.SIGTERM)
+            # Each worker must have read the first before it gets the second: a signal
+            # that arrives while the same one is pending is lost.
+            for _ in range(2):
+                assert await sup.stderr.await_line("SIGTERM received, shutting down")
+            sup.signal(signal.SIGINT)  # any stop signal, as Ctrl-C after a systemctl stop
+            try:
+                with trio.fail_after(60):  # a guard against the hang this test is for
+                    rest = await stream.receive_some()
+            except trio.BrokenResourceError:
+                rest = b""
+            await stream.aclose()
+            return rest
 
-    try:
         assert trio.run(held_open) == b""
-        sup.proc.wait(timeout=60)
-    finally:
-        err = sup.stop()
-    assert sup.proc.returncode == 0, err
+        code, err = sup.wait()
+    assert code == 0, err
     assert "SIGINT received again, stopping workers now" in err
     assert re.search(r"\[worker \d\] SIGTERM received again, stopping now", err), err
     assert "all workers stopped" in err
@@ -206,33 +166,30 @@ async def _signals(*signums: int) -> AsyncIterator[int]:
 
 
 async def test_the_supervisor_relays_each_signal_as_what_it_means_to_a_worker(
-    pki: Path, monkeypatch: pytest.MonkeyPatch
+    pki: Path, monkeypatch: pytest.MonkeyPatch, log: ServerLog
 ) -> None:
     config = ServerConfig(tls=TLSFiles.from_dir(pki, "server"), listen=["127.0.0.1:0"], handler="echo")
     supervisor = _workers._Supervisor(config, [ServerMetrics(), ServerMetrics()], "unused", "INFO")
     sent: list[int] = []
     monkeypatch.setattr(supervisor, "signal_all", sent.append)
-    with LogWatch() as log:
-        await supervisor.relay(
-            _signals(signal.SIGHUP, signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
-        )
-        for message in [
-            "SIGHUP received, reloading certificates in every worker",
-            "SIGINT received, stopping workers gracefully",
-            "SIGHUP received, reloading certificates in every worker",
-            "SIGTERM received again, stopping workers now",
-            "SIGINT received again, stopping workers now",
-        ]:
-            await log.wait_for(message)
+    await supervisor.relay(
+        _signals(signal.SIGHUP, signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+    )
+    for message in [
+        "SIGHUP received, reloading certificates in every worker",
+        "SIGINT received, stopping workers gracefully",
+        "SIGHUP received, reloading certificates in every worker",
+        "SIGTERM received again, stopping workers now",
+        "SIGINT received again, stopping workers now",
+    ]:
+        await log.wait_for(message)
     # SIGTERM is a worker's one stop signal: its second is its "stop now" too.
     assert sent == [signal.SIGHUP, signal.SIGTERM, signal.SIGHUP, signal.SIGTERM, signal.SIGTERM]
     assert supervisor.state.stopping
 
 
-def test_worker_startup_errors_are_one_line(certs: Path, pki: Path) -> None:
-    [line] = _start_fails(
-        certs, "--key", str(pki / "client.key"), "--cert", str(pki / "server.pem")
-    ).splitlines()
+def test_worker_startup_errors_are_one_line(tmp_path: Path, certs: Path) -> None:
+    line = error_line(_start_fails(tmp_path, "--key", "certs/client.key", "--cert", "certs/server.pem"))
     assert "does not match certificate" in line
 
 
@@ -248,12 +205,12 @@ def test_workers_need_a_named_handler(pki: Path) -> None:
         trio.run(lambda: supervise(config, 2, on_started=print))
 
 
-def test_metrics_port_in_use_fails_before_any_worker_starts(certs: Path) -> None:
+def test_metrics_port_in_use_fails_before_any_worker_starts(tmp_path: Path, certs: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        [line] = _start_fails(certs, "--metrics", f"127.0.0.1:{port}").splitlines()
+        line = error_line(_start_fails(tmp_path, "--metrics", f"127.0.0.1:{port}"))
     assert f"cannot serve metrics on 127.0.0.1:{port}" in line
 
 
@@ -328,81 +285,65 @@ class Hold:
         return Held(sock)
 
 
-def test_a_port_held_by_another_server_is_in_use(certs: Path) -> None:
+def test_a_port_held_by_another_server_is_in_use(tmp_path: Path, certs: Path) -> None:
     # Without the check, SO_REUSEPORT let the second join the first's group silently.
-    first = Supervisor(certs)
-    try:
-        second = _start_fails(certs, listen=str(first.address))
-    finally:
-        first.stop()
+    with _supervisor(tmp_path) as first:
+        second = _start_fails(tmp_path, listen=str(first.address))
     assert second.strip().splitlines()[-1] == (
         f"trio-tlsecho: error: cannot listen on {first.address}: Address already in use"
     )
 
 
-def test_a_key_broken_before_a_restart_is_one_line_per_attempt(certs: Path) -> None:
-    sup = Supervisor(certs)
-    try:
-        (certs / "certs" / "server.key").write_text("not a key\n")
-        os.kill(sup.pids[0], signal.SIGKILL)
+def test_a_key_broken_before_a_restart_is_one_line_per_attempt(tmp_path: Path, certs: Path) -> None:
+    with _supervisor(tmp_path) as sup:
+        first, _ = _pids(sup)
+        (certs / "server.key").write_text("not a key\n")
+        os.kill(first, signal.SIGKILL)
         error = sup.stderr.wait_for("worker 0: error:")
         assert "server.key" in error, error
         # "restarting it" (" in 1s" only when it died within a second: not on a busy machine)
         assert sup.stderr.wait_for("exited with status 2; restarting it")
-    finally:
-        err = sup.stop()
-    assert sup.proc.returncode == 0, err
+        code, err = sup.stop()
+    assert code == 0, err
     assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM], ids=["reload", "stop"])
-def test_a_signal_while_a_worker_restarts(certs: Path, tmp_path: Path, sig: signal.Signals) -> None:
+def test_a_signal_while_a_worker_restarts(tmp_path: Path, certs: Path, sig: signal.Signals) -> None:
     # A reload must not kill the restarting worker; a stop ends it, and that is not
     # reported as its failure.
     hold = Hold(tmp_path / "hold")
-    sup = Supervisor(certs, env={**os.environ, **hold.env})
-    try:
+    with _supervisor(tmp_path, env=hold.env) as sup:
+        first, _ = _pids(sup)
         hold.arm()
-        os.kill(sup.pids[0], signal.SIGKILL)
+        os.kill(first, signal.SIGKILL)
         restarting = hold.held()
         hold.disarm()
-        sup.proc.send_signal(sig)
+        sup.signal(sig)
         # The supervisor relays to worker 0 before worker 1: once 1 has it, so has 0.
         assert sup.stderr.wait_for(f"[worker 1] {sig.name} received")
         restarting.release()
         if sig == signal.SIGHUP:
             assert sup.stderr.wait_for(f"worker 0 restarted: pid {restarting.pid}")
-    finally:
-        err = sup.stop()
-    assert sup.proc.returncode == 0, err
+        code, err = sup.stop()
+    assert code == 0, err
     assert "did not come back" not in err
     assert "all workers stopped" in err
 
 
-def test_ctrl_c_while_workers_start_stops_them_cleanly(certs: Path, tmp_path: Path) -> None:
+def test_ctrl_c_while_workers_start_stops_them_cleanly(tmp_path: Path, certs: Path) -> None:
     hold = Hold(tmp_path / "hold")
     hold.arm()
-    proc = subprocess.Popen(
-        [*PY, "serve", "--listen", "127.0.0.1:0", "--workers", "2"],
-        cwd=certs,
-        env={**os.environ, **hold.env},
-        start_new_session=True,  # its own process group, as a terminal gives it
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    # Waiting for nothing: the supervisor says "listening on" once its workers have started.
+    with _supervisor(tmp_path, env=hold.env, new_session=True, listeners=0) as sup:
         starting = [hold.held(), hold.held()]
         hold.disarm()
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends
+        os.killpg(sup.proc.pid, signal.SIGINT)  # what Ctrl-C sends
         for worker in starting:
             worker.release()
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
+        code, err = sup.wait()
+        out = sup.stdout.all()
+    assert code == 0, err
     assert out.startswith("listening on "), out
     assert "SIGINT received, stopping workers gracefully" in err
     assert "Traceback" not in err
@@ -410,7 +351,7 @@ def test_ctrl_c_while_workers_start_stops_them_cleanly(certs: Path, tmp_path: Pa
 
 
 async def test_a_worker_hung_while_restarting_is_killed_and_replaced(
-    pki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log: ServerLog
 ) -> None:
     hold = Hold(tmp_path / "hold")
     for name, value in hold.env.items():
@@ -424,25 +365,20 @@ async def test_a_worker_hung_while_restarting_is_killed_and_replaced(
 
     config = ServerConfig(tls=TLSFiles.from_dir(pki, "server"), listen=["127.0.0.1:0"], handler="echo")
     try:
-        with LogWatch() as log:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(functools.partial(_workers.supervise, config, 2, on_started=on_started))
-                with trio.fail_after(60):
-                    await started.wait()
-                [first] = [
-                    p.pid for p in multiprocessing.active_children() if p.name == "trio-tlsecho-worker-0"
-                ]
-                assert first is not None
-                hold.arm()
-                os.kill(first, signal.SIGKILL)
-                hung = await trio.to_thread.run_sync(hold.held)
-                assert await trio.to_thread.run_sync(hung.wait_gone), "the hung worker was left running"
-                monkeypatch.setattr(_workers, "_STARTUP_TIMEOUT", 60.0)
-                hold.disarm()
-                assert "did not start within 0.5s; killed it" in await log.wait_for(
-                    "worker 0 did not come back"
-                )
-                await log.wait_for("worker 0 restarted: pid")
-                nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(_workers.supervise, config, 2, on_started=on_started))
+            with trio.fail_after(60):
+                await started.wait()
+            [first] = [p.pid for p in multiprocessing.active_children() if p.name == "trio-tlsecho-worker-0"]
+            assert first is not None
+            hold.arm()
+            os.kill(first, signal.SIGKILL)
+            hung = await trio.to_thread.run_sync(hold.held)
+            assert await trio.to_thread.run_sync(hung.wait_gone), "the hung worker was left running"
+            monkeypatch.setattr(_workers, "_STARTUP_TIMEOUT", 60.0)
+            hold.disarm()
+            assert "did not start within 0.5s; killed it" in await log.wait_for("worker 0 did not come back")
+            await log.wait_for("worker 0 restarted: pid")
+            nursery.cancel_scope.cancel()
     finally:
         hold.disarm()

@@ -1,4 +1,4 @@
-"""What the wire carries: a recording TCP proxy between client and server.
+"""No plaintext crosses the network: a recording TCP proxy between client and server.
 
 The same proxy is used twice: in front of our mTLS echo server, where a known
 plaintext must never show up in the recorded bytes in either direction, and in
@@ -18,6 +18,8 @@ import pytest
 import trio
 
 from trio_tlsecho import Address, ClientConfig, client_context, open_client
+
+from .conftest import receive_until
 
 #: Distinctive and absent from every certificate the server or client sends.
 MARKER = b"wire-secret:7d1f0c4e-plaintext-that-must-never-leak"
@@ -77,15 +79,11 @@ def leaked_pieces(recorded: bytes) -> list[bytes]:
 async def exchange(stream: trio.abc.Stream, data: bytes) -> bytes:
     """Send *data* while reading its echo (an echo larger than the socket buffers would
     otherwise deadlock)."""
-    got = bytearray()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stream.send_all, data)
         with trio.fail_after(HANG):
-            while len(got) < len(data):
-                chunk = await stream.receive_some(65536)
-                assert chunk, "closed early"
-                got += chunk
-    return bytes(got)
+            got = await receive_until(stream, len(data))
+    return got
 
 
 @pytest.mark.parametrize(

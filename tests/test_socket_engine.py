@@ -1,4 +1,5 @@
-"""The SSLSocket engine: trio's generic stream checks, then the TLS edge cases one by one.
+"""The socket engine (``_engines/_socket.py``, SSLSocketStream): trio's generic stream
+checks, then the TLS edge cases one by one, some beside trio's SSLStream (the trio engine).
 
 Every pair is a real loopback TCP connection with the test PKI's contexts; a
 relay between the two sides splits TLS records where a test needs a partial one.
@@ -15,7 +16,7 @@ import socket
 import ssl
 import struct
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +29,8 @@ from trio_tlsecho._engines import SEND_PIECE, SSLSocketStream, TrioTLSStream, op
 from trio_tlsecho._engines._socket import _READABLE, _PublicIO
 from trio_tlsecho._tls import describe_tls_error
 
+from .conftest import receive_until
+from .processes import Lines
 from .tools import require_tool
 
 Kind = Literal["engine", "trio"]
@@ -311,19 +314,16 @@ async def test_8_mib_both_ways_at_once(
     c, s = await tls_pair(server_ctx, client_ctx, client=client, server=server)
     to_server = random.Random(1).randbytes(8 * MiB)
     to_client = random.Random(2).randbytes(8 * MiB)
-    got: dict[str, bytearray] = {"c": bytearray(), "s": bytearray()}
+    got: dict[str, bytes] = {}
 
-    async def receive(stream: AnyStream, into: bytearray, size: int) -> None:
-        while len(into) < size:
-            chunk = await stream.receive_some()
-            assert chunk
-            into += chunk
+    async def receive(side: str, stream: AnyStream, size: int) -> None:
+        got[side] = await receive_until(stream, size)
 
     async with c, s, trio.open_nursery() as nursery:
         nursery.start_soon(c.send_all, to_server)
         nursery.start_soon(s.send_all, to_client)
-        nursery.start_soon(receive, c, got["c"], len(to_client))
-        nursery.start_soon(receive, s, got["s"], len(to_server))
+        nursery.start_soon(receive, "c", c, len(to_client))
+        nursery.start_soon(receive, "s", s, len(to_server))
     assert got["s"] == to_server
     assert got["c"] == to_client
 
@@ -442,7 +442,7 @@ async def test_large_echo(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
     """An echo server on the engine, an 8 MiB message sent while its echo comes back."""
     c, s = await engine_pair(server_ctx, client_ctx)
     payload = random.Random(3).randbytes(8 * MiB)
-    echoed = bytearray()
+    echoed = b""
 
     async def echo() -> None:
         while data := await s.receive_some(65536):
@@ -450,10 +450,10 @@ async def test_large_echo(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
         await s.aclose()
 
     async def client_side() -> None:
+        nonlocal echoed
         async with trio.open_nursery() as nursery:
             nursery.start_soon(c.send_all, payload)
-            while len(echoed) < len(payload):
-                echoed.extend(await c.receive_some())
+            echoed = await receive_until(c, len(payload))
         await c.aclose()
 
     async with trio.open_nursery() as nursery:
@@ -465,15 +465,26 @@ async def test_large_echo(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
 # ---------------------------------------------------------------- ends of a stream
 
 
+async def after_last_words(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, *, polite: bool, **kinds: Kind
+) -> AnyStream:
+    """The server side of a pair whose client sent its last words and closed, with
+    close_notify if *polite* (else forcefully: a TCP FIN alone); the words already read."""
+    c, s = await tls_pair(server_ctx, client_ctx, **kinds)
+    await c.send_all(b"last words")
+    if polite:
+        await c.aclose()
+    else:
+        await trio.aclose_forcefully(c)
+    assert await s.receive_some() == b"last words"
+    return s
+
+
 @pytest.mark.parametrize("client", ["engine", "trio"])
 async def test_close_notify_is_eof(
     server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, client: Kind
 ) -> None:
-    c, s = await tls_pair(server_ctx, client_ctx, client=client)
-    async with s:
-        await c.send_all(b"last words")
-        await c.aclose()
-        assert await s.receive_some() == b"last words"
+    async with await after_last_words(server_ctx, client_ctx, polite=True, client=client) as s:
         assert await s.receive_some() == b""
         with trio.testing.assert_checkpoints():
             assert await s.receive_some() == b""  # and stays at EOF
@@ -484,11 +495,7 @@ async def test_ragged_eof_is_broken(
     server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext, server: Kind
 ) -> None:
     """A TCP FIN without close_notify (our forceful close) is a broken stream, not EOF."""
-    c, s = await tls_pair(server_ctx, client_ctx, server=server)
-    async with s:
-        await c.send_all(b"cut")
-        await trio.aclose_forcefully(c)
-        assert await s.receive_some() == b"cut"
+    async with await after_last_words(server_ctx, client_ctx, polite=False, server=server) as s:
         with pytest.raises(trio.BrokenResourceError) as info:
             await s.receive_some()
         assert any(isinstance(e, ssl.SSLError) and "EOF" in str(e) for e in causes(info.value))
@@ -656,49 +663,50 @@ def clog(stream: SSLSocketStream) -> None:
     raise AssertionError("the socket never filled up")
 
 
-async def test_clogged_waiter(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None:
+@pytest.fixture
+async def clogged(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> AsyncIterator[tuple[SSLSocketStream, SSLSocketStream]]:
+    """(client, server) engine streams, the server's socket full (see clog); closed after the test."""
+    c, s = await engine_pair(server_ctx, client_ctx, bufsize=65536)
+    async with c, s:
+        clog(s)
+        yield c, s
+
+
+async def closed_under(op: Callable[[], Awaitable[object]]) -> None:
+    """Run *op*, which must end with ClosedResourceError (its stream closed while it waited)."""
+    with pytest.raises(trio.ClosedResourceError):
+        await op()
+
+
+async def test_clogged_waiter(clogged: tuple[SSLSocketStream, SSLSocketStream]) -> None:
     """A waiter really waits, a concurrent sender is busy, and closing wakes the waiter."""
-    c, s = await engine_pair(server_ctx, client_ctx, bufsize=65536)
-    async with c, s:
-        clog(s)
-
-        async def waiter() -> None:
-            with pytest.raises(trio.ClosedResourceError):
-                await s.wait_send_all_might_not_block()
-
-        async with trio.open_nursery() as nursery:
-            await _blocked(waiter, nursery)
-            with pytest.raises(trio.BusyResourceError):
-                await s.send_all(b"x")
-            with pytest.raises(trio.BusyResourceError):
-                await s.wait_send_all_might_not_block()
-            await trio.aclose_forcefully(s)
+    _, s = clogged
+    async with trio.open_nursery() as nursery:
+        await _blocked(lambda: closed_under(s.wait_send_all_might_not_block), nursery)
+        with pytest.raises(trio.BusyResourceError):
+            await s.send_all(b"x")
+        with pytest.raises(trio.BusyResourceError):
+            await s.wait_send_all_might_not_block()
+        await trio.aclose_forcefully(s)
 
 
-async def test_clogged_sender_woken_by_close(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None:
-    c, s = await engine_pair(server_ctx, client_ctx, bufsize=65536)
-    async with c, s:
-        clog(s)
-
-        async def sender() -> None:
-            with pytest.raises(trio.ClosedResourceError):
-                await s.send_all(b"xyzzy")
-
-        async with trio.open_nursery() as nursery:
-            await _blocked(sender, nursery)
-            await s.aclose()  # not polite: a send is half way, so no close_notify
+async def test_clogged_sender_woken_by_close(clogged: tuple[SSLSocketStream, SSLSocketStream]) -> None:
+    _, s = clogged
+    async with trio.open_nursery() as nursery:
+        await _blocked(lambda: closed_under(lambda: s.send_all(b"xyzzy")), nursery)
+        await s.aclose()  # not polite: a send is half way, so no close_notify
 
 
 async def test_clogged_waiter_returns_when_the_peer_goes(
-    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+    clogged: tuple[SSLSocketStream, SSLSocketStream],
 ) -> None:
-    c, s = await engine_pair(server_ctx, client_ctx, bufsize=65536)
-    async with s:
-        clog(s)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(s.wait_send_all_might_not_block)
-            await trio.testing.wait_all_tasks_blocked()
-            await trio.aclose_forcefully(c)  # unread data: the kernel resets, we become writable
+    c, s = clogged
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(s.wait_send_all_might_not_block)
+        await trio.testing.wait_all_tasks_blocked()
+        await trio.aclose_forcefully(c)  # unread data: the kernel resets, we become writable
 
 
 async def test_two_tasks_waiting_for_the_same_direction(
@@ -865,35 +873,18 @@ async def test_key_update_from_openssl_s_client(pki: Path, server_ctx: ssl.SSLCo
         )
         assert process.stdin is not None
         assert process.stdout is not None
-        lines = _LineReader(process.stdout)
+        lines = Lines(process.stdout)
         try:
-            await lines.wait_for("Verify return code: 0")
+            assert await lines.await_line("Verify return code: 0")
             await process.stdin.send_all(b"hello\n")
-            await lines.wait_for("hello")
+            assert await lines.await_line("hello")
             await process.stdin.send_all(b"K\n")
-            await lines.wait_for("KEYUPDATE")  # on stderr: s_client has sent it
+            assert await lines.await_line("KEYUPDATE")  # on stderr: s_client has sent it
             await process.stdin.send_all(b"after the update\n")
-            await lines.wait_for("after the update")
+            assert await lines.await_line("after the update")
             await process.stdin.aclose()  # s_client sends close_notify and exits
             assert await process.wait() == 0
         finally:
             with trio.CancelScope(shield=True):
                 process.kill()
                 await process.wait()
-
-
-class _LineReader:
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self.stream = stream
-        self.buffer = b""
-
-    async def wait_for(self, text: str) -> None:
-        """Until a line containing *text* has been read; fails at EOF."""
-        while True:
-            while b"\n" in self.buffer:
-                line, self.buffer = self.buffer.split(b"\n", 1)
-                if text.encode() in line:
-                    return
-            chunk = await self.stream.receive_some()
-            assert chunk, f"s_client ended before printing {text!r}"
-            self.buffer += chunk

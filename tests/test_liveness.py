@@ -1,4 +1,5 @@
-"""Liveness: byte counts flushed to the metrics, idle connections cancelled (sans-io sweeps)."""
+"""Liveness (``_server/_liveness.py``): byte counts flushed to the metrics, idle connections
+cancelled, by sans-io sweeps; and the counts it reads, as the trio engine's TrioTLSStream keeps them."""
 
 from __future__ import annotations
 
