@@ -135,6 +135,9 @@ class _Listener:
         async with self.slot:
             tcp, peer = await accept(self.socket_listener, self.address)
             task_status.started()
+            # The status holds the nursery that start() ran us in: an idle connection
+            # must not keep it (about a kilobyte each).
+            del task_status
             await run_connection(tcp, peer, self.state)
 
     def stop(self, grace_deadline: float) -> None:
