@@ -120,6 +120,10 @@ def run_cli(
     return subprocess.run([*program, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+# How long a server left running at the end of its test gets to stop by itself.
+_STOP_TIMEOUT = 15
+
+
 class ServeProcess:
     """``trio-tlsecho serve ARGS`` as a child process in *cwd*, for one ``with`` block.
 
@@ -206,8 +210,14 @@ class ServeProcess:
 
     def _kill(self) -> None:
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            # SIGTERM first: a --workers supervisor stops its workers; killed, it would
+            # leave them running after the test (orphans that still hold the port).
+            self.proc.terminate()
+            try:
+                self.proc.wait(_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         for pipe in (self.proc.stdout, self.proc.stderr):
             if pipe is not None:
                 pipe.close()
