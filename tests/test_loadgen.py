@@ -407,16 +407,28 @@ async def test_a_worker_error_is_raised_in_the_parent_as_its_message(
         await run_load(config)
 
 
+@pytest.mark.parametrize("grouped", [False, True], ids=["alone", "in-a-nursery-group"])
 def test_a_worker_reports_our_errors_as_one_message(
     client_config: ClientConfig,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
+    grouped: bool,
 ) -> None:
     missing = attrs.evolve(client_config, tls=attrs.evolve(client_config.tls, cert=tmp_path / "gone.pem"))
     config = load_config(Address("127.0.0.1", 1), missing, clients=1, requests=1)
     target = Target(config.address, socket.AF_INET, ("127.0.0.1", 1), "127.0.0.1")
     monkeypatch.setattr("sys.stdin", io.StringIO(encode(Share(config, target, 0, 1, 1)).decode()))
+    if grouped:  # as a nursery in the worker would raise it
+        run = load_workers._worker
+
+        async def in_a_group(share: Share) -> None:
+            try:
+                await run(share)
+            except ConfigError as exc:
+                raise ExceptionGroup("from a nursery", [exc]) from None
+
+        monkeypatch.setattr(load_workers, "_worker", in_a_group)
     with pytest.raises(SystemExit) as info:
         worker_main()
     assert info.value.code == 1

@@ -48,9 +48,7 @@ def user_error(exc: BaseException) -> TLSEchoError | None:
     if isinstance(exc, BaseExceptionGroup):
         matched, rest = exc.split(TLSEchoError)
         if matched is not None and rest is None:
-            leaf: BaseException = matched
-            while isinstance(leaf, BaseExceptionGroup):
-                leaf = leaf.exceptions[0]
+            leaf = leaves(matched)[0]
             return leaf if isinstance(leaf, TLSEchoError) else None
     return None
 

@@ -38,7 +38,7 @@ from functools import partial
 import attrs
 import trio
 
-from .._exceptions import ClientError, TLSEchoError
+from .._exceptions import ClientError, TLSEchoError, user_error
 from .._tls import client_context
 from ._client import Share, run_here
 from ._config import PROGRESS_INTERVAL, LoadConfig, Progress, ProgressCallback
@@ -216,9 +216,13 @@ def worker_main() -> None:
     assert isinstance(share, Share), share
     try:
         trio.run(_worker, share)
-    except TLSEchoError as exc:
+    except BaseException as exc:
         # The parent says it once for all workers; a traceback per worker says nothing more.
-        _tell_parent(exc)
+        # Our errors come alone or in a nursery's group; anything else is a bug.
+        error = user_error(exc)
+        if error is None:
+            raise
+        _tell_parent(error)
         raise SystemExit(1) from None
 
 
