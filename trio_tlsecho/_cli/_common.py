@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from .._config import ClientConfig, count, from_text, seconds, seconds_or_zero
 from .._exceptions import ConfigError
-from .._net import DEFAULT_HOST, DEFAULT_PORT, Address
+from .._net import DEFAULT_HOST, DEFAULT_PORT, Address, parse_listen
 from .._tls import TLSFiles, has_certificates
 
 T = TypeVar("T")
@@ -49,6 +49,28 @@ seconds_arg = flag_type(from_text(seconds, float))
 #: Seconds or 0 (any spelling of zero): no grace, no warm-up, a timeout that is off.
 seconds_or_zero_arg = flag_type(from_text(seconds_or_zero, float))
 address_arg = flag_type(Address.parse)
+listen_arg = flag_type(parse_listen)
+#: What --log-level takes, in any case (``WARNING`` as well as ``warning``).
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def add_log_flags(p: argparse.ArgumentParser, *, default: str | None) -> None:
+    """--log-level on the program (*default*) and on each command (``None``: the program's
+    value stands unless the flag is given after the command too)."""
+    p.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default=argparse.SUPPRESS if default is None else default,
+        help="log verbosity on stderr, before or after the command (default: info)",
+    )
+
+
+def describe(p: argparse.ArgumentParser, description: str, *examples: str) -> None:
+    """Give *p* a description and an ``examples:`` epilog that --help shows as written."""
+    p.description = description
+    p.epilog = "examples:\n" + "\n".join(f"  {example}" for example in examples)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def given(**values: object) -> dict[str, Any]:
@@ -56,7 +78,8 @@ def given(**values: object) -> dict[str, Any]:
     return {name: value for name, value in values.items() if value is not None}
 
 
-def add_tls_flags(p: argparse.ArgumentParser, who: str) -> None:
+def add_tls_flags(p: argparse.ArgumentParser, who: str) -> argparse._ArgumentGroup:
+    """The certificate flags, in a group of their own (returned, for a command's own additions)."""
     g = p.add_argument_group("certificates")
     g.add_argument(
         "--certs",
@@ -68,6 +91,7 @@ def add_tls_flags(p: argparse.ArgumentParser, who: str) -> None:
     g.add_argument("--cert", metavar="FILE", type=Path, help=f"{who} certificate chain (PEM)")
     g.add_argument("--key", metavar="FILE", type=Path, help="its private key (PEM)")
     g.add_argument("--ca", metavar="FILE", type=Path, help="CA that signs the peers (PEM)")
+    return g
 
 
 def tls_files(args: argparse.Namespace, who: str) -> TLSFiles:

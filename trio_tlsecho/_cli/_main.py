@@ -12,7 +12,8 @@ import functools
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,7 +29,8 @@ from .._config import (
     ServerConfig,
 )
 from .._exceptions import ConfigError
-from .._net import DEFAULT_HOST, DEFAULT_PORT, Address
+from .._handlers import handler_names
+from .._net import DEFAULT_HOST, DEFAULT_PORT, Address, ListenAddress
 from .._process import serve_until_signalled, supervise
 from .._program import run_program, setup_logging
 from .._tls import (
@@ -46,17 +48,21 @@ from ._common import (
     PROG,
     Parser,
     add_client_flags,
+    add_log_flags,
     add_tls_flags,
     address_arg,
     client_config,
     count_arg,
+    describe,
     explicit_files,
     given,
+    listen_arg,
     seconds_arg,
     seconds_or_zero_arg,
     tls_files,
 )
 from ._loadgen import add_loadgen_parser
+from ._settings import ENV_FLAGS, ENV_PREFIX, apply, read_environment, read_file, settable
 
 if TYPE_CHECKING:
     from ._common import SubParsers
@@ -68,14 +74,20 @@ log = logging.getLogger("trio_tlsecho")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog=PROG, description="Mutual-TLS echo server, client and tools on trio.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="log verbosity on stderr (default: info)",
+    return _build()[0]
+
+
+def _build() -> tuple[argparse.ArgumentParser, SubParsers]:
+    parser = Parser(prog=PROG)
+    describe(
+        parser,
+        "Mutual-TLS echo server, client and tools on trio.  '%(prog)s COMMAND --help' says more.",
+        f"{PROG} serve    # on {DEFAULT_HOST}:{DEFAULT_PORT}, with a development PKI made in ./certs",
+        f"{PROG} client   # from another terminal: one verified echo",
+        f"{PROG} demo     # both at once, and clients the server refuses",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    add_log_flags(parser, default="info")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for add in (
         _add_certs_parser,
@@ -85,11 +97,31 @@ def build_parser() -> argparse.ArgumentParser:
         _add_demo_parser,
     ):
         add(sub)
-    return parser
+    for command in sub.choices.values():
+        add_log_flags(command, default=None)
+    _document_environment(sub.choices["serve"], settable([parser, sub.choices["serve"]]))
+    return parser, sub
+
+
+def _document_environment(serve: argparse.ArgumentParser, actions: Mapping[str, argparse.Action]) -> None:
+    dests = {action.dest for action in actions.values()} | {"config"}
+    names = [ENV_PREFIX + dest.upper() for dest in ENV_FLAGS if dest in dests]
+    lines = textwrap.wrap(", ".join(names), 86, initial_indent="  ", subsequent_indent="  ")
+    heading = "environment (a flag's value; a list is comma-separated):"
+    serve.epilog = f"{serve.epilog}\n\n{heading}\n" + "\n".join(lines)
 
 
 def _add_certs_parser(sub: SubParsers) -> None:
     p = sub.add_parser("certs", help="make a development CA, server and client certificates")
+    describe(
+        p,
+        "Make (or extend) a development PKI: a CA, a server certificate, client certificates\n"
+        "and a revocation list.  For trying things out; bring your own PKI in production.",
+        f"{PROG} certs                               # ./certs: ca, server, client, crl",
+        f"{PROG} certs --client alice --client bob   # more clients the running server trusts",
+        f"{PROG} certs --server-name echo.example    # a server certificate for that name",
+        f"{PROG} certs --revoke alice                # add alice.pem to certs/crl.pem",
+    )
     p.add_argument("--out", metavar="DIR", type=Path, default=DEFAULT_CERTS_DIR, help="default: ./certs")
     p.add_argument(
         "--server-name",
@@ -126,15 +158,37 @@ def _add_serve_parser(sub: SubParsers) -> None:
     # Each flag fills the ServerConfig field of (nearly) its name; the config checks them
     # together, so that an embedding app gets the same answers.
     p = sub.add_parser("serve", help="run the mutual-TLS server")
+    describe(
+        p,
+        "Serve mutual TLS: every client needs a certificate from --ca.  Settings come from\n"
+        '--config FILE (TOML; its keys are the flags\' names: listen = ["0.0.0.0:8443"]),\n'
+        "then from the environment (below), then from the flags given here, each overriding\n"
+        "the one before.",
+        f"{PROG} serve --listen 0.0.0.0:8443 --cert server.pem --key server.key --ca ca.pem",
+        f"{PROG} serve --config /etc/trio-tlsecho/serve.toml --log-level warning",
+        f"{PROG} serve --listen systemd --workers 4   # sockets from a systemd .socket unit",
+        f"{PROG} serve --listen unix:/run/trio-tlsecho/echo.sock --handler discard",
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        type=Path,
+        help="read settings from this TOML file (flags and TRIO_TLSECHO_* variables override it)",
+    )
     p.add_argument(
         "--listen",
-        metavar="HOST:PORT",
-        type=address_arg,
+        metavar="ADDRESS",
+        type=listen_arg,
         action="append",
-        help=f"address to listen on, repeatable; [::1]:PORT for IPv6, port 0 picks one"
-        f" (default: {DEFAULT_HOST}:{DEFAULT_PORT})",
+        help="HOST:PORT ([::1]:PORT for IPv6, port 0 picks one), unix:PATH, systemd (every socket"
+        " systemd passed), systemd:NAME (those named NAME) or fd://N (an inherited descriptor);"
+        f" repeatable (default: {DEFAULT_HOST}:{DEFAULT_PORT})",
     )
-    p.add_argument("--handler", default="echo", help="handler name or module:attr (default: echo)")
+    p.add_argument(
+        "--handler",
+        default="echo",
+        help=f"handler: one installed ({', '.join(handler_names())}) or module:attr (default: echo)",
+    )
     p.add_argument(
         "--handshake-timeout",
         metavar="SECONDS",
@@ -204,13 +258,15 @@ def _add_serve_parser(sub: SubParsers) -> None:
     )
     p.add_argument(
         "--session-tickets",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="let returning clients resume TLS sessions (abbreviated handshakes; see README)",
     )
     g = p.add_argument_group("behind a load balancer")
     g.add_argument(
         "--proxy-protocol",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=False,
         help="expect a PROXY protocol v1/v2 header (HAProxy send-proxy[-v2]) before TLS",
     )
     g.add_argument(
@@ -220,11 +276,11 @@ def _add_serve_parser(sub: SubParsers) -> None:
         default=[],
         help="accept PROXY headers only from these balancer addresses (repeatable; needs --proxy-protocol)",
     )
-    add_tls_flags(p, "server")
-    p.add_argument(
+    g = add_tls_flags(p, "server")
+    g.add_argument(
         "--crl", metavar="FILE", type=Path, help="refuse client certificates revoked in this CRL (PEM)"
     )
-    p.add_argument(
+    g.add_argument(
         "--keylog",
         metavar="FILE",
         type=Path,
@@ -255,16 +311,54 @@ def _add_client_parser(sub: SubParsers) -> None:
 
 def _add_demo_parser(sub: SubParsers) -> None:
     p = sub.add_parser("demo", help="serve on a free port and run verified clients against it")
+    describe(
+        p,
+        "Serve on a free port of 127.0.0.1 and show, in one terminal, a verified echo and the\n"
+        "clients a mutual-TLS server refuses: one without a certificate, one from another CA.",
+        f"{PROG} demo",
+        f"{PROG} demo --certs /tmp/demo-certs",
+    )
     p.add_argument("--certs", metavar="DIR", type=Path, default=DEFAULT_CERTS_DIR, help="default: ./certs")
     p.set_defaults(func=_cmd_demo)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``trio-tlsecho`` and ``python -m trio_tlsecho``; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    return run_program(functools.partial(_run, argv))
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    args = parse_args(argv, os.environ)
     setup_logging(args.log_level)
     func: Callable[[argparse.Namespace], int] = args.func
-    return run_program(functools.partial(func, args))
+    return func(args)
+
+
+def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> argparse.Namespace:
+    """The command line over the config file and the environment (see :mod:`._settings`)."""
+    parser, sub = _build()
+    args = parser.parse_args(argv)
+    top = settable([parser])
+    layered = read_environment(top, environ)
+    command = sub.choices[args.command]
+    if args.command == "serve":
+        own = settable([command])
+        config = args.config or Path(environ.get(ENV_PREFIX + "CONFIG") or "")
+        if config != Path():
+            layered |= read_file(config, {**top, **own})
+        layered |= read_environment(own, environ)
+    if not layered:
+        return args
+    # The top-level parser holds --log-level's default; a command's own copy has none.
+    parser.set_defaults(**{dest: v for dest, v in layered.items() if dest in _dests(top)})
+    command.set_defaults(**{dest: v for dest, v in layered.items() if dest not in _dests(top)})
+    args = parser.parse_args(argv)
+    apply(args, layered)
+    return args
+
+
+def _dests(actions: Mapping[str, argparse.Action]) -> set[str]:
+    return {action.dest for action in actions.values()}
 
 
 # -- certs -------------------------------------------------------------------------
@@ -364,7 +458,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_addresses(addresses: list[Address]) -> None:
+def _print_addresses(addresses: list[ListenAddress]) -> None:
     for address in addresses:
         print(f"listening on {address}", flush=True)
 

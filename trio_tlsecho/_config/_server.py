@@ -20,9 +20,20 @@ import attrs
 from .._engines import ENGINES as ENGINE_TABLE
 from .._exceptions import ConfigError
 from .._handlers import Handler
-from .._net import DEFAULT_HOST, DEFAULT_PORT, Address, Network, to_networks
+from .._net import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    Address,
+    InheritedFd,
+    ListenSpec,
+    Network,
+    SystemdSockets,
+    UnixAddress,
+    parse_listen,
+    to_networks,
+)
 from .._tls import AllowList, TLSFiles
-from ._checks import count, seconds, seconds_or_zero, to_address, validator
+from ._checks import count, seconds, seconds_or_zero, validator
 
 #: Seconds a peer gets to complete the TLS handshake.  Long enough for a slow
 #: link, short enough that a silent client does not pin a slot for minutes.
@@ -37,10 +48,17 @@ DEFAULT_SHUTDOWN_GRACE = 10.0
 _TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
-def _to_addresses(value: Iterable[Address | str]) -> tuple[Address, ...]:
-    if isinstance(value, (str, Address)):
-        value = [value]
-    return tuple(to_address(v) for v in value)
+_LISTEN_TYPES = (Address, UnixAddress, SystemdSockets, InheritedFd)
+
+
+def _to_listen(value: Iterable[ListenSpec | str] | ListenSpec | str) -> tuple[ListenSpec, ...]:
+    if isinstance(value, (str, *_LISTEN_TYPES)):
+        return (_to_spec(value),)
+    return tuple(_to_spec(v) for v in value)
+
+
+def _to_spec(value: ListenSpec | str) -> ListenSpec:
+    return parse_listen(value) if isinstance(value, str) else value
 
 
 def _check_nonempty(_inst: object, attribute: attrs.Attribute[Any], value: tuple[Any, ...]) -> None:
@@ -85,9 +103,10 @@ class ServerConfig:
     """Everything :func:`serve` needs.  Build with keywords; change with :func:`attrs.evolve`."""
 
     tls: TLSFiles = attrs.field(validator=attrs.validators.instance_of(TLSFiles))
-    listen: tuple[Address, ...] = attrs.field(
+    #: Addresses, ``unix:PATH``, ``systemd[:NAME]`` or ``fd://N`` (text or the ``_net`` types).
+    listen: tuple[ListenSpec, ...] = attrs.field(
         default=(Address(DEFAULT_HOST, DEFAULT_PORT),),
-        converter=_to_addresses,
+        converter=_to_listen,
         validator=_check_nonempty,
     )
     #: A registered name (``"echo"``), ``"module:attr"``, or the handler itself.

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
+import struct
 
 import trio
+
+from ._address import UNIX_PEER
 
 log = logging.getLogger("trio_tlsecho")
 
@@ -45,4 +49,18 @@ async def accept(listener: trio.SocketListener, where: object) -> tuple[trio.Soc
             log.error("%s: accept failed: %s; pausing %d ms", where, exc.strerror, CAPACITY_PAUSE * 1000)
             await trio.sleep(CAPACITY_PAUSE)
         else:
+            if sock.family == socket.AF_UNIX:
+                return trio.SocketStream(sock), (_unix_peer(sock), 0)
             return trio.SocketStream(sock), (str(address[0]), int(address[1]))
+
+
+_UCRED = struct.Struct("3i")
+
+
+def _unix_peer(sock: trio.socket.SocketType) -> str:
+    """A UNIX peer has no address worth logging; who it is, the kernel says (SO_PEERCRED)."""
+    try:
+        pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    except OSError:
+        return UNIX_PEER + "unknown"
+    return f"{UNIX_PEER}pid={pid},uid={uid},gid={gid}"

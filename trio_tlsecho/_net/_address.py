@@ -13,10 +13,15 @@ from .._exceptions import ConfigError
 #: and ghostunnel's 8443 do, a fixed, documented, unprivileged default).
 DEFAULT_PORT = 8443
 DEFAULT_HOST = "127.0.0.1"
+#: How a UNIX-socket peer's "host" starts: it has no address, only the credentials
+#: the kernel vouches for (``unix:pid=12,uid=1000,gid=1000``), with port 0.
+UNIX_PEER = "unix:"
 
 
 def format_address(host: str, port: int) -> str:
-    """``HOST:PORT``, with IPv6 hosts in brackets (``[::1]:8443``)."""
+    """``HOST:PORT``, with IPv6 hosts in brackets (``[::1]:8443``); a UNIX peer as it is."""
+    if host.startswith(UNIX_PEER):
+        return host
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
@@ -105,3 +110,69 @@ def address_in(host: str, networks: tuple[Network, ...]) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return any(address in network for network in networks)
+
+
+@attrs.frozen
+class UnixAddress:
+    """A UNIX-domain stream socket's path: ``unix:/run/echo.sock``."""
+
+    path: str = attrs.field()
+
+    @path.validator
+    def _check(self, _attribute: attrs.Attribute[str], value: str) -> None:
+        if not isinstance(value, str) or not value or "\0" in value:
+            raise ConfigError(f"bad UNIX socket path {value!r}")
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}"
+
+
+@attrs.frozen
+class SystemdSockets:
+    """The listening sockets systemd passed (``LISTEN_FDS``): all of them, or those named *name*."""
+
+    name: str | None = None
+
+    def __str__(self) -> str:
+        return "systemd" if self.name is None else f"systemd:{self.name}"
+
+
+@attrs.frozen
+class InheritedFd:
+    """One listening socket inherited as descriptor *fd* (``fd://3``)."""
+
+    fd: int = attrs.field()
+
+    @fd.validator
+    def _check(self, _attribute: attrs.Attribute[int], value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"bad descriptor {value!r}: expected a number of at least 0")
+
+    def __str__(self) -> str:
+        return f"fd://{self.fd}"
+
+
+#: Where a listener is once bound: what ``serve`` reports and logs.
+ListenAddress = Address | UnixAddress
+#: What ``--listen`` takes: an address to bind, or sockets made by someone else.
+ListenSpec = Address | UnixAddress | SystemdSockets | InheritedFd
+
+
+def parse_listen(text: str) -> ListenSpec:
+    """``HOST:PORT``, ``[V6]:PORT``, ``unix:PATH``, ``systemd``, ``systemd:NAME`` or ``fd://N``."""
+    text = text.strip()
+    if text.startswith("unix:"):
+        return UnixAddress(text[len("unix:") :])
+    if text == "systemd":
+        return SystemdSockets()
+    if text.startswith("systemd:"):
+        name = text[len("systemd:") :]
+        if not name or ":" in name or not name.isprintable():
+            raise ConfigError(f"bad systemd socket name {name!r} (FileDescriptorName= of the .socket unit)")
+        return SystemdSockets(name)
+    if text.startswith("fd://"):
+        number = text[len("fd://") :]
+        if not (number.isascii() and number.isdigit()):
+            raise ConfigError(f"bad listen address {text!r}: expected fd://N, N a descriptor number")
+        return InheritedFd(int(number))
+    return Address.parse(text)

@@ -24,6 +24,17 @@ The supervisor (:class:`_Supervisor`, in the parent process):
   relays each to every worker as SIGTERM or SIGHUP; it exits 0 once they have
   all stopped.  A worker that exits while stopping is not restarted.
 
+Sockets the workers cannot bind each for themselves (a UNIX path, systemd's
+sockets, an inherited ``fd://N``) the supervisor opens once and every worker
+inherits: spawn passes a socket in a worker's arguments as the same descriptor
+number, so each worker's config says ``fd://N`` for it.  They share one accept
+queue; SO_REUSEPORT is not needed for them.
+
+systemd hears from the supervisor alone (:mod:`._notify`): ``READY=1`` once every
+worker serves, ``RELOADING=1`` and ``READY=1`` around a reload (the supervisor
+checks the new files itself, as it does at start, before it relays SIGHUP),
+``STOPPING=1``, and the connections open in all workers as ``STATUS=``.
+
 Workers ignore SIGINT: Ctrl-C in a terminal reaches the whole process group,
 and only the supervisor should decide what it means.  A worker ignores SIGHUP
 until its server listens for it (a worker that is starting reads the current
@@ -57,6 +68,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from multiprocessing.shared_memory import SharedMemory
@@ -68,12 +80,24 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from .._config import ServerConfig
-from .._exceptions import ListenError, TLSEchoError
+from .._exceptions import TLSEchoError
 from .._handlers import resolve_handler
-from .._net import Address, bind_reuse_port
+from .._net import (
+    Address,
+    InheritedFd,
+    ListenAddress,
+    ListenSpec,
+    UnixAddress,
+    bind_reuse_port,
+    bind_unix,
+    inherited_sockets,
+    listen_error,
+    remove_unix_socket,
+)
 from .._program import PROG, run_program, setup_logging
 from .._server import METRIC_SLOTS, ServerMetrics, serve_metrics
 from .._tls import server_context
+from ._notify import Notifier, connections_status
 from ._signals import Action, SignalState, log_action
 from ._single import serve_until_signalled
 
@@ -124,7 +148,7 @@ async def supervise(
     config: ServerConfig,
     workers: int,
     *,
-    on_started: Callable[[list[Address]], None],
+    on_started: Callable[[list[ListenAddress]], None],
     metrics_address: Address | None = None,
     log_level: str = "INFO",
 ) -> None:
@@ -136,15 +160,39 @@ async def supervise(
     resolve_handler(config.handler)
 
     reservations: list[trio.socket.SocketType] = []
+    shared: list[socket.socket] = []
     try:
-        listen = [await _reserve(address, reservations) for address in config.listen]
+        listen = [spec for each in config.listen for spec in await _prepare(each, reservations, shared)]
         worker_config = attrs.evolve(config, listen=listen, reuse_port=True)
         with _shared_metrics(workers) as (shm_name, metrics):
-            supervisor = _Supervisor(worker_config, metrics, shm_name, log_level)
+            supervisor = _Supervisor(worker_config, metrics, shm_name, log_level, shared)
             await supervisor.run(on_started, metrics_address)
     finally:
         for sock in reservations:
             sock.close()
+        for shared_sock in shared:
+            shared_sock.close()
+        for spec in config.listen:
+            if isinstance(spec, UnixAddress):
+                remove_unix_socket(spec)
+
+
+async def _prepare(
+    spec: ListenSpec, reservations: list[trio.socket.SocketType], shared: list[socket.socket]
+) -> list[ListenSpec]:
+    """What the workers' configs say for *spec*: an address each binds with SO_REUSEPORT,
+    or ``fd://N`` for each socket opened here and inherited (added to *shared*)."""
+    if isinstance(spec, Address):
+        return [await _reserve(spec, reservations)]
+    if isinstance(spec, UnixAddress):
+        try:
+            sockets = [socket.socket(fileno=(await bind_unix(spec)).detach())]
+        except OSError as exc:
+            raise listen_error(spec, exc) from None
+    else:
+        sockets = inherited_sockets(spec)
+    shared += sockets
+    return [InheritedFd(sock.fileno()) for sock in sockets]
 
 
 async def _reserve(address: Address, held: list[trio.socket.SocketType]) -> Address:
@@ -169,7 +217,7 @@ async def _reserve(address: Address, held: list[trio.socket.SocketType]) -> Addr
         held += again[1:]
         return Address(address.host, port)
     except OSError as exc:
-        raise ListenError(f"cannot listen on {address}: {exc.strerror or exc}") from None
+        raise listen_error(address, exc) from None
 
 
 @contextlib.contextmanager
@@ -207,9 +255,16 @@ class _Supervisor:
     """
 
     def __init__(
-        self, config: ServerConfig, metrics: list[ServerMetrics], shm_name: str, log_level: str
+        self,
+        config: ServerConfig,
+        metrics: list[ServerMetrics],
+        shm_name: str,
+        log_level: str,
+        shared: list[socket.socket],
     ) -> None:
         self.config = config
+        self.shared = shared
+        self.notifier = Notifier.from_environment()
         self.metrics = metrics
         self.shm_name = shm_name
         self.log_level = log_level
@@ -217,7 +272,9 @@ class _Supervisor:
         self.state = SignalState()
         self._context = multiprocessing.get_context("spawn")
 
-    async def run(self, on_started: Callable[[list[Address]], None], metrics_address: Address | None) -> None:
+    async def run(
+        self, on_started: Callable[[list[ListenAddress]], None], metrics_address: Address | None
+    ) -> None:
         """Start every worker, keep them running until a stop signal, return once all are gone."""
         with trio.open_signal_receiver(*self.state.signals) as signals:
             async with trio.open_nursery() as nursery:
@@ -234,6 +291,8 @@ class _Supervisor:
                     on_started(addresses)
                     pids = ", ".join(str(w.process.pid) for w in self.workers)
                     log.info("%d workers serving: pids %s", len(self.workers), pids)
+                    self.notifier.ready(self.status(self.connections_open()))
+                    nursery.start_soon(self.notifier.report_connections, self.connections_open, self.status)
                     await self.keep_all()
                 except BaseException:
                     # Whatever went wrong here, no worker may outlive its supervisor.
@@ -242,7 +301,13 @@ class _Supervisor:
                 nursery.cancel_scope.cancel()  # every worker is gone: stop relaying signals
             log.info("all workers stopped")
 
-    async def start_all(self) -> list[Address]:
+    def connections_open(self) -> int:
+        return sum(part.connections_open for part in self.metrics)
+
+    def status(self, open_now: int) -> str:
+        return f"{len(self.workers)} workers {connections_status(open_now)}"
+
+    async def start_all(self) -> list[ListenAddress]:
         """Start every worker at once; the first one's addresses once all are ready."""
         readies = [self.start(worker) for worker in self.workers]
         addresses = [await self.wait_ready(w, r) for w, r in zip(self.workers, readies, strict=True)]
@@ -259,7 +324,8 @@ class _Supervisor:
         receive, send = self._context.Pipe(duplex=False)
         worker.process = self._context.Process(
             target=_worker_main,
-            args=(self.config, worker.index, self.shm_name, send, self.log_level),
+            # The shared sockets travel as descriptors of the same number (see above).
+            args=(self.config, worker.index, self.shm_name, send, self.log_level, self.shared),
             name=f"trio-tlsecho-worker-{worker.index}",
         )
         held = signal.pthread_sigmask(signal.SIG_BLOCK, _STARTUP_BLOCKED)
@@ -274,7 +340,7 @@ class _Supervisor:
 
     async def wait_ready(
         self, worker: _Worker, ready: multiprocessing.connection.Connection
-    ) -> list[Address]:
+    ) -> list[ListenAddress]:
         """*worker*'s addresses once it listens; :class:`TLSEchoError` if it never will."""
         with ready:
             try:
@@ -288,7 +354,7 @@ class _Supervisor:
                     f"worker {worker.index} did not start within {_STARTUP_TIMEOUT:g}s; killed it"
                 ) from None
             try:
-                addresses: list[Address] = ready.recv()
+                addresses: list[ListenAddress] = ready.recv()
             except EOFError:
                 raise TLSEchoError(
                     f"worker {worker.index} exited while starting (see its error above)"
@@ -330,8 +396,24 @@ class _Supervisor:
         async for signum in signals:
             action = self.state.receive(signum)
             log_action(action, signum, _RELAY_MESSAGES)
-            if action in _RELAYED:
+            if action is Action.RELOAD:
+                self.reload_all()
+            elif action in _RELAYED:
+                if action is Action.STOP:
+                    self.notifier.stopping()
                 self.signal_all(_RELAYED[action])
+
+    def reload_all(self) -> None:
+        self.notifier.reloading()
+        # Each worker logs its own outcome; this check is for systemd's READY=1.
+        try:
+            server_context(self.config)
+        except Exception as exc:  # a reload must never stop the supervisor
+            status = f"reload failed, still using the previous certificates: {exc}"
+        else:
+            status = "certificates reloaded"
+        self.signal_all(signal.SIGHUP)
+        self.notifier.ready(f"{len(self.workers)} workers serving, {status}")
 
     def signal_all(self, signum: int) -> None:
         for worker in self.workers:
@@ -357,8 +439,11 @@ def _worker_main(
     shm_name: str,
     ready: multiprocessing.connection.Connection,
     log_level: str,
+    shared: list[socket.socket],
 ) -> None:
     """A worker process: one server, reporting its addresses once bound."""
+    for sock in shared:
+        sock.detach()  # the config's fd://N listener owns the descriptor now
     for signum in _STARTUP_BLOCKED:
         signal.signal(signum, signal.SIG_IGN)
     # Blocked since before exec (see the module's docstring): ignored from now on,
@@ -384,13 +469,18 @@ def _worker_main(
 def _serve_worker(
     config: ServerConfig, metrics: ServerMetrics, ready: multiprocessing.connection.Connection
 ) -> int:
-    def started(addresses: list[Address]) -> None:
+    def started(addresses: list[ListenAddress]) -> None:
         ready.send(addresses)
         ready.close()
 
     trio.run(
         functools.partial(
-            serve_until_signalled, config, on_started=started, metrics=metrics, stop_signals=(_WORKER_STOP,)
+            serve_until_signalled,
+            config,
+            on_started=started,
+            metrics=metrics,
+            stop_signals=(_WORKER_STOP,),
+            notify=False,
         )
     )
     return 0

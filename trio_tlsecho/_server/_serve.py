@@ -45,7 +45,7 @@ import trio
 
 from .._config import ServerConfig
 from .._exceptions import CertificateError
-from .._net import Address, accept, bound_address, open_listeners
+from .._net import ListenAddress, UnixAddress, accept, bound_address, open_listeners, remove_unix_socket
 from .._tls import server_context
 from ._metrics import ServerMetrics
 from ._pipeline import run_connection
@@ -62,7 +62,7 @@ async def serve(
     shutdown_trigger: Trigger | None = None,
     reload_trigger: Trigger | None = None,
     metrics: ServerMetrics | None = None,
-    task_status: trio.TaskStatus[list[Address]] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[list[ListenAddress]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a mutual-TLS server until cancelled, or until *shutdown_trigger* returns.
 
@@ -80,10 +80,12 @@ async def serve(
     # An exit stack, not a loop of awaits: closing a listener inside a cancelled scope
     # raises Cancelled, which must not skip closing the ones after it.
     async with contextlib.AsyncExitStack() as stack:
-        for address in config.listen:
-            for socket_listener in await open_listeners(address, reuse_port=config.reuse_port):
+        for spec in config.listen:
+            for socket_listener in await open_listeners(spec, reuse_port=config.reuse_port):
                 await stack.enter_async_context(socket_listener)
                 listeners.append(_Listener(socket_listener, state))
+            if isinstance(spec, UnixAddress):  # a socket file we made, not one we were handed
+                stack.callback(remove_unix_socket, spec)
         async with trio.open_nursery() as sweeping:
             # The idle sweep outlives the control tasks: during the shutdown grace an idle
             # connection must still be closed (and counted), not kept to the grace's end.

@@ -12,7 +12,7 @@ import trio
 from .._config import ServerConfig
 from .._engines import ENGINES, Engine
 from .._handlers import Handler, resolve_handler
-from .._net import Address
+from .._net import ListenAddress
 from .._tls import IdentityCache, server_context
 from ._liveness import Liveness
 from ._metrics import ServerMetrics
@@ -52,7 +52,7 @@ class ServerState:
             metrics=metrics if metrics is not None else ServerMetrics(),
         )
 
-    def slot(self, where: Address) -> contextlib.AbstractAsyncContextManager[object]:
+    def slot(self, where: ListenAddress) -> contextlib.AbstractAsyncContextManager[object]:
         """An ``async with`` that holds one of ``max_connections`` slots (waiting for one first).
 
         A listener takes the slot *before* it accepts: at the limit the server stops
@@ -67,7 +67,7 @@ class ServerState:
 class _Slot:
     __slots__ = ("_limit", "_slots", "_where")
 
-    def __init__(self, slots: trio.Semaphore, where: Address, limit: int | None) -> None:
+    def __init__(self, slots: trio.Semaphore, where: ListenAddress, limit: int | None) -> None:
         self._slots, self._where, self._limit = slots, where, limit
 
     async def __aenter__(self) -> None:
