@@ -22,6 +22,7 @@ from typing import Protocol
 import trio
 
 from trio_tlsecho import Address
+from trio_tlsecho._net import UnixAddress, parse_listen
 
 #: The command line of the program, as the README runs it.
 PY = (sys.executable, "-m", "trio_tlsecho")
@@ -148,7 +149,7 @@ class ServeProcess:
         self.env = dict(env or {})
         #: Its own process group, as a terminal gives it (for Ctrl-C: ``os.killpg``).
         self.new_session = new_session
-        self.addresses: list[Address] = []
+        self.addresses: list[Address | UnixAddress] = []
         self.metrics_url = ""
 
     def __enter__(self) -> ServeProcess:
@@ -182,7 +183,7 @@ class ServeProcess:
             if line is not None and line.startswith("metrics on "):
                 self.metrics_url = line.split()[-1]
             elif line is not None and line.startswith("listening on "):
-                self.addresses.append(Address.parse(line.split()[-1]))
+                self.addresses.append(parse_listen(line.split()[-1]))  # type: ignore[arg-type]
             else:
                 self._kill()
                 raise AssertionError(

@@ -1,0 +1,96 @@
+"""``--listen unix:PATH``: a UNIX-socket listener, its peer's credentials in the log, its file."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from trio_tlsecho import ClientConfig, ListenError, ServerConfig, client_context, serve
+from trio_tlsecho._net import UnixAddress
+
+from .conftest import Start, receive_until
+from .logs import ServerLog
+from .processes import ServeProcess
+
+
+async def echo_over_unix(path: Path, client_config: ClientConfig, message: bytes = b"hello") -> bytes:
+    """One mutual-TLS round trip over the UNIX socket at *path*."""
+    transport = await trio.open_unix_socket(str(path))
+    stream = trio.SSLStream(transport, client_context(client_config), server_hostname="localhost")
+    async with stream:
+        await stream.send_all(message)
+        return await receive_until(stream, len(message))
+
+
+async def test_a_unix_listener_serves_and_logs_who_connected(
+    start: Start, client_config: ClientConfig, tmp_path: Path, log: ServerLog
+) -> None:
+    path = tmp_path / "echo.sock"
+    addresses = await start(listen=[f"unix:{path}"])
+    assert addresses == [UnixAddress(str(path))]
+    assert str(addresses[0]) == f"unix:{path}"
+    assert await echo_over_unix(path, client_config) == b"hello"
+    # No address to log for a UNIX peer: the kernel's word for who it is instead.
+    peer = f"unix:pid={os.getpid()},uid={os.getuid()},gid={os.getgid()}"
+    assert "connected TLSv1.3" in await log.wait_for("connected", about=peer)
+
+
+async def test_the_socket_file_goes_when_the_server_stops(
+    server_config: ServerConfig, tmp_path: Path
+) -> None:
+    path = tmp_path / "echo.sock"
+    config = attrs.evolve(server_config, listen=[f"unix:{path}"])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve, config)
+        assert path.is_socket()
+        nursery.cancel_scope.cancel()
+    assert not path.exists()
+
+
+async def test_a_stale_socket_file_is_replaced(
+    start: Start, client_config: ClientConfig, tmp_path: Path
+) -> None:
+    # What a killed server leaves: a socket file that nobody accepts on.
+    path = tmp_path / "echo.sock"
+    with socket.socket(socket.AF_UNIX) as dead:
+        dead.bind(str(path))
+    await start(listen=[f"unix:{path}"])
+    assert await echo_over_unix(path, client_config) == b"hello"
+
+
+@pytest.mark.parametrize("what", ["a live socket", "a file"])
+async def test_somebody_elses_path_is_in_use(server_config: ServerConfig, tmp_path: Path, what: str) -> None:
+    path = tmp_path / "echo.sock"
+    with socket.socket(socket.AF_UNIX) as live:
+        if what == "a file":
+            path.write_text("not a socket")
+        else:
+            live.bind(str(path))
+            live.listen()
+        config = attrs.evolve(server_config, listen=[f"unix:{path}"])
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(ListenError) as caught:
+                await nursery.start(serve, config)
+    assert str(caught.value) == f"cannot listen on unix:{path}: address already in use"
+    assert path.exists()  # left as it was
+
+
+async def test_workers_share_one_unix_socket(
+    tmp_path: Path, certs: Path, client_config: ClientConfig
+) -> None:
+    path = tmp_path / "echo.sock"
+    with ServeProcess("--listen", f"unix:{path}", "--workers", "2", cwd=tmp_path) as server:
+        assert server.addresses == [UnixAddress(str(path))]
+        for _ in range(4):
+            assert await echo_over_unix(path, client_config) == b"hello"
+        code, err = server.stop()
+    assert code == 0, err
+    assert re.search(r"\[worker \d\] unix:pid=\d+,uid=\d+,gid=\d+: connected TLSv1\.3", err), err
+    assert "Traceback" not in err
+    assert not path.exists()  # the supervisor, which bound it, removed it
