@@ -56,6 +56,7 @@ from ._common import (
     describe,
     explicit_files,
     given,
+    handler_option_arg,
     listen_arg,
     seconds_arg,
     seconds_or_zero_arg,
@@ -188,6 +189,16 @@ def _add_serve_parser(sub: SubParsers) -> None:
         "--handler",
         default="echo",
         help=f"handler: one installed ({', '.join(handler_names())}) or module:attr (default: echo)",
+    )
+    p.add_argument(
+        "--handler-option",
+        dest="handler_options",
+        metavar="KEY=VALUE",
+        type=handler_option_arg,
+        action="append",
+        default=[],
+        help="an option for the handler, repeatable (e.g. --handler forward --handler-option"
+        " target=127.0.0.1:8080)",
     )
     p.add_argument(
         "--handshake-timeout",
@@ -426,6 +437,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         tls=tls_files(args, "server"),
         **given(listen=args.listen),
         handler=args.handler,
+        handler_options=args.handler_options,
         handshake_timeout=args.handshake_timeout,
         min_tls_version=args.min_tls,
         allow=AllowList(common_names=args.allow_cn, sans=args.allow_san, fingerprints=args.allow_fingerprint),

@@ -24,6 +24,7 @@ import difflib
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import cast
 
 from .._exceptions import ConfigError
 from ._common import count_arg, seconds_arg, seconds_or_zero_arg
@@ -110,7 +111,8 @@ def apply(args: argparse.Namespace, layered: Mapping[str, object]) -> None:
 def _merge(dest: str, default: list[object], given: list[object]) -> list[object]:
     # Handler options are a mapping: a key on the command line overrides the file's.
     if dest == "handler_options":
-        return [*default, *given]  # later pairs win when the mapping is built
+        pairs = cast("list[tuple[str, str]]", [*default, *given])
+        return list(dict(pairs).items())
     return given
 
 
@@ -126,18 +128,19 @@ def _from_toml(action: argparse.Action, raw: object, where: str) -> object:
         return raw
     if isinstance(action, _REPEATABLE):
         if action.dest == "handler_options" and isinstance(raw, dict):
-            return [(str(k), _option_value(v, f"{where}: {k!r}")) for k, v in raw.items()]
+            # A table, as handlers' options read best: [handler-option] with KEY = "VALUE".
+            texts = [f"{k}={_option_value(v, f'{where}: {k!r}')}" for k, v in raw.items()]
+            return [_convert(action, text, where) for text in texts]
         items = raw if isinstance(raw, list) else [raw]
         return [_from_toml_scalar(action, item, where) for item in items]
     return _from_toml_scalar(action, raw, where)
 
 
 def _option_value(raw: object, where: str) -> str:
-    if isinstance(raw, bool):
-        return "true" if raw else "false"
-    if isinstance(raw, (str, int, float)):
-        return str(raw)
-    raise ConfigError(f"{where}: expected a string or a number, not {_kind(raw)}")
+    # Options stay text to the handler, which parses them: "8080", not 8080.
+    if isinstance(raw, str):
+        return raw
+    raise ConfigError(f"{where}: expected a string (the handler parses it), not {_kind(raw)}")
 
 
 def _from_toml_scalar(action: argparse.Action, raw: object, where: str) -> object:
