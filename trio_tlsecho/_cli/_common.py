@@ -68,7 +68,7 @@ def add_log_flags(p: argparse.ArgumentParser, *, default: str | None) -> None:
     )
 
 
-def describe(p: argparse.ArgumentParser, description: str, *examples: str) -> None:
+def describe_command(p: argparse.ArgumentParser, description: str, *examples: str) -> None:
     """Give *p* a description and an ``examples:`` epilog that --help shows as written."""
     p.description = description
     p.epilog = "examples:\n" + "\n".join(f"  {example}" for example in examples)

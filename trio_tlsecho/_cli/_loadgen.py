@@ -34,6 +34,7 @@ from ._common import (
     add_tls_flags,
     client_config,
     count_arg,
+    describe_command,
     flag_type,
     given,
     seconds_arg,
@@ -55,8 +56,15 @@ def add_loadgen_parser(subparsers: SubParsers) -> None:
     p = subparsers.add_parser(
         "loadgen",
         help="load an mTLS echo server with many verified clients; report rate and latency",
-        description="Run many mutual-TLS echo clients against a server and report round trips/s,"
-        " MB/s and latency percentiles (HdrHistogram, coordinated-omission corrected with --rate).",
+    )
+    describe_command(
+        p,
+        "Run many mutual-TLS echo clients against a server and report round trips/s, MB/s\n"
+        "and latency percentiles (HdrHistogram, coordinated-omission corrected with --rate).",
+        f"{PROG} loadgen --duration 5                    # 64 clients, closed loop",
+        f"{PROG} loadgen --size 256k --clients 4         # bulk throughput",
+        f"{PROG} loadgen --rate 5000 --json out.json     # open loop: latency at a fixed rate",
+        f"{PROG} loadgen --new-connection-per-request    # full handshakes per second",
     )
     add_client_flags(
         p, timeout=10.0, timeout_help="for one exchange, connecting included (default: %(default)g)"

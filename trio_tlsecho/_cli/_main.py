@@ -53,7 +53,7 @@ from ._common import (
     address_arg,
     client_config,
     count_arg,
-    describe,
+    describe_command,
     explicit_files,
     given,
     handler_option_arg,
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _build() -> tuple[argparse.ArgumentParser, SubParsers]:
     parser = Parser(prog=PROG)
-    describe(
+    describe_command(
         parser,
         "Mutual-TLS echo server, client and tools on trio.  '%(prog)s COMMAND --help' says more.",
         f"{PROG} serve    # on {DEFAULT_HOST}:{DEFAULT_PORT}, with a development PKI made in ./certs",
@@ -114,7 +114,7 @@ def _document_environment(serve: argparse.ArgumentParser, actions: Mapping[str, 
 
 def _add_certs_parser(sub: SubParsers) -> None:
     p = sub.add_parser("certs", help="make a development CA, server and client certificates")
-    describe(
+    describe_command(
         p,
         "Make (or extend) a development PKI: a CA, a server certificate, client certificates\n"
         "and a revocation list.  For trying things out; bring your own PKI in production.",
@@ -159,7 +159,7 @@ def _add_serve_parser(sub: SubParsers) -> None:
     # Each flag fills the ServerConfig field of (nearly) its name; the config checks them
     # together, so that an embedding app gets the same answers.
     p = sub.add_parser("serve", help="run the mutual-TLS server")
-    describe(
+    describe_command(
         p,
         "Serve mutual TLS: every client needs a certificate from --ca.  Settings come from\n"
         '--config FILE (TOML; its keys are the flags\' names: listen = ["0.0.0.0:8443"]),\n'
@@ -322,7 +322,7 @@ def _add_client_parser(sub: SubParsers) -> None:
 
 def _add_demo_parser(sub: SubParsers) -> None:
     p = sub.add_parser("demo", help="serve on a free port and run verified clients against it")
-    describe(
+    describe_command(
         p,
         "Serve on a free port of 127.0.0.1 and show, in one terminal, a verified echo and the\n"
         "clients a mutual-TLS server refuses: one without a certificate, one from another CA.",
