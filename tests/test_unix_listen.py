@@ -15,8 +15,8 @@ from trio_tlsecho import ClientConfig, ListenError, ServerConfig, client_context
 from trio_tlsecho._net import UnixAddress
 
 from .conftest import Start, receive_until
-from .logs import ServerLog
-from .processes import ServeProcess
+from .logs import ServerLog, error_line
+from .processes import ServeProcess, run_cli
 
 
 async def echo_over_unix(path: Path, client_config: ClientConfig, message: bytes = b"hello") -> bytes:
@@ -79,6 +79,19 @@ async def test_somebody_elses_path_is_in_use(server_config: ServerConfig, tmp_pa
                 await nursery.start(serve, config)
     assert str(caught.value) == f"cannot listen on unix:{path}: address already in use"
     assert path.exists()  # left as it was
+
+
+def test_workers_leave_somebody_elses_socket_alone(tmp_path: Path, certs: Path) -> None:
+    path = tmp_path / "echo.sock"
+    with socket.socket(socket.AF_UNIX) as live:
+        live.bind(str(path))
+        live.listen()
+        done = run_cli("serve", "--listen", f"unix:{path}", "--workers", "2", cwd=tmp_path)
+        assert done.returncode == 2
+        assert error_line(done.stderr) == (
+            f"trio-tlsecho: error: cannot listen on unix:{path}: address already in use"
+        )
+        assert path.is_socket()
 
 
 async def test_workers_share_one_unix_socket(

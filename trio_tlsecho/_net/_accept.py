@@ -49,7 +49,7 @@ async def accept(listener: trio.SocketListener, where: object) -> tuple[trio.Soc
             log.error("%s: accept failed: %s; pausing %d ms", where, exc.strerror, CAPACITY_PAUSE * 1000)
             await trio.sleep(CAPACITY_PAUSE)
         else:
-            if sock.family == socket.AF_UNIX:
+            if not isinstance(address, tuple):  # AF_UNIX: a path, usually empty
                 return trio.SocketStream(sock), (_unix_peer(sock), 0)
             return trio.SocketStream(sock), (str(address[0]), int(address[1]))
 

@@ -161,8 +161,9 @@ async def supervise(
 
     reservations: list[trio.socket.SocketType] = []
     shared: list[socket.socket] = []
+    made: list[UnixAddress] = []  # socket files we bound (never somebody else's)
     try:
-        listen = [spec for each in config.listen for spec in await _prepare(each, reservations, shared)]
+        listen = [spec for each in config.listen for spec in await _prepare(each, reservations, shared, made)]
         worker_config = attrs.evolve(config, listen=listen, reuse_port=True)
         with _shared_metrics(workers) as (shm_name, metrics):
             supervisor = _Supervisor(worker_config, metrics, shm_name, log_level, shared)
@@ -172,16 +173,19 @@ async def supervise(
             sock.close()
         for shared_sock in shared:
             shared_sock.close()
-        for spec in config.listen:
-            if isinstance(spec, UnixAddress):
-                remove_unix_socket(spec)
+        for path in made:
+            remove_unix_socket(path)
 
 
 async def _prepare(
-    spec: ListenSpec, reservations: list[trio.socket.SocketType], shared: list[socket.socket]
+    spec: ListenSpec,
+    reservations: list[trio.socket.SocketType],
+    shared: list[socket.socket],
+    made: list[UnixAddress],
 ) -> list[ListenSpec]:
     """What the workers' configs say for *spec*: an address each binds with SO_REUSEPORT,
-    or ``fd://N`` for each socket opened here and inherited (added to *shared*)."""
+    or ``fd://N`` for each socket opened here and inherited (added to *shared*; a UNIX
+    socket we bound to *made* too)."""
     if isinstance(spec, Address):
         return [await _reserve(spec, reservations)]
     if isinstance(spec, UnixAddress):
@@ -189,6 +193,7 @@ async def _prepare(
             sockets = [socket.socket(fileno=(await bind_unix(spec)).detach())]
         except OSError as exc:
             raise listen_error(spec, exc) from None
+        made.append(spec)
     else:
         sockets = inherited_sockets(spec)
     shared += sockets
