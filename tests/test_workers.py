@@ -290,7 +290,7 @@ def test_a_port_held_by_another_server_is_in_use(tmp_path: Path, certs: Path) ->
     with _supervisor(tmp_path) as first:
         second = _start_fails(tmp_path, listen=str(first.address))
     assert second.strip().splitlines()[-1] == (
-        f"trio-tlsecho: error: cannot listen on {first.address}: Address already in use"
+        f"trio-tlsecho: error: cannot listen on {first.address}: address already in use"
     )
 
 

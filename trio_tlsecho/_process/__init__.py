@@ -1,4 +1,4 @@
-"""The server as operating-system processes: signals, and the ``--workers`` supervisor.
+"""The server as operating-system processes: signals, the ``--workers`` supervisor, sd_notify.
 
 May import: ``_exceptions``, ``_program``, ``_net``, ``_tls``, ``_handlers``, ``_config``, ``_server``.
 """

@@ -77,7 +77,7 @@ async def _dispatch(
     shutdown: trio.Event,
     reload: trio.MemorySendChannel[None],
     everything: trio.CancelScope,
-    notifier: Notifier,
+    notifier: Notifier = Notifier(None),  # noqa: B008 (holds an address, nothing that changes)
 ) -> None:
     async for signum in signals:
         action = state.receive(signum)

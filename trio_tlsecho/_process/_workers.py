@@ -70,7 +70,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
@@ -265,7 +265,7 @@ class _Supervisor:
         metrics: list[ServerMetrics],
         shm_name: str,
         log_level: str,
-        shared: list[socket.socket],
+        shared: Sequence[socket.socket] = (),
     ) -> None:
         self.config = config
         self.shared = shared
@@ -444,7 +444,7 @@ def _worker_main(
     shm_name: str,
     ready: multiprocessing.connection.Connection,
     log_level: str,
-    shared: list[socket.socket],
+    shared: Sequence[socket.socket],
 ) -> None:
     """A worker process: one server, reporting its addresses once bound."""
     for sock in shared:
