@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import trio
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from trio_tlsecho import Address, ClientConfig, ClientError, ServerConfig, TLSFiles, echo_once, make_dev_pki
 
 from .conftest import start_server
 from .logs import ServerLog
 
-EKU = x509.ExtendedKeyUsageOID
+EKU = ExtendedKeyUsageOID
 
 
 @pytest.fixture(scope="module")

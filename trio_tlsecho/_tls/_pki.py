@@ -49,6 +49,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from .._exceptions import CertificateError, ConfigError
 
@@ -299,8 +300,8 @@ def _naive_utc(when: dt.datetime) -> dt.datetime:
 
 #: The one extended key usage of each role's certificates.
 _ROLE_USAGES = {
-    "server": x509.ExtendedKeyUsageOID.SERVER_AUTH,
-    "client": x509.ExtendedKeyUsageOID.CLIENT_AUTH,
+    "server": ExtendedKeyUsageOID.SERVER_AUTH,
+    "client": ExtendedKeyUsageOID.CLIENT_AUTH,
 }
 # An ECDSA key signs (the handshake's CertificateVerify or ServerKeyExchange, with
 # ECDHE doing the key agreement); keyEncipherment is an RSA key-transport usage.
