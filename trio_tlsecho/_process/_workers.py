@@ -127,6 +127,7 @@ async def supervise(
     on_started: Callable[[list[Address]], None],
     metrics_address: Address | None = None,
     log_level: str = "INFO",
+    log_format: str = "text",
 ) -> None:
     """Run *workers* server processes until a stop signal, then stop them gracefully."""
     if not isinstance(config.handler, str):
@@ -140,7 +141,7 @@ async def supervise(
         listen = [await _reserve(address, reservations) for address in config.listen]
         worker_config = attrs.evolve(config, listen=listen, reuse_port=True)
         with _shared_metrics(workers) as (shm_name, metrics):
-            supervisor = _Supervisor(worker_config, metrics, shm_name, log_level)
+            supervisor = _Supervisor(worker_config, metrics, shm_name, (log_level, log_format))
             await supervisor.run(on_started, metrics_address)
     finally:
         for sock in reservations:
@@ -207,12 +208,12 @@ class _Supervisor:
     """
 
     def __init__(
-        self, config: ServerConfig, metrics: list[ServerMetrics], shm_name: str, log_level: str
+        self, config: ServerConfig, metrics: list[ServerMetrics], shm_name: str, log_setup: tuple[str, str]
     ) -> None:
         self.config = config
         self.metrics = metrics
         self.shm_name = shm_name
-        self.log_level = log_level
+        self.log_setup = log_setup  # level and format
         self.workers = [_Worker(i) for i in range(len(metrics))]
         self.state = SignalState()
         self._context = multiprocessing.get_context("spawn")
@@ -259,7 +260,7 @@ class _Supervisor:
         receive, send = self._context.Pipe(duplex=False)
         worker.process = self._context.Process(
             target=_worker_main,
-            args=(self.config, worker.index, self.shm_name, send, self.log_level),
+            args=(self.config, worker.index, self.shm_name, send, self.log_setup),
             name=f"trio-tlsecho-worker-{worker.index}",
         )
         held = signal.pthread_sigmask(signal.SIG_BLOCK, _STARTUP_BLOCKED)
@@ -356,7 +357,7 @@ def _worker_main(
     index: int,
     shm_name: str,
     ready: multiprocessing.connection.Connection,
-    log_level: str,
+    log_setup: tuple[str, str],
 ) -> None:
     """A worker process: one server, reporting its addresses once bound."""
     for signum in _STARTUP_BLOCKED:
@@ -364,7 +365,8 @@ def _worker_main(
     # Blocked since before exec (see the module's docstring): ignored from now on,
     # so unblocking discards what arrived while we started.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STARTUP_BLOCKED)
-    setup_logging(log_level, tag=f"[worker {index}]")
+    level, log_format = log_setup
+    setup_logging(level, log_format=log_format, worker=index)
     # Attaching registers the name with the resource tracker again (Python < 3.13);
     # the tracker is the supervisor's, shared, and the supervisor unlinks the segment.
     shm = SharedMemory(name=shm_name)
