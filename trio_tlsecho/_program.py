@@ -33,7 +33,6 @@ LOG_FORMATS = ("text", "json")
 LOG_FIELDS = (
     "worker",
     "peer",
-    "via",
     "subject",
     "issuer",
     "sans",

@@ -72,7 +72,7 @@ from .._exceptions import ListenError, TLSEchoError
 from .._handlers import resolve_handler
 from .._net import Address, bind_reuse_port
 from .._program import PROG, run_program, setup_logging
-from .._server import METRIC_SLOTS, ServerMetrics, serve_metrics
+from .._server import METRIC_SLOTS, ProcessTotals, ServerMetrics, serve_metrics
 from .._tls import server_context
 from ._signals import Action, SignalState, log_action
 from ._single import serve_until_signalled
@@ -100,10 +100,11 @@ _RELAYED = {Action.RELOAD: signal.SIGHUP, Action.STOP: _WORKER_STOP, Action.STOP
 
 
 class _Summed(Collector):
-    """Every worker's metrics, added up at scrape time."""
+    """Every worker's metrics, added up at scrape time; ``serving`` is the supervisor's (/healthz)."""
 
     def __init__(self, parts: list[ServerMetrics]) -> None:
         self.parts = parts
+        self.serving = False
 
     def collect(self) -> Iterator[Metric]:
         return ServerMetrics.total(self.parts).collect()
@@ -215,6 +216,7 @@ class _Supervisor:
         self.shm_name = shm_name
         self.log_setup = log_setup  # level and format
         self.workers = [_Worker(i) for i in range(len(metrics))]
+        self.summed = _Summed(metrics)
         self.state = SignalState()
         self._context = multiprocessing.get_context("spawn")
 
@@ -225,13 +227,17 @@ class _Supervisor:
                 # The metrics port first: a port in use must fail before any worker exists.
                 bound = None
                 if metrics_address is not None:
-                    bound = await nursery.start(serve_metrics, _Summed(self.metrics), metrics_address)
+                    process = ProcessTotals(self.worker_pids)
+                    bound = await nursery.start(
+                        functools.partial(serve_metrics, self.summed, metrics_address, process=process)
+                    )
                 try:
                     addresses = await self.start_all()
                     # Signals that came while the workers started have waited in the receiver.
                     nursery.start_soon(self.relay, signals)
                     if bound is not None:
                         print(f"metrics on http://{bound}/metrics", flush=True)
+                    self.summed.serving = not self.state.stopping
                     on_started(addresses)
                     pids = ", ".join(str(w.process.pid) for w in self.workers)
                     log.info("%d workers serving: pids %s", len(self.workers), pids)
@@ -331,8 +337,12 @@ class _Supervisor:
         async for signum in signals:
             action = self.state.receive(signum)
             log_action(action, signum, _RELAY_MESSAGES)
+            self.summed.serving = self.summed.serving and not self.state.stopping
             if action in _RELAYED:
                 self.signal_all(_RELAYED[action])
+
+    def worker_pids(self) -> list[int]:
+        return [worker.process.pid for worker in self.workers if worker.alive]
 
     def signal_all(self, signum: int) -> None:
         for worker in self.workers:

@@ -15,17 +15,40 @@ Byte counters are application bytes: what handlers read and write (and what a
 load generator counts on its side), the same with either TLS engine.  They
 reach these slots once a second and when a connection ends (:mod:`._liveness`),
 which keeps the per-read cost to one integer addition.
+
+Beside the server's own numbers, a scrape exports the process's: ``process_*``
+(prometheus_client's ``ProcessCollector``, from ``/proc``) and ``python_*``
+(``PlatformCollector``, ``GCCollector``).  Under ``serve --workers`` the
+supervisor exports :class:`ProcessTotals`: the same ``/proc`` figures read for
+itself and each live worker, and summed (CPU seconds, resident and virtual
+memory, open descriptors), with the CPU time of workers that have exited kept in
+the sum (the kernel's count for waited-for children), so that the counter never
+goes back when a worker is restarted.  Not prometheus_client's multiprocess mode:
+that mode has no ``process_*`` figures for other processes, and needs a
+directory of files where our counters already share memory.
+
+``GET /healthz`` on the same port answers 200 while the server serves and 503
+before it does and from the moment a stop begins (the collector's ``serving``),
+so that a balancer stops sending clients before the listeners close.
 """
 
 from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Iterable, Iterator, MutableMapping
+import os
+import resource
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import NoReturn
 
 import trio
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -151,6 +174,9 @@ class ServerMetrics(Collector):
     idle_closed = _Scalar(5)
 
     def __init__(self, slots: memoryview | None = None) -> None:
+        #: Whether the server is serving: set once its listeners are bound, cleared when
+        #: a stop begins.  ``GET /healthz`` answers by it.
+        self.serving = False
         self.slots = slots if slots is not None else _new_slots()
         if len(self.slots) != METRIC_SLOTS:
             raise ValueError(f"metrics need {METRIC_SLOTS} int64 slots, got {len(self.slots)}")
@@ -212,11 +238,66 @@ class ServerMetrics(Collector):
         return render(self)
 
 
-def render(collector: Collector) -> bytes:
-    """Prometheus text for *collector*, through a registry of its own (never the global one)."""
+def render(*collectors: Collector) -> bytes:
+    """Prometheus text for *collectors*, through a registry of their own (never the global one)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
+    for collector in collectors:
+        registry.register(collector)
     return generate_latest(registry)
+
+
+def process_collectors(process: Collector | None = None) -> list[Collector]:
+    """``process_*`` (*process*, or this process's own) and ``python_*`` collectors, unregistered."""
+    if process is None:
+        process = ProcessCollector(registry=None)
+    # GCCollector registers itself somewhere, always: a registry of its own, thrown away.
+    return [process, PlatformCollector(registry=None), GCCollector(registry=CollectorRegistry())]
+
+
+#: Summed over processes; the others are the first process's (the supervisor's).
+_SUMMED = frozenset(
+    {
+        "process_cpu_seconds",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+    }
+)
+
+
+def _constant(pid: int) -> Callable[[], int]:
+    return lambda: pid
+
+
+class ProcessTotals(Collector):
+    """``process_*`` for a group of processes: this one and *others* (the live workers' pids).
+
+    Start time and the descriptor limit are this process's; the rest are sums.  CPU
+    time includes the children this process has waited for (workers that exited).
+    """
+
+    def __init__(self, others: Callable[[], Iterable[int]]) -> None:
+        self.others = others
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for pid in [os.getpid(), *self.others()]:
+            for family in ProcessCollector(pid=_constant(pid), registry=None).collect():
+                if family.name not in families:
+                    families[family.name] = family
+                elif family.name in _SUMMED:
+                    families[family.name].samples[0] = (
+                        families[family.name]
+                        .samples[0]
+                        ._replace(value=families[family.name].samples[0].value + family.samples[0].value)
+                    )
+        if "process_cpu_seconds" in families:
+            exited = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = families["process_cpu_seconds"].samples[0]
+            families["process_cpu_seconds"].samples[0] = cpu._replace(
+                value=cpu.value + exited.ru_utime + exited.ru_stime
+            )
+        yield from families.values()
 
 
 # -- HTTP --------------------------------------------------------------------------
@@ -230,13 +311,18 @@ async def serve_metrics(
     metrics: Collector,
     address: Address,
     *,
+    process: Collector | None = None,
     task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
-    """Serve ``GET /metrics`` on plain HTTP at *address* until cancelled.
+    """Serve ``GET /metrics`` and ``GET /healthz`` on plain HTTP at *address* until cancelled.
 
-    Plain HTTP on purpose (as every Prometheus exporter): bind it to loopback or a
-    management network, not to where the TLS clients are.
+    *metrics* with ``process_*`` from *process* (default: this process's own) and
+    ``python_*``.  ``/healthz`` is 200 while ``metrics.serving`` is true (always, for
+    a collector without one), else 503.  Plain HTTP on purpose (as every Prometheus
+    exporter): bind it to loopback or a management network, not to where the TLS
+    clients are.
     """
+    collectors = [metrics, *process_collectors(process)]
     try:
         listeners = await trio.open_tcp_listeners(address.port, host=address.host)
     except OSError as exc:
@@ -249,10 +335,10 @@ async def serve_metrics(
         task_status.started(Address(str(sockname[0]), int(sockname[1])))
         while True:
             stream, _ = await accept(listener, f"metrics {address}")
-            nursery.start_soon(_answer, stream, metrics)
+            nursery.start_soon(_answer, stream, collectors)
 
 
-async def _answer(stream: trio.SocketStream, metrics: Collector) -> None:
+async def _answer(stream: trio.SocketStream, collectors: list[Collector]) -> None:
     async with stream:
         with trio.move_on_after(_REQUEST_TIMEOUT):
             try:
@@ -264,17 +350,29 @@ async def _answer(stream: trio.SocketStream, metrics: Collector) -> None:
                     head += chunk
                 method, _, rest = head.partition(b" ")
                 path = rest.partition(b" ")[0].partition(b"?")[0]
-                if method not in (b"GET", b"HEAD"):
-                    await stream.send_all(_response(b"405 Method Not Allowed", b"GET only\n"))
-                elif path not in (b"/metrics", b"/"):
-                    await stream.send_all(_response(b"404 Not Found", b"try /metrics\n"))
-                else:
-                    body = render(metrics)
-                    await stream.send_all(
-                        _response(b"200 OK", body if method == b"GET" else b"", _CONTENT_TYPE, len(body))
-                    )
+                await stream.send_all(_route(method, path, collectors))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
+
+
+def _route(method: bytes, path: bytes, collectors: list[Collector]) -> bytes:
+    if method not in (b"GET", b"HEAD"):
+        return _response(b"405 Method Not Allowed", b"GET only\n")
+    if path == b"/healthz":
+        status, body = _health(collectors[0])
+        content_type = b"text/plain; charset=utf-8"
+    elif path in (b"/metrics", b"/"):
+        status, body, content_type = b"200 OK", render(*collectors), _CONTENT_TYPE
+    else:
+        return _response(b"404 Not Found", b"try /metrics or /healthz\n")
+    return _response(status, body if method == b"GET" else b"", content_type, len(body))
+
+
+def _health(metrics: Collector) -> tuple[bytes, bytes]:
+    if getattr(metrics, "serving", True):
+        return b"200 OK", b"ok\n"
+    # Starting, or stopping: either way, not a place to send a new client.
+    return b"503 Service Unavailable", b"not serving\n"
 
 
 def _response(
