@@ -9,7 +9,10 @@ the transport, then the TLS stream, until it closes it.
 
 Everything that can go wrong with one peer (a bad certificate, a silent client, a
 reset, a handler bug) ends here as one log line, because the listener's nursery
-must never see it: one connection's failure must not touch another.
+must never see it: one connection's failure must not touch another.  Every
+connection, verified or refused, then ends with one access line once it is closed
+(:func:`_log_ended`: outcome, duration, bytes), the ``connection_closed`` event of
+the JSON log.
 ``trio.Cancelled`` and every other ``BaseException`` are left alone so that
 shutdown still works.
 
