@@ -130,6 +130,7 @@ def test_workers_health_and_process_figures(tmp_path: Path, certs: Path, client_
             with pytest.raises(urllib.error.HTTPError) as unhealthy:
                 await trio.to_thread.run_sync(lambda: urllib.request.urlopen(health, timeout=10))
             assert unhealthy.value.code == 503
+            unhealthy.value.close()  # it holds the response's socket
             await client.aclose()
 
         trio.run(hold_and_stop)
