@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import resource
@@ -16,7 +17,7 @@ from prometheus_client import ProcessCollector
 from prometheus_client.core import Metric
 
 from trio_tlsecho import Address, ClientConfig, ServerConfig, ServerMetrics, open_client, serve, serve_metrics
-from trio_tlsecho._server import ProcessTotals
+from trio_tlsecho._server import GCTotals, ProcessTotals
 
 from .logs import ServerLog
 from .processes import ServeProcess
@@ -119,6 +120,7 @@ def test_workers_health_and_process_figures(tmp_path: Path, certs: Path, client_
         assert sum(own) <= _metric(text, "process_open_fds") <= sum(own) + 2
         assert _metric(text, "process_open_fds") > own[0] + 1
         assert "python_info{" in text
+        assert _metric(text, 'python_gc_collections_total{generation="0"}') > 0
 
         async def hold_and_stop() -> None:
             # A connection open through the stop: the workers drain it, the supervisor waits.
@@ -136,3 +138,27 @@ def test_workers_health_and_process_figures(tmp_path: Path, certs: Path, client_
         trio.run(hold_and_stop)
         code, err = sup.wait()
     assert code == 0, err
+
+
+def test_gc_totals_add_what_the_workers_counted() -> None:
+    metrics = ServerMetrics()  # a worker's slice of shared memory, in the supervisor's view
+    gc.disable()  # only the collections made here, none in between by chance
+    try:
+        with metrics.counting_gc():
+            gc.collect()
+            gc.collect(0)
+            # Since the process started: what it had collected, and each collection since.
+            assert metrics.gc_stats() == gc.get_stats()
+        gc.collect()  # after it, not counted
+        counted, own = metrics.gc_stats(), gc.get_stats()
+        families = {family.name: family for family in GCTotals([metrics, metrics]).collect()}
+    finally:
+        gc.enable()
+    assert counted != own
+    for name, key in (
+        ("python_gc_collections", "collections"),
+        ("python_gc_objects_collected", "collected"),
+        ("python_gc_objects_uncollectable", "uncollectable"),
+    ):
+        values = {sample.labels["generation"]: sample.value for sample in families[name].samples}
+        assert values == {str(g): own[g][key] + 2 * counted[g][key] for g in range(len(own))}, name

@@ -72,7 +72,7 @@ from .._exceptions import ListenError, TLSEchoError
 from .._handlers import resolve_handler
 from .._net import Address, bind_reuse_port
 from .._program import PROG, run_program, setup_logging
-from .._server import METRIC_SLOTS, ProcessTotals, ServerMetrics, serve_metrics
+from .._server import METRIC_SLOTS, ServerMetrics, serve_metrics
 from .._tls import server_context
 from ._signals import Action, SignalState, log_action
 from ._single import serve_until_signalled
@@ -227,10 +227,10 @@ class _Supervisor:
                 # The metrics port first: a port in use must fail before any worker exists.
                 bound = None
                 if metrics_address is not None:
-                    process = ProcessTotals(self.worker_pids)
-                    bound = await nursery.start(
-                        functools.partial(serve_metrics, self.summed, metrics_address, process=process)
+                    summed = functools.partial(
+                        serve_metrics, self.summed, metrics_address, workers=(self.worker_pids, self.metrics)
                     )
+                    bound = await nursery.start(summed)
                 try:
                     addresses = await self.start_all()
                     # Signals that came while the workers started have waited in the receiver.
@@ -381,7 +381,7 @@ def _worker_main(
     # the tracker is the supervisor's, shared, and the supervisor unlinks the segment.
     shm = SharedMemory(name=shm_name)
     try:
-        with _metric_slices(shm, [index]) as [metrics]:
+        with _metric_slices(shm, [index]) as [metrics], metrics.counting_gc():
             metrics.connections_open = 0  # a predecessor's connections died with it
             # A key or certificate that broke after the supervisor checked it (a restart
             # reads it again) is still the user's mistake: one line, like the supervisor's.

@@ -23,7 +23,9 @@ supervisor exports :class:`ProcessTotals`: the same ``/proc`` figures read for
 itself and each live worker, and summed (CPU seconds, resident and virtual
 memory, open descriptors), with the CPU time of workers that have exited kept in
 the sum (the kernel's count for waited-for children), so that the counter never
-goes back when a worker is restarted.  Not prometheus_client's multiprocess mode:
+goes back when a worker is restarted; and :class:`GCTotals`: its own garbage
+collections and those each worker counts into its shared slots (a ``gc``
+callback), a restarted worker adding to its predecessor's.  Not prometheus_client's multiprocess mode:
 that mode has no ``process_*`` figures for other processes, and needs a
 directory of files where our counters already share memory.
 
@@ -35,6 +37,8 @@ so that a balancer stops sending clients before the listeners close.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import gc
 import logging
 import os
 import resource
@@ -77,8 +81,12 @@ _SCALARS = (
 _RESULTS_AT = len(_SCALARS)
 _HANDSHAKE_HIST_AT = _RESULTS_AT + len(HANDSHAKE_RESULTS)
 _CONNECTION_HIST_AT = _HANDSHAKE_HIST_AT + len(HANDSHAKE_BUCKETS) + 2
+#: gc.get_stats()'s figures per generation, for a worker's supervisor to sum (python_gc_*).
+_GC_KEYS = ("collections", "collected", "uncollectable")
+_GC_GENERATIONS = len(gc.get_stats())
+_GC_AT = _CONNECTION_HIST_AT + len(CONNECTION_BUCKETS) + 2
 #: How many int64 slots one server's metrics take (see :class:`ServerMetrics`).
-METRIC_SLOTS = _CONNECTION_HIST_AT + len(CONNECTION_BUCKETS) + 2
+METRIC_SLOTS = _GC_AT + len(_GC_KEYS) * _GC_GENERATIONS
 
 
 def _new_slots(n: int = METRIC_SLOTS) -> memoryview:
@@ -193,6 +201,34 @@ class ServerMetrics(Collector):
                 summed.slots[i] += part.slots[i]
         return summed
 
+    @contextlib.contextmanager
+    def counting_gc(self) -> Iterator[None]:
+        """Add this process's garbage collections to the slots while entered (a worker's, for
+        its supervisor's ``python_gc_*``): what it collected so far, then each collection."""
+        for generation, stats in enumerate(gc.get_stats()):
+            for k, key in enumerate(_GC_KEYS):
+                self.slots[_gc_slot(generation, k)] += stats[key]
+
+        def count(phase: str, info: dict[str, int]) -> None:
+            if phase == "stop":
+                generation = info["generation"]
+                self.slots[_gc_slot(generation, 0)] += 1
+                self.slots[_gc_slot(generation, 1)] += info["collected"]
+                self.slots[_gc_slot(generation, 2)] += info["uncollectable"]
+
+        gc.callbacks.append(count)
+        try:
+            yield
+        finally:
+            gc.callbacks.remove(count)
+
+    def gc_stats(self) -> list[dict[str, int]]:
+        """What :meth:`counting_gc` counted, shaped as ``gc.get_stats()``."""
+        return [
+            {key: int(self.slots[_gc_slot(generation, k)]) for k, key in enumerate(_GC_KEYS)}
+            for generation in range(_GC_GENERATIONS)
+        ]
+
     @property
     def handshake_failures(self) -> int:
         # A probe (connect and close, no byte) never tried a handshake.
@@ -238,6 +274,38 @@ class ServerMetrics(Collector):
         return render(self)
 
 
+def _gc_slot(generation: int, key: int) -> int:
+    return _GC_AT + generation * len(_GC_KEYS) + key
+
+
+class GCTotals(Collector):
+    """``python_gc_*`` (as prometheus_client's GCCollector) of this process and the
+    collections that *parts* counted (:meth:`ServerMetrics.counting_gc`: its workers)."""
+
+    def __init__(self, parts: list[ServerMetrics]) -> None:
+        self.parts = parts
+
+    def collect(self) -> Iterator[Metric]:
+        totals = gc.get_stats()
+        for part in self.parts:
+            for total, counted in zip(totals, part.gc_stats(), strict=True):
+                for key in _GC_KEYS:
+                    total[key] += counted[key]
+        for name, doc, key in (
+            ("python_gc_objects_collected", "Objects collected during gc", "collected"),
+            ("python_gc_objects_uncollectable", "Uncollectable objects found during GC", "uncollectable"),
+            ("python_gc_collections", "Number of times this generation was collected", "collections"),
+        ):
+            family = CounterMetricFamily(name, doc, labels=["generation"])
+            for generation, stats in enumerate(totals):
+                family.add_metric([str(generation)], stats[key])
+            yield family
+
+
+#: What a supervisor knows of its workers: their live pids, and their metrics.
+Workers = tuple[Callable[[], Iterable[int]], list["ServerMetrics"]]
+
+
 def render(*collectors: Collector) -> bytes:
     """Prometheus text for *collectors*, through a registry of their own (never the global one)."""
     registry = CollectorRegistry(auto_describe=False)
@@ -246,12 +314,15 @@ def render(*collectors: Collector) -> bytes:
     return generate_latest(registry)
 
 
-def process_collectors(process: Collector | None = None) -> list[Collector]:
-    """``process_*`` (*process*, or this process's own) and ``python_*`` collectors, unregistered."""
-    if process is None:
-        process = ProcessCollector(registry=None)
+def process_collectors(workers: Workers | None = None) -> list[Collector]:
+    """``process_*`` and ``python_*`` collectors, unregistered: this process's, or with
+    *workers* the sums over this process and them."""
+    if workers is not None:
+        pids, parts = workers
+        return [ProcessTotals(pids), PlatformCollector(registry=None), GCTotals(parts)]
     # GCCollector registers itself somewhere, always: a registry of its own, thrown away.
-    return [process, PlatformCollector(registry=None), GCCollector(registry=CollectorRegistry())]
+    own_gc = GCCollector(registry=CollectorRegistry())
+    return [ProcessCollector(registry=None), PlatformCollector(registry=None), own_gc]
 
 
 #: Summed over processes; the others are the first process's (the supervisor's).
@@ -311,18 +382,18 @@ async def serve_metrics(
     metrics: Collector,
     address: Address,
     *,
-    process: Collector | None = None,
+    workers: Workers | None = None,
     task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve ``GET /metrics`` and ``GET /healthz`` on plain HTTP at *address* until cancelled.
 
-    *metrics* with ``process_*`` from *process* (default: this process's own) and
-    ``python_*``.  ``/healthz`` is 200 while ``metrics.serving`` is true (always, for
+    *metrics* with ``process_*`` and ``python_*`` of this process, or summed with its
+    *workers*' (a supervisor's).  ``/healthz`` is 200 while ``metrics.serving`` is true (always, for
     a collector without one), else 503.  Plain HTTP on purpose (as every Prometheus
     exporter): bind it to loopback or a management network, not to where the TLS
     clients are.
     """
-    collectors = [metrics, *process_collectors(process)]
+    collectors = [metrics, *process_collectors(workers)]
     try:
         listeners = await trio.open_tcp_listeners(address.port, host=address.host)
     except OSError as exc:
