@@ -337,7 +337,8 @@ class _Supervisor:
         async for signum in signals:
             action = self.state.receive(signum)
             log_action(action, signum, _RELAY_MESSAGES)
-            self.summed.serving = self.summed.serving and not self.state.stopping
+            if self.state.stopping:
+                self.summed.serving = False  # /healthz: 503 from the first stop signal
             if action in _RELAYED:
                 self.signal_all(_RELAYED[action])
 
