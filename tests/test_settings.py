@@ -168,3 +168,12 @@ def test_a_port_in_use_reads_the_same_with_or_without_workers(
         error_line(done.stderr)
         == f"trio-tlsecho: error: cannot listen on 127.0.0.1:{port}: address already in use"
     )
+
+
+def test_log_format_from_anywhere(tmp_path: Path) -> None:
+    assert parse_args(["serve", "--log-format", "JSON"], {}).log_format == "json"
+    assert parse_args(["--log-format", "json", "certs"], {}).log_format == "json"
+    assert parse_args(["certs"], {"TRIO_TLSECHO_LOG_FORMAT": "json"}).log_format == "json"
+    config = write(tmp_path, 'log-format = "json"\n')
+    assert parse_args(["serve", "--config", str(config)], {}).log_format == "json"
+    assert parse_args(["serve", "--config", str(config), "--log-format", "text"], {}).log_format == "text"

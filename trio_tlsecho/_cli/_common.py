@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from .._config import ClientConfig, count, from_text, handler_option, seconds, seconds_or_zero
 from .._exceptions import ConfigError
 from .._net import DEFAULT_HOST, DEFAULT_PORT, Address, parse_listen
+from .._program import LOG_FORMATS
 from .._tls import TLSFiles, has_certificates
 
 T = TypeVar("T")
@@ -56,15 +57,23 @@ listen_arg = flag_type(parse_listen)
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def add_log_flags(p: argparse.ArgumentParser, *, default: str | None) -> None:
-    """--log-level on the program (*default*) and on each command (``None``: the program's
-    value stands unless the flag is given after the command too)."""
+def add_log_flags(p: argparse.ArgumentParser, *, program: bool) -> None:
+    """--log-level and --log-format on the program (*program*, with the defaults) and on
+    each command (without: the program's value stands unless the flag comes after the
+    command too)."""
     p.add_argument(
         "--log-level",
         type=str.lower,
         choices=LOG_LEVELS,
-        default=argparse.SUPPRESS if default is None else default,
+        default="info" if program else argparse.SUPPRESS,
         help="log verbosity on stderr, before or after the command (default: info)",
+    )
+    p.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=LOG_FORMATS,
+        default="text" if program else argparse.SUPPRESS,
+        help="log lines on stderr as text, or as one JSON object each (default: text)",
     )
 
 

@@ -88,7 +88,7 @@ def _build() -> tuple[argparse.ArgumentParser, SubParsers]:
         f"{PROG} demo     # both at once, and clients the server refuses",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    add_log_flags(parser, default="info")
+    add_log_flags(parser, program=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for add in (
         _add_certs_parser,
@@ -99,7 +99,7 @@ def _build() -> tuple[argparse.ArgumentParser, SubParsers]:
     ):
         add(sub)
     for command in sub.choices.values():
-        add_log_flags(command, default=None)
+        add_log_flags(command, program=False)
     _document_environment(sub.choices["serve"], settable([parser, sub.choices["serve"]]))
     return parser, sub
 
@@ -340,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(argv: Sequence[str] | None) -> int:
     args = parse_args(argv, os.environ)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, log_format=args.log_format)
     func: Callable[[argparse.Namespace], int] = args.func
     return func(args)
 
@@ -461,6 +461,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 on_started=_print_addresses,
                 metrics_address=args.metrics,
                 log_level=args.log_level.upper(),
+                log_format=args.log_format,
             )
         else:
             run = functools.partial(
