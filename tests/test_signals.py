@@ -55,6 +55,14 @@ def test_a_server_starts_serving_and_every_stop_signal_after_the_first_stops_now
     assert actions == [Action.RELOAD, Action.STOP, Action.NO_RELOAD, Action.STOP_NOW, Action.STOP_NOW]
 
 
+def test_the_state_remembers_which_signal_began_the_stop() -> None:
+    state = SignalState()
+    assert state.stopped_by is None
+    for signum in (HUP, INT, TERM):
+        state.receive(signum)
+    assert state.stopped_by == INT  # serve's exit status says Ctrl-C (130), not SIGTERM
+
+
 def test_a_worker_stops_on_sigterm_alone() -> None:
     state = SignalState(stop_signals=[TERM])
     assert state.signals == (HUP, TERM)

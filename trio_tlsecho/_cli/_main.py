@@ -7,10 +7,10 @@ failure of ``client`` as one line and status 1.  Tracebacks are for bugs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import logging
 import os
+import signal
 import sys
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
@@ -451,24 +451,27 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         engine=args.engine,
         proxy_from=args.proxy_from,
     )
-    # KeyboardInterrupt: Ctrl-C before our signal receiver was installed.
-    with contextlib.suppress(KeyboardInterrupt):
-        if args.workers > 1:
-            run = functools.partial(
-                supervise,
-                config,
-                args.workers,
-                on_started=_print_addresses,
-                metrics_address=args.metrics,
-                log_level=args.log_level.upper(),
-                log_format=args.log_format,
-            )
-        else:
-            run = functools.partial(
-                serve_until_signalled, config, on_started=_print_addresses, metrics_address=args.metrics
-            )
-        trio.run(run)
-    return 0
+    if args.workers > 1:
+        run = functools.partial(
+            supervise,
+            config,
+            args.workers,
+            on_started=_print_addresses,
+            metrics_address=args.metrics,
+            log_level=args.log_level.upper(),
+            log_format=args.log_format,
+        )
+    else:
+        run = functools.partial(
+            serve_until_signalled, config, on_started=_print_addresses, metrics_address=args.metrics
+        )
+    try:
+        stopped_by = trio.run(run)
+    except KeyboardInterrupt:  # Ctrl-C before our signal receiver was installed
+        stopped_by = signal.SIGINT
+    # A graceful stop is a success, but Ctrl-C ends a command with 130 as a shell
+    # expects (every command does); SIGTERM, how systemd stops a service, with 0.
+    return 128 + signal.SIGINT if stopped_by == signal.SIGINT else 0
 
 
 def _print_addresses(addresses: list[ListenAddress]) -> None:

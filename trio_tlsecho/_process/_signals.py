@@ -53,6 +53,9 @@ class SignalState:
     def __init__(self, stop_signals: Iterable[int] = STOP_SIGNALS) -> None:
         self.stop_signals = frozenset(stop_signals)
         self.phase = Phase.SERVING
+        #: The signal that began the stop (``None`` while serving): ``serve`` exits 130
+        #: after SIGINT (Ctrl-C), as a shell expects, and 0 after SIGTERM, as systemd does.
+        self.stopped_by: int | None = None
 
     @property
     def signals(self) -> tuple[signal.Signals, ...]:
@@ -71,6 +74,7 @@ class SignalState:
             return Action.IGNORE
         if self.phase is Phase.SERVING:
             self.phase = Phase.STOPPING
+            self.stopped_by = signum
             return Action.STOP
         return Action.STOP_NOW
 

@@ -38,8 +38,10 @@ async def serve_until_signalled(
     metrics_address: Address | None = None,
     stop_signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
     notify: bool = True,
-) -> None:
+) -> int | None:
     """Serve until a stop signal, then stop gracefully; returns when every connection is done.
+
+    Returns the signal that began the stop (``None`` if none did: cancelled).
 
     *notify*: tell ``$NOTIFY_SOCKET`` (systemd) about it; a ``--workers`` worker does not.
     """
@@ -69,6 +71,7 @@ async def serve_until_signalled(
                 notifier.ready(connections_status(metrics.connections_open))
                 outer.start_soon(notifier.report_connections, _counter(metrics), connections_status)
             outer.cancel_scope.cancel()  # serve() has returned: stop listening for signals
+    return state.stopped_by
 
 
 async def _dispatch(

@@ -153,8 +153,11 @@ async def supervise(
     metrics_address: Address | None = None,
     log_level: str = "INFO",
     log_format: str = "text",
-) -> None:
-    """Run *workers* server processes until a stop signal, then stop them gracefully."""
+) -> int | None:
+    """Run *workers* server processes until a stop signal, then stop them gracefully.
+
+    Returns the signal that began the stop (``None`` if none did).
+    """
     if not isinstance(config.handler, str):
         raise TLSEchoError("workers need the handler by name or module:attr (each process imports it)")
     # Fail fast, once, in the supervisor: the workers would all fail the same way.
@@ -170,6 +173,7 @@ async def supervise(
         with _shared_metrics(workers) as (shm_name, metrics):
             supervisor = _Supervisor(worker_config, metrics, shm_name, (log_level, log_format), shared)
             await supervisor.run(on_started, metrics_address)
+            return supervisor.state.stopped_by
     finally:
         for sock in reservations:
             sock.close()
