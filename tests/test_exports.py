@@ -17,3 +17,18 @@ def test_exports_are_not_private_modules() -> None:
         assert obj is not None
         module = getattr(obj, "__module__", "trio_tlsecho")
         assert module.startswith("trio_tlsecho"), (name, module)
+
+
+def test_every_listen_kind_is_public() -> None:
+    # An embedding app reads serve()'s bound addresses and builds listen= with these.
+    config_listen = trio_tlsecho.ServerConfig(
+        tls=trio_tlsecho.TLSFiles(cert="c", key="k", ca="a"),
+        listen=["127.0.0.1:0", "unix:/run/echo.sock", "systemd:web", "fd://3"],
+    ).listen
+    kinds = (
+        trio_tlsecho.Address,
+        trio_tlsecho.UnixAddress,
+        trio_tlsecho.SystemdSockets,
+        trio_tlsecho.InheritedFd,
+    )
+    assert [type(spec) for spec in config_listen] == list(kinds)

@@ -26,8 +26,11 @@ from ._load import LoadReport as LoadReport
 from ._load import SizeRange as SizeRange
 from ._load import run_load as run_load
 from ._net import Address as Address
+from ._net import InheritedFd as InheritedFd
 from ._net import ProxyHeader as ProxyHeader
 from ._net import ProxyProtocolError as ProxyProtocolError
+from ._net import SystemdSockets as SystemdSockets
+from ._net import UnixAddress as UnixAddress
 from ._net import encode_v1 as encode_proxy_v1
 from ._net import encode_v2 as encode_proxy_v2
 from ._server import ServerMetrics as ServerMetrics
@@ -54,6 +57,7 @@ __all__ = [
     "EchoResult",
     "Handler",
     "HandlerNotFoundError",
+    "InheritedFd",
     "IssuedFiles",
     "ListenError",
     "LoadConfig",
@@ -64,8 +68,10 @@ __all__ = [
     "ServerConfig",
     "ServerMetrics",
     "SizeRange",
+    "SystemdSockets",
     "TLSEchoError",
     "TLSFiles",
+    "UnixAddress",
     "__version__",
     "client_context",
     "discard",
