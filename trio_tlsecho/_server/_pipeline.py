@@ -8,8 +8,9 @@ the log); :func:`run_connection` counts and logs a refusal in one place, and own
 the transport, then the TLS stream, until it closes it.
 
 Everything that can go wrong with one peer (a bad certificate, a silent client, a
-reset, a handler bug) ends here as one log line, because the listener's nursery
-must never see it: one connection's failure must not touch another.
+reset, a handler bug) ends here, because the listener's nursery must never see it:
+one connection's failure must not touch another.  A peer's fault is one log line; a
+handler's exception is a bug in the handler, logged at ERROR with its traceback.
 ``trio.Cancelled`` and every other ``BaseException`` are left alone so that
 shutdown still works.
 
@@ -216,12 +217,13 @@ async def run_handler(conn: Connection, server: ServerState, where: str) -> bool
         if errors is not None:
             metrics.handler_errors += 1
             described = "; ".join(f"{type(e).__name__}: {e}" for e in leaves(errors))
-            log.error("%s: handler error: %s", where, described)
+            log.error("%s: handler error: %s", where, described, exc_info=errors)
         if rest is not None:
             raise rest from None
     except Exception as exc:
+        # A bug in the handler, not the peer's doing: its author needs the traceback.
         metrics.handler_errors += 1
-        log.error("%s: handler error: %s: %s", where, type(exc).__name__, exc)
+        log.error("%s: handler error: %s: %s", where, type(exc).__name__, exc, exc_info=exc)
     finally:
         metrics.connections_open -= 1
         metrics.connection_seconds.observe(trio.current_time() - verified)
