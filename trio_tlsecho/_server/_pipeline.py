@@ -85,7 +85,7 @@ async def run_connection(transport: trio.abc.Stream, peer: Peer, server: ServerS
         identity = authorize(stream, server)
         server.metrics.handshakes[Outcome.OK] += 1
         server.metrics.handshake_seconds.observe(trio.current_time() - started)
-        completed = await run_handler(connection(stream, peer, identity), server, where)
+        completed = await run_handler(connection(stream, peer, identity, server), server, where)
     except Refusal as refusal:
         server.metrics.handshakes[refusal.outcome] += 1
         log.log(refusal.level, "%s: %s", where, refusal.message)
@@ -182,7 +182,7 @@ def authorize(stream: TLSStream, server: ServerState) -> PeerIdentity:
     return identity
 
 
-def connection(stream: TLSStream, peer: Peer, identity: PeerIdentity) -> Connection:
+def connection(stream: TLSStream, peer: Peer, identity: PeerIdentity, server: ServerState) -> Connection:
     cipher = stream.cipher()
     return Connection(
         stream=stream,
@@ -190,6 +190,7 @@ def connection(stream: TLSStream, peer: Peer, identity: PeerIdentity) -> Connect
         identity=identity,
         tls_version=str(stream.version()),
         cipher=cipher[0] if cipher else "?",
+        stopping=server.stopping,
     )
 
 
