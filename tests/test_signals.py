@@ -30,8 +30,8 @@ TRANSITIONS = [
     (Phase.SERVING, INT, Action.STOP, Phase.STOPPING),
     (Phase.SERVING, TERM, Action.STOP, Phase.STOPPING),
     (Phase.SERVING, USR1, Action.IGNORE, Phase.SERVING),
-    # Kept as it was: a reload asked for while stopping is logged, and goes unanswered.
-    (Phase.STOPPING, HUP, Action.RELOAD, Phase.STOPPING),
+    # The server stopped reloading when it began to stop: said so, not "reloading".
+    (Phase.STOPPING, HUP, Action.NO_RELOAD, Phase.STOPPING),
     (Phase.STOPPING, INT, Action.STOP_NOW, Phase.STOPPING),
     (Phase.STOPPING, TERM, Action.STOP_NOW, Phase.STOPPING),
     (Phase.STOPPING, USR1, Action.IGNORE, Phase.STOPPING),
@@ -52,7 +52,7 @@ def test_a_server_starts_serving_and_every_stop_signal_after_the_first_stops_now
     assert state.phase is Phase.SERVING
     assert not state.stopping
     actions = [state.receive(s) for s in (HUP, TERM, HUP, INT, TERM)]
-    assert actions == [Action.RELOAD, Action.STOP, Action.RELOAD, Action.STOP_NOW, Action.STOP_NOW]
+    assert actions == [Action.RELOAD, Action.STOP, Action.NO_RELOAD, Action.STOP_NOW, Action.STOP_NOW]
 
 
 def test_a_worker_stops_on_sigterm_alone() -> None:
@@ -74,9 +74,11 @@ def test_log_action_in_the_callers_words(caplog: pytest.LogCaptureFixture) -> No
     log_action(Action.STOP_NOW, TERM, messages)
     log_action(Action.RELOAD, HUP, messages)  # no words for it: not logged
     log_action(Action.IGNORE, USR1, messages)
+    log_action(Action.NO_RELOAD, HUP, messages)  # the same words for every caller
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (logging.INFO, "SIGINT received, going"),
         (logging.WARNING, "SIGTERM received again, going now"),
+        (logging.INFO, "SIGHUP received while stopping: not reloading"),
     ]
 
 
@@ -103,6 +105,15 @@ async def test_reloads_wait_in_a_queue_of_one() -> None:
     assert reloads == 1  # one reload reads the files as they are by then: enough for all three
     assert not shutdown.is_set()
     assert not everything.cancel_called
+
+
+async def test_no_reload_is_queued_once_stopping(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="trio_tlsecho")
+    shutdown, reloads, _ = await _dispatched([TERM, HUP])
+    assert shutdown.is_set()
+    assert reloads == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["SIGTERM received, shutting down", "SIGHUP received while stopping: not reloading"]
 
 
 async def test_the_first_stop_signal_triggers_shutdown_and_the_second_cancels() -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from .._config import ClientConfig, count, from_text, seconds, seconds_or_zero
+from .._config import ClientConfig, count, from_text, handler_option, seconds, seconds_or_zero
 from .._exceptions import ConfigError
 from .._net import DEFAULT_HOST, DEFAULT_PORT, Address
 from .._tls import TLSFiles, has_certificates
@@ -49,6 +49,8 @@ seconds_arg = flag_type(from_text(seconds, float))
 #: Seconds or 0 (any spelling of zero): no grace, no warm-up, a timeout that is off.
 seconds_or_zero_arg = flag_type(from_text(seconds_or_zero, float))
 address_arg = flag_type(Address.parse)
+#: ``KEY=VALUE`` for a handler factory, as a ``(key, value)`` pair.
+handler_option_arg = flag_type(handler_option)
 
 
 def given(**values: object) -> dict[str, Any]:

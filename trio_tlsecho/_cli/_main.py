@@ -52,6 +52,7 @@ from ._common import (
     count_arg,
     explicit_files,
     given,
+    handler_option_arg,
     seconds_arg,
     seconds_or_zero_arg,
     tls_files,
@@ -135,6 +136,16 @@ def _add_serve_parser(sub: SubParsers) -> None:
         f" (default: {DEFAULT_HOST}:{DEFAULT_PORT})",
     )
     p.add_argument("--handler", default="echo", help="handler name or module:attr (default: echo)")
+    p.add_argument(
+        "--handler-option",
+        dest="handler_options",
+        metavar="KEY=VALUE",
+        type=handler_option_arg,
+        action="append",
+        default=[],
+        help="an option for the handler, repeatable (e.g. --handler forward --handler-option"
+        " target=127.0.0.1:8080)",
+    )
     p.add_argument(
         "--handshake-timeout",
         metavar="SECONDS",
@@ -332,6 +343,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         tls=tls_files(args, "server"),
         **given(listen=args.listen),
         handler=args.handler,
+        handler_options=args.handler_options,
         handshake_timeout=args.handshake_timeout,
         min_tls_version=args.min_tls,
         allow=AllowList(common_names=args.allow_cn, sans=args.allow_san, fingerprints=args.allow_fingerprint),

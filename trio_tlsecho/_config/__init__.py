@@ -14,6 +14,8 @@ from ._checks import seconds as seconds
 from ._checks import seconds_or_zero as seconds_or_zero
 from ._checks import to_address as to_address
 from ._checks import validator as validator
+from ._options import HandlerOptions as HandlerOptions
+from ._options import handler_option as handler_option
 from ._server import DEFAULT_HANDSHAKE_TIMEOUT as DEFAULT_HANDSHAKE_TIMEOUT
 from ._server import DEFAULT_IDLE_TIMEOUT as DEFAULT_IDLE_TIMEOUT
 from ._server import DEFAULT_SHUTDOWN_GRACE as DEFAULT_SHUTDOWN_GRACE

@@ -23,6 +23,7 @@ from .._handlers import Handler
 from .._net import DEFAULT_HOST, DEFAULT_PORT, Address, Network, to_networks
 from .._tls import AllowList, TLSFiles
 from ._checks import count, seconds, seconds_or_zero, to_address, validator
+from ._options import HandlerOptions, to_handler_options
 
 #: Seconds a peer gets to complete the TLS handshake.  Long enough for a slow
 #: link, short enough that a silent client does not pin a slot for minutes.
@@ -92,6 +93,9 @@ class ServerConfig:
     )
     #: A registered name (``"echo"``), ``"module:attr"``, or the handler itself.
     handler: str | Handler = attrs.field(default="echo", validator=_check_handler)
+    #: ``KEY=VALUE`` strings for a handler factory (see :func:`resolve_handler`); a mapping
+    #: or ``(key, value)`` pairs, kept read-only.  A plain handler takes none.
+    handler_options: HandlerOptions = attrs.field(factory=HandlerOptions, converter=to_handler_options)
     handshake_timeout: float = attrs.field(default=DEFAULT_HANDSHAKE_TIMEOUT, validator=validator(seconds))
     min_tls_version: ssl.TLSVersion = attrs.field(default=ssl.TLSVersion.TLSv1_2, converter=_to_tls_version)
     #: Client identities allowed in beyond "signed by our CA"; empty allows every one.

@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from ._base import SEND_PIECE, TLSStream, linger
+from ._raw import RawSocketStream
 
 # How long we try to deliver a TLS alert to a peer we are refusing.  The peer may be
 # a scanner that never reads; it must not hold the connection's slot.
@@ -49,7 +50,13 @@ class TrioTLSStream(TLSStream):
 
     @classmethod
     def server(cls, transport: trio.abc.Stream, context: ssl.SSLContext) -> TrioTLSStream:
-        """The engine: server-side TLS over any trio stream (a socket, or memory in tests)."""
+        """The engine: server-side TLS over any trio stream (a socket, or memory in tests).
+
+        An accepted ``trio.SocketStream`` gives its socket to a :class:`RawSocketStream`
+        first: the same bytes, with a fraction of the Python per call (see there).
+        """
+        if isinstance(transport, trio.SocketStream):
+            transport = RawSocketStream.take(transport)
         return cls(trio.SSLStream(transport, context, server_side=True))
 
     async def do_handshake(self) -> None:
@@ -94,7 +101,7 @@ class TrioTLSStream(TLSStream):
     async def refuse(self) -> None:
         await self._send_alert()
         transport = self.transport.transport_stream
-        if isinstance(transport, trio.SocketStream):
+        if isinstance(transport, RawSocketStream):
             tcp = transport.socket
             await linger(tcp.fileno(), lambda: tcp.shutdown(socket.SHUT_WR))
 

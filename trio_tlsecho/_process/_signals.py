@@ -8,8 +8,8 @@ Both ways of running the server, one process (``serve``) and the supervisor of
 * a stop signal (SIGTERM, SIGINT) while serving starts a graceful stop;
 * a stop signal while stopping means "stop now" (every later one too: a
   repeat asks for nothing new, and acting on it again is harmless);
-* SIGHUP asks for a reload, whatever the phase.  (While stopping, the server
-  has stopped reloading and the request goes unanswered: kept as it was.)
+* SIGHUP asks for a reload while serving; while stopping the server has stopped
+  reloading, and it is answered with a line saying so (not "reloading").
 
 :class:`SignalState` holds the phase and turns each signal into an
 :class:`Action`; the callers differ only in what an action does.  The one
@@ -41,6 +41,7 @@ class Phase(enum.Enum):
 
 class Action(enum.Enum):
     RELOAD = "reload"
+    NO_RELOAD = "no reload: stopping"
     STOP = "stop gracefully"
     STOP_NOW = "stop now"
     IGNORE = "ignore"  # a signal this state was not made for
@@ -65,7 +66,7 @@ class SignalState:
     def receive(self, signum: int) -> Action:
         """What *signum* asks for now; a first stop signal moves to :attr:`Phase.STOPPING`."""
         if signum == signal.SIGHUP:
-            return Action.RELOAD
+            return Action.NO_RELOAD if self.phase is Phase.STOPPING else Action.RELOAD
         if signum not in self.stop_signals:
             return Action.IGNORE
         if self.phase is Phase.SERVING:
@@ -74,8 +75,13 @@ class SignalState:
         return Action.STOP_NOW
 
 
+#: The same words for every caller.
+_NO_RELOAD = "%s received while stopping: not reloading"
+
+
 def log_action(action: Action, signum: int, messages: Mapping[Action, str]) -> None:
     """Log *action* with the caller's wording (``%s`` is the signal's name); "now" is a warning."""
-    if action in messages:
+    message = _NO_RELOAD if action is Action.NO_RELOAD else messages.get(action)
+    if message is not None:
         level = logging.WARNING if action is Action.STOP_NOW else logging.INFO
-        log.log(level, messages[action], signal.Signals(signum).name)
+        log.log(level, message, signal.Signals(signum).name)

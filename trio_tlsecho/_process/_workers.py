@@ -133,7 +133,7 @@ async def supervise(
         raise TLSEchoError("workers need the handler by name or module:attr (each process imports it)")
     # Fail fast, once, in the supervisor: the workers would all fail the same way.
     server_context(config)
-    resolve_handler(config.handler)
+    resolve_handler(config.handler, config.handler_options)
 
     reservations: list[trio.socket.SocketType] = []
     try:

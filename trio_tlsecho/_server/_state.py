@@ -45,10 +45,9 @@ class ServerState:
     @classmethod
     def build(cls, config: ServerConfig, metrics: ServerMetrics | None = None) -> ServerState:
         """Resolve the handler, load the certificates, pick the engine: everything that can fail at start."""
-        handler = config.handler
         return cls(
             config=config,
-            handler=resolve_handler(handler) if isinstance(handler, str) else handler,
+            handler=resolve_handler(config.handler, config.handler_options),
             engine=ENGINES[config.engine],
             ssl_context=server_context(config),
             metrics=metrics if metrics is not None else ServerMetrics(),
