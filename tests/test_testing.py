@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_tlsecho import Connection, PeerIdentity, echo
+from trio_tlsecho import Connection, Handler, PeerIdentity, echo
 from trio_tlsecho.testing import HANDLER_EXIT_TIMEOUT, MemoryTLSStream, TLSEcho
 
 
@@ -167,3 +167,17 @@ async def test_begin_stop_reaches_servers_and_memory_connections(
         # The built-in echo finishes at a boundary: both clients see a clean end.
         assert await in_memory.receive_some(10) == b""
         assert await client.receive_some(10) == b""
+
+
+async def test_serve_passes_handler_options_to_a_factory(tlsecho: TLSEcho) -> None:
+    def repeat(*, times: str) -> Handler:
+        async def handler(conn: Connection) -> None:
+            data = await conn.stream.receive_some(100)
+            await conn.stream.send_all(data * int(times))
+
+        return handler
+
+    address = await tlsecho.serve(repeat, handler_options={"times": "3"})
+    client = await tlsecho.connect(address)
+    await client.send_all(b"ab")
+    assert await _read_to_end(client) == b"ababab"
