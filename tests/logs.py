@@ -63,9 +63,18 @@ class ServerLog(logging.Handler):
         return [r.getMessage() for r in self.find(text)]
 
     def about(self, peer: int | str) -> list[str]:
-        """What the server logged about *peer* (``HOST:PORT``, or a port on 127.0.0.1), without the prefix."""
+        """What the server logged about *peer* (``HOST:PORT``, or a port on 127.0.0.1), without the
+        prefix, and without the access line that ends every connection (see :meth:`ended`)."""
         prefix = _prefix(peer)
-        return [m.removeprefix(prefix) for m in self.messages() if m.startswith(prefix)]
+        return [
+            r.getMessage().removeprefix(prefix)
+            for r in self.find()
+            if r.getMessage().startswith(prefix) and getattr(r, "event", None) != "connection_closed"
+        ]
+
+    def ended(self) -> list[logging.LogRecord]:
+        """The access lines so far: one per connection, once it is closed."""
+        return [r for r in self.find() if getattr(r, "event", None) == "connection_closed"]
 
     def problems(self) -> list[str]:
         """Anything any logger logged at ERROR or with a traceback."""

@@ -1,14 +1,20 @@
-"""_accept.accept(): which accept() errors lose one connection and which the listener."""
+"""_accept.accept(): which accept() errors lose one connection and which the listener, and how
+running out of descriptors is logged."""
 
 from __future__ import annotations
 
 import errno
+import logging
 from typing import Any, cast
 
 import pytest
 import trio
+import trio.testing
 
 from trio_tlsecho._net import accept
+from trio_tlsecho._net._accept import BURST_GAP, REPORT_EVERY
+
+from .logs import ServerLog
 
 
 class _Socket:
@@ -58,3 +64,41 @@ async def test_anything_else_propagates() -> None:
     with pytest.raises(OSError, match="EINVAL") as raised:
         await accept(listener(_Socket(errno.EINVAL)), "test")
     assert raised.value.errno == errno.EINVAL
+
+
+async def test_running_out_of_descriptors_is_logged_once_per_burst(
+    autojump_clock: trio.testing.MockClock, log: ServerLog
+) -> None:
+    # 30 tries at the limit (3 s of 100 ms pauses), then a descriptor is free.
+    sock = _Socket(*[errno.EMFILE] * 30)
+    port = listener(sock)
+    await accept(port, "127.0.0.1:4433")
+    [line] = log.messages("accept")
+    assert line == (
+        "127.0.0.1:4433: accept failed: EMFILE; pausing 100 ms between tries until descriptors"
+        " are free (logged once per burst)"
+    )
+    [record] = log.find("accept failed")
+    assert record.levelno == logging.ERROR
+    # Another connection, well after the last failure: the burst is over, and counted.
+    await trio.sleep(BURST_GAP)
+    await accept(port, "127.0.0.1:4433")
+    assert log.messages("accept")[1:] == ["127.0.0.1:4433: accepting again after 30 failed accepts over 2.9s"]
+    # A new burst is a new line.
+    sock.errors = [errno.ENFILE]
+    await accept(port, "127.0.0.1:4433")
+    assert len(log.messages("accept failed")) == 2
+    for s in sock.accepted:
+        s.close()
+
+
+async def test_a_long_burst_reports_its_count_every_minute(
+    autojump_clock: trio.testing.MockClock, log: ServerLog
+) -> None:
+    sock = _Socket(*[errno.EMFILE] * int(REPORT_EVERY * 10 * 1.5))  # 90 s of tries
+    await accept(listener(sock), "here")
+    assert len(log.messages("accept failed")) == 1
+    [still] = log.messages("still failing")
+    assert still.startswith("here: accept still failing: EMFILE, 60")  # 600 or 601, as floats add up
+    for s in sock.accepted:
+        s.close()

@@ -28,7 +28,7 @@ from .._config import (
 from .._exceptions import ConfigError
 from .._net import DEFAULT_HOST, DEFAULT_PORT, Address
 from .._process import serve_until_signalled, supervise
-from .._program import run_program, setup_logging
+from .._program import LOG_FORMATS, run_program, setup_logging
 from .._tls import (
     CA_DAYS,
     DEFAULT_DAYS,
@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="info",
         choices=["debug", "info", "warning", "error"],
         help="log verbosity on stderr (default: info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=LOG_FORMATS,
+        help="log lines on stderr as text, or as one JSON object each (default: text)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for add in (
@@ -247,7 +253,7 @@ def _add_demo_parser(sub: SubParsers) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``trio-tlsecho`` and ``python -m trio_tlsecho``; returns the exit status."""
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, log_format=args.log_format)
     func: Callable[[argparse.Namespace], int] = args.func
     return run_program(functools.partial(func, args))
 
@@ -341,6 +347,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 on_started=_print_addresses,
                 metrics_address=args.metrics,
                 log_level=args.log_level.upper(),
+                log_format=args.log_format,
             )
         else:
             run = functools.partial(

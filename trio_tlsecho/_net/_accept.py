@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import weakref
 
 import trio
 
@@ -24,6 +25,68 @@ _PEER_ERRNO_NAMES = (
     " ECONNRESET ETIMEDOUT ENOSR ESOCKTNOSUPPORT EPROTONOSUPPORT"
 )
 _PEER_ERRNOS = frozenset(getattr(errno, name) for name in _PEER_ERRNO_NAMES.split() if hasattr(errno, name))
+#: A burst of capacity failures is over once an accept succeeds this long after the last
+#: failure; while it lasts, a line every REPORT_EVERY seconds says how many more came.
+BURST_GAP = 1.0
+REPORT_EVERY = 60.0
+
+
+class CapacityBurst:
+    """Logs a listener's run of out-of-descriptor failures as a burst, not one line per try.
+
+    At the limit, accept() fails every 100 ms pause, and succeeds now and then as a
+    connection closes: a line per failure was ten a second (hundreds per burst, the
+    log itself a cost when resources are short).  So: one ERROR line when a burst
+    starts, a WARNING with the count every :data:`REPORT_EVERY` seconds while it lasts,
+    and one when an accept succeeds :data:`BURST_GAP` after the last failure, with the
+    total.  Sans-io: the caller passes the time.
+    """
+
+    def __init__(self, where: object) -> None:
+        self.where = where
+        self.count = 0  # failures in this burst
+        self.unreported = 0
+        self.started = self.last_failure = self.reported = 0.0
+
+    def failed(self, why: str, now: float) -> None:
+        if not self.count:
+            self.started = self.reported = now
+            log.error(
+                "%s: accept failed: %s; pausing %d ms between tries until descriptors are free"
+                " (logged once per burst)",
+                self.where,
+                why,
+                CAPACITY_PAUSE * 1000,
+                extra={"event": "accept_paused", "address": str(self.where), "error": why},
+            )
+        elif now - self.reported >= REPORT_EVERY:
+            log.warning(
+                "%s: accept still failing: %s, %d times in %gs",
+                self.where,
+                why,
+                self.unreported + 1,
+                now - self.reported,
+                extra={"event": "accept_failing", "address": str(self.where), "count": self.unreported + 1},
+            )
+            self.reported, self.unreported = now, -1
+        self.count += 1
+        self.unreported += 1
+        self.last_failure = now
+
+    def succeeded(self, now: float) -> None:
+        if self.count and now - self.last_failure >= BURST_GAP:
+            log.warning(
+                "%s: accepting again after %d failed accept%s over %.1fs",
+                self.where,
+                self.count,
+                "" if self.count == 1 else "s",
+                self.last_failure - self.started,
+                extra={"event": "accept_resumed", "address": str(self.where), "count": self.count},
+            )
+            self.count = self.unreported = 0
+
+
+_bursts: weakref.WeakKeyDictionary[trio.SocketListener, CapacityBurst] = weakref.WeakKeyDictionary()
 
 
 async def accept(listener: trio.SocketListener, where: object) -> tuple[trio.SocketStream, tuple[str, int]]:
@@ -32,6 +95,7 @@ async def accept(listener: trio.SocketListener, where: object) -> tuple[trio.Soc
     The address is accept()'s own, not a later getpeername(): a peer that has already
     reset still has one, and it saves a system call per connection.
     """
+    burst = _bursts.get(listener)
     while True:
         try:
             sock, address = await listener.socket.accept()
@@ -42,7 +106,11 @@ async def accept(listener: trio.SocketListener, where: object) -> tuple[trio.Soc
                 continue
             if exc.errno not in CAPACITY_ERRNOS:
                 raise
-            log.error("%s: accept failed: %s; pausing %d ms", where, exc.strerror, CAPACITY_PAUSE * 1000)
+            if burst is None:
+                burst = _bursts[listener] = CapacityBurst(where)
+            burst.failed(exc.strerror or str(exc), trio.current_time())
             await trio.sleep(CAPACITY_PAUSE)
         else:
+            if burst is not None:
+                burst.succeeded(trio.current_time())
             return trio.SocketStream(sock), (str(address[0]), int(address[1]))

@@ -100,10 +100,11 @@ _RELAYED = {Action.RELOAD: signal.SIGHUP, Action.STOP: _WORKER_STOP, Action.STOP
 
 
 class _Summed(Collector):
-    """Every worker's metrics, added up at scrape time."""
+    """Every worker's metrics, added up at scrape time; ``serving`` is the supervisor's (/healthz)."""
 
     def __init__(self, parts: list[ServerMetrics]) -> None:
         self.parts = parts
+        self.serving = False
 
     def collect(self) -> Iterator[Metric]:
         return ServerMetrics.total(self.parts).collect()
@@ -127,6 +128,7 @@ async def supervise(
     on_started: Callable[[list[Address]], None],
     metrics_address: Address | None = None,
     log_level: str = "INFO",
+    log_format: str = "text",
 ) -> None:
     """Run *workers* server processes until a stop signal, then stop them gracefully."""
     if not isinstance(config.handler, str):
@@ -140,7 +142,7 @@ async def supervise(
         listen = [await _reserve(address, reservations) for address in config.listen]
         worker_config = attrs.evolve(config, listen=listen, reuse_port=True)
         with _shared_metrics(workers) as (shm_name, metrics):
-            supervisor = _Supervisor(worker_config, metrics, shm_name, log_level)
+            supervisor = _Supervisor(worker_config, metrics, shm_name, (log_level, log_format))
             await supervisor.run(on_started, metrics_address)
     finally:
         for sock in reservations:
@@ -207,13 +209,14 @@ class _Supervisor:
     """
 
     def __init__(
-        self, config: ServerConfig, metrics: list[ServerMetrics], shm_name: str, log_level: str
+        self, config: ServerConfig, metrics: list[ServerMetrics], shm_name: str, log_setup: tuple[str, str]
     ) -> None:
         self.config = config
         self.metrics = metrics
         self.shm_name = shm_name
-        self.log_level = log_level
+        self.log_setup = log_setup  # level and format
         self.workers = [_Worker(i) for i in range(len(metrics))]
+        self.summed = _Summed(metrics)
         self.state = SignalState()
         self._context = multiprocessing.get_context("spawn")
 
@@ -224,13 +227,17 @@ class _Supervisor:
                 # The metrics port first: a port in use must fail before any worker exists.
                 bound = None
                 if metrics_address is not None:
-                    bound = await nursery.start(serve_metrics, _Summed(self.metrics), metrics_address)
+                    summed = functools.partial(
+                        serve_metrics, self.summed, metrics_address, workers=(self.worker_pids, self.metrics)
+                    )
+                    bound = await nursery.start(summed)
                 try:
                     addresses = await self.start_all()
                     # Signals that came while the workers started have waited in the receiver.
                     nursery.start_soon(self.relay, signals)
                     if bound is not None:
                         print(f"metrics on http://{bound}/metrics", flush=True)
+                    self.summed.serving = not self.state.stopping
                     on_started(addresses)
                     pids = ", ".join(str(w.process.pid) for w in self.workers)
                     log.info("%d workers serving: pids %s", len(self.workers), pids)
@@ -259,7 +266,7 @@ class _Supervisor:
         receive, send = self._context.Pipe(duplex=False)
         worker.process = self._context.Process(
             target=_worker_main,
-            args=(self.config, worker.index, self.shm_name, send, self.log_level),
+            args=(self.config, worker.index, self.shm_name, send, self.log_setup),
             name=f"trio-tlsecho-worker-{worker.index}",
         )
         held = signal.pthread_sigmask(signal.SIG_BLOCK, _STARTUP_BLOCKED)
@@ -330,8 +337,13 @@ class _Supervisor:
         async for signum in signals:
             action = self.state.receive(signum)
             log_action(action, signum, _RELAY_MESSAGES)
+            if self.state.stopping:
+                self.summed.serving = False  # /healthz: 503 from the first stop signal
             if action in _RELAYED:
                 self.signal_all(_RELAYED[action])
+
+    def worker_pids(self) -> list[int]:
+        return [worker.process.pid for worker in self.workers if worker.alive]
 
     def signal_all(self, signum: int) -> None:
         for worker in self.workers:
@@ -356,7 +368,7 @@ def _worker_main(
     index: int,
     shm_name: str,
     ready: multiprocessing.connection.Connection,
-    log_level: str,
+    log_setup: tuple[str, str],
 ) -> None:
     """A worker process: one server, reporting its addresses once bound."""
     for signum in _STARTUP_BLOCKED:
@@ -364,12 +376,13 @@ def _worker_main(
     # Blocked since before exec (see the module's docstring): ignored from now on,
     # so unblocking discards what arrived while we started.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STARTUP_BLOCKED)
-    setup_logging(log_level, tag=f"[worker {index}]")
+    level, log_format = log_setup
+    setup_logging(level, log_format=log_format, worker=index)
     # Attaching registers the name with the resource tracker again (Python < 3.13);
     # the tracker is the supervisor's, shared, and the supervisor unlinks the segment.
     shm = SharedMemory(name=shm_name)
     try:
-        with _metric_slices(shm, [index]) as [metrics]:
+        with _metric_slices(shm, [index]) as [metrics], metrics.counting_gc():
             metrics.connections_open = 0  # a predecessor's connections died with it
             # A key or certificate that broke after the supervisor checked it (a restart
             # reads it again) is still the user's mistake: one line, like the supervisor's.

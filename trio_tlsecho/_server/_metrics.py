@@ -15,17 +15,44 @@ Byte counters are application bytes: what handlers read and write (and what a
 load generator counts on its side), the same with either TLS engine.  They
 reach these slots once a second and when a connection ends (:mod:`._liveness`),
 which keeps the per-read cost to one integer addition.
+
+Beside the server's own numbers, a scrape exports the process's: ``process_*``
+(prometheus_client's ``ProcessCollector``, from ``/proc``) and ``python_*``
+(``PlatformCollector``, ``GCCollector``).  Under ``serve --workers`` the
+supervisor exports :class:`ProcessTotals`: the same ``/proc`` figures read for
+itself and each live worker, and summed (CPU seconds, resident and virtual
+memory, open descriptors), with the CPU time of workers that have exited kept in
+the sum (the kernel's count for waited-for children), so that the counter never
+goes back when a worker is restarted; and :class:`GCTotals`: its own garbage
+collections and those each worker counts into its shared slots (a ``gc``
+callback), a restarted worker adding to its predecessor's.  Not prometheus_client's multiprocess mode:
+that mode has no ``process_*`` figures for other processes, and needs a
+directory of files where our counters already share memory.
+
+``GET /healthz`` on the same port answers 200 while the server serves and 503
+before it does and from the moment a stop begins (the collector's ``serving``),
+so that a balancer stops sending clients before the listeners close.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
+import gc
 import logging
-from collections.abc import Iterable, Iterator, MutableMapping
+import os
+import resource
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import NoReturn
 
 import trio
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -54,8 +81,12 @@ _SCALARS = (
 _RESULTS_AT = len(_SCALARS)
 _HANDSHAKE_HIST_AT = _RESULTS_AT + len(HANDSHAKE_RESULTS)
 _CONNECTION_HIST_AT = _HANDSHAKE_HIST_AT + len(HANDSHAKE_BUCKETS) + 2
+#: gc.get_stats()'s figures per generation, for a worker's supervisor to sum (python_gc_*).
+_GC_KEYS = ("collections", "collected", "uncollectable")
+_GC_GENERATIONS = len(gc.get_stats())
+_GC_AT = _CONNECTION_HIST_AT + len(CONNECTION_BUCKETS) + 2
 #: How many int64 slots one server's metrics take (see :class:`ServerMetrics`).
-METRIC_SLOTS = _CONNECTION_HIST_AT + len(CONNECTION_BUCKETS) + 2
+METRIC_SLOTS = _GC_AT + len(_GC_KEYS) * _GC_GENERATIONS
 
 
 def _new_slots(n: int = METRIC_SLOTS) -> memoryview:
@@ -151,6 +182,9 @@ class ServerMetrics(Collector):
     idle_closed = _Scalar(5)
 
     def __init__(self, slots: memoryview | None = None) -> None:
+        #: Whether the server is serving: set once its listeners are bound, cleared when
+        #: a stop begins.  ``GET /healthz`` answers by it.
+        self.serving = False
         self.slots = slots if slots is not None else _new_slots()
         if len(self.slots) != METRIC_SLOTS:
             raise ValueError(f"metrics need {METRIC_SLOTS} int64 slots, got {len(self.slots)}")
@@ -166,6 +200,34 @@ class ServerMetrics(Collector):
             for i in range(METRIC_SLOTS):
                 summed.slots[i] += part.slots[i]
         return summed
+
+    @contextlib.contextmanager
+    def counting_gc(self) -> Iterator[None]:
+        """Add this process's garbage collections to the slots while entered (a worker's, for
+        its supervisor's ``python_gc_*``): what it collected so far, then each collection."""
+        for generation, stats in enumerate(gc.get_stats()):
+            for k, key in enumerate(_GC_KEYS):
+                self.slots[_gc_slot(generation, k)] += stats[key]
+
+        def count(phase: str, info: dict[str, int]) -> None:
+            if phase == "stop":
+                generation = info["generation"]
+                self.slots[_gc_slot(generation, 0)] += 1
+                self.slots[_gc_slot(generation, 1)] += info["collected"]
+                self.slots[_gc_slot(generation, 2)] += info["uncollectable"]
+
+        gc.callbacks.append(count)
+        try:
+            yield
+        finally:
+            gc.callbacks.remove(count)
+
+    def gc_stats(self) -> list[dict[str, int]]:
+        """What :meth:`counting_gc` counted, shaped as ``gc.get_stats()``."""
+        return [
+            {key: int(self.slots[_gc_slot(generation, k)]) for k, key in enumerate(_GC_KEYS)}
+            for generation in range(_GC_GENERATIONS)
+        ]
 
     @property
     def handshake_failures(self) -> int:
@@ -212,11 +274,101 @@ class ServerMetrics(Collector):
         return render(self)
 
 
-def render(collector: Collector) -> bytes:
-    """Prometheus text for *collector*, through a registry of its own (never the global one)."""
+def _gc_slot(generation: int, key: int) -> int:
+    return _GC_AT + generation * len(_GC_KEYS) + key
+
+
+class GCTotals(Collector):
+    """``python_gc_*`` (as prometheus_client's GCCollector) of this process and the
+    collections that *parts* counted (:meth:`ServerMetrics.counting_gc`: its workers)."""
+
+    def __init__(self, parts: list[ServerMetrics]) -> None:
+        self.parts = parts
+
+    def collect(self) -> Iterator[Metric]:
+        totals = gc.get_stats()
+        for part in self.parts:
+            for total, counted in zip(totals, part.gc_stats(), strict=True):
+                for key in _GC_KEYS:
+                    total[key] += counted[key]
+        for name, doc, key in (
+            ("python_gc_objects_collected", "Objects collected during gc", "collected"),
+            ("python_gc_objects_uncollectable", "Uncollectable objects found during GC", "uncollectable"),
+            ("python_gc_collections", "Number of times this generation was collected", "collections"),
+        ):
+            family = CounterMetricFamily(name, doc, labels=["generation"])
+            for generation, stats in enumerate(totals):
+                family.add_metric([str(generation)], stats[key])
+            yield family
+
+
+#: What a supervisor knows of its workers: their live pids, and their metrics.
+Workers = tuple[Callable[[], Iterable[int]], list["ServerMetrics"]]
+
+
+def render(*collectors: Collector) -> bytes:
+    """Prometheus text for *collectors*, through a registry of their own (never the global one)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
+    for collector in collectors:
+        registry.register(collector)
     return generate_latest(registry)
+
+
+def process_collectors(workers: Workers | None = None) -> list[Collector]:
+    """``process_*`` and ``python_*`` collectors, unregistered: this process's, or with
+    *workers* the sums over this process and them."""
+    if workers is not None:
+        pids, parts = workers
+        return [ProcessTotals(pids), PlatformCollector(registry=None), GCTotals(parts)]
+    # GCCollector registers itself somewhere, always: a registry of its own, thrown away.
+    own_gc = GCCollector(registry=CollectorRegistry())
+    return [ProcessCollector(registry=None), PlatformCollector(registry=None), own_gc]
+
+
+#: Summed over processes; the others are the first process's (the supervisor's).
+_SUMMED = frozenset(
+    {
+        "process_cpu_seconds",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+    }
+)
+
+
+def _constant(pid: int) -> Callable[[], int]:
+    return lambda: pid
+
+
+class ProcessTotals(Collector):
+    """``process_*`` for a group of processes: this one and *others* (the live workers' pids).
+
+    Start time and the descriptor limit are this process's; the rest are sums.  CPU
+    time includes the children this process has waited for (workers that exited).
+    """
+
+    def __init__(self, others: Callable[[], Iterable[int]]) -> None:
+        self.others = others
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for pid in [os.getpid(), *self.others()]:
+            for family in ProcessCollector(pid=_constant(pid), registry=None).collect():
+                if family.name not in families:
+                    families[family.name] = family
+                elif family.name in _SUMMED:
+                    families[family.name].samples[0] = (
+                        families[family.name]
+                        .samples[0]
+                        ._replace(value=families[family.name].samples[0].value + family.samples[0].value)
+                    )
+        if "process_cpu_seconds" in families:
+            exited = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = families["process_cpu_seconds"].samples[0]
+            families["process_cpu_seconds"].samples[0] = cpu._replace(
+                value=cpu.value + exited.ru_utime + exited.ru_stime
+            )
+        yield from families.values()
 
 
 # -- HTTP --------------------------------------------------------------------------
@@ -230,13 +382,18 @@ async def serve_metrics(
     metrics: Collector,
     address: Address,
     *,
+    workers: Workers | None = None,
     task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
-    """Serve ``GET /metrics`` on plain HTTP at *address* until cancelled.
+    """Serve ``GET /metrics`` and ``GET /healthz`` on plain HTTP at *address* until cancelled.
 
-    Plain HTTP on purpose (as every Prometheus exporter): bind it to loopback or a
-    management network, not to where the TLS clients are.
+    *metrics* with ``process_*`` and ``python_*`` of this process, or summed with its
+    *workers*' (a supervisor's).  ``/healthz`` is 200 while ``metrics.serving`` is true (always, for
+    a collector without one), else 503.  Plain HTTP on purpose (as every Prometheus
+    exporter): bind it to loopback or a management network, not to where the TLS
+    clients are.
     """
+    collectors = [metrics, *process_collectors(workers)]
     try:
         listeners = await trio.open_tcp_listeners(address.port, host=address.host)
     except OSError as exc:
@@ -249,10 +406,10 @@ async def serve_metrics(
         task_status.started(Address(str(sockname[0]), int(sockname[1])))
         while True:
             stream, _ = await accept(listener, f"metrics {address}")
-            nursery.start_soon(_answer, stream, metrics)
+            nursery.start_soon(_answer, stream, collectors)
 
 
-async def _answer(stream: trio.SocketStream, metrics: Collector) -> None:
+async def _answer(stream: trio.SocketStream, collectors: list[Collector]) -> None:
     async with stream:
         with trio.move_on_after(_REQUEST_TIMEOUT):
             try:
@@ -264,17 +421,29 @@ async def _answer(stream: trio.SocketStream, metrics: Collector) -> None:
                     head += chunk
                 method, _, rest = head.partition(b" ")
                 path = rest.partition(b" ")[0].partition(b"?")[0]
-                if method not in (b"GET", b"HEAD"):
-                    await stream.send_all(_response(b"405 Method Not Allowed", b"GET only\n"))
-                elif path not in (b"/metrics", b"/"):
-                    await stream.send_all(_response(b"404 Not Found", b"try /metrics\n"))
-                else:
-                    body = render(metrics)
-                    await stream.send_all(
-                        _response(b"200 OK", body if method == b"GET" else b"", _CONTENT_TYPE, len(body))
-                    )
+                await stream.send_all(_route(method, path, collectors))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
+
+
+def _route(method: bytes, path: bytes, collectors: list[Collector]) -> bytes:
+    if method not in (b"GET", b"HEAD"):
+        return _response(b"405 Method Not Allowed", b"GET only\n")
+    if path == b"/healthz":
+        status, body = _health(collectors[0])
+        content_type = b"text/plain; charset=utf-8"
+    elif path in (b"/metrics", b"/"):
+        status, body, content_type = b"200 OK", render(*collectors), _CONTENT_TYPE
+    else:
+        return _response(b"404 Not Found", b"try /metrics or /healthz\n")
+    return _response(status, body if method == b"GET" else b"", content_type, len(body))
+
+
+def _health(metrics: Collector) -> tuple[bytes, bytes]:
+    if getattr(metrics, "serving", True):
+        return b"200 OK", b"ok\n"
+    # Starting, or stopping: either way, not a place to send a new client.
+    return b"503 Service Unavailable", b"not serving\n"
 
 
 def _response(

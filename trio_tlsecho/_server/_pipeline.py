@@ -10,7 +10,10 @@ the transport, then the TLS stream, until it closes it.
 Everything that can go wrong with one peer (a bad certificate, a silent client, a
 reset, a handler bug) ends here, because the listener's nursery must never see it:
 one connection's failure must not touch another.  A peer's fault is one log line; a
-handler's exception is a bug in the handler, logged at ERROR with its traceback.
+handler's exception is a bug in the handler, logged at ERROR with its traceback.  Every
+connection, verified or refused, then ends with one access line once it is closed
+(:func:`_log_ended`: outcome, duration, bytes), the ``connection_closed`` event of
+the JSON log.
 ``trio.Cancelled`` and every other ``BaseException`` are left alone so that
 shutdown still works.
 
@@ -46,16 +49,34 @@ log = logging.getLogger("trio_tlsecho")
 Peer = tuple[str, int]
 
 
-class Refusal(Exception):
-    """A step refused the peer: why (for the metrics) and what to log."""
+#: How a verified connection ended, in the access line (a refused one ends with its Outcome).
+ENDED_OK = "ok"  # the handler returned
+ENDED_IDLE = "idle_timeout"
+ENDED_LOST = "connection_lost"
+ENDED_HANDLER_ERROR = "handler_error"
+ENDED_CANCELLED = "cancelled"  # the server stopped it: the shutdown grace ran out
+_COMPLETED = (ENDED_OK, ENDED_IDLE)
 
-    def __init__(self, outcome: Outcome, message: str, *, alert: bool = False, level: int = logging.WARNING):
+
+class Refusal(Exception):
+    """A step refused the peer: why (for the metrics) and what to log (*event*: its JSON name)."""
+
+    def __init__(
+        self,
+        outcome: Outcome,
+        message: str,
+        *,
+        alert: bool = False,
+        level: int = logging.WARNING,
+        event: str = "handshake_failed",
+    ):
         super().__init__(message)
         self.outcome = outcome
         self.message = message
         #: The handshake failed and OpenSSL has an alert for the peer (see TLSStream.refuse).
         self.alert = alert
         self.level = level
+        self.event = event
 
 
 async def run_connection(transport: trio.abc.Stream, peer: Peer, server: ServerState) -> None:
@@ -70,9 +91,11 @@ async def run_connection(transport: trio.abc.Stream, peer: Peer, server: ServerS
     where = format_address(*peer)
     closing: trio.abc.AsyncResource = transport
     stream: TLSStream | None = None
-    completed = False
+    conn: Connection | None = None
+    ended: str = ENDED_CANCELLED  # unless something else is known by the end
+    level = logging.INFO
+    started = trio.current_time()
     try:
-        started = trio.current_time()
         with trio.move_on_after(server.config.handshake_timeout) as deadline:
             if isinstance(transport, trio.SocketStream):
                 peer, where = await preamble(transport, peer, where, server)
@@ -85,14 +108,20 @@ async def run_connection(transport: trio.abc.Stream, peer: Peer, server: ServerS
         identity = authorize(stream, server)
         server.metrics.handshakes[Outcome.OK] += 1
         server.metrics.handshake_seconds.observe(trio.current_time() - started)
-        completed = await run_handler(connection(stream, peer, identity, server), server, where)
+        conn = connection(stream, peer, identity, server)
+        ended = await run_handler(conn, server, where)
     except Refusal as refusal:
+        ended, level = refusal.outcome, min(level, refusal.level)
         server.metrics.handshakes[refusal.outcome] += 1
-        log.log(refusal.level, "%s: %s", where, refusal.message)
+        fields = {"event": refusal.event, "peer": format_address(*peer), "outcome": str(refusal.outcome)}
+        log.log(refusal.level, "%s: %s", where, refusal.message, extra=fields)
         if refusal.alert and stream is not None:
             await stream.refuse()
     finally:
-        await close(closing, completed=completed)
+        try:
+            await close(closing, completed=ended in _COMPLETED)
+        finally:
+            _log_ended(level, where, peer, stream, conn, ended, trio.current_time() - started, server)
 
 
 def _check_in_time(deadline: trio.CancelScope, server: ServerState) -> None:
@@ -112,7 +141,9 @@ async def preamble(tcp: trio.SocketStream, peer: Peer, where: str, server: Serve
         if config.proxy_from and not address_in(peer[0], config.proxy_from):
             # Refused at once, before any wait: not a balancer we listen to.
             raise Refusal(
-                Outcome.PROXY_HEADER, "refused: PROXY header not accepted from this address (--proxy-from)"
+                Outcome.PROXY_HEADER,
+                "refused: PROXY header not accepted from this address (--proxy-from)",
+                event="refused",
             )
         await _require_first_byte(tcp)  # a plain TCP health check of the balancer's
         real = await _read_proxy_header(tcp)
@@ -134,7 +165,12 @@ async def _require_first_byte(tcp: trio.SocketStream) -> None:
     except OSError:
         sent = False
     if not sent:
-        raise Refusal(Outcome.PROBE, "closed before sending anything (a health check?)", level=logging.DEBUG)
+        raise Refusal(
+            Outcome.PROBE,
+            "closed before sending anything (a health check?)",
+            level=logging.DEBUG,
+            event="probe",
+        )
 
 
 async def _read_proxy_header(tcp: trio.SocketStream) -> Peer | None:
@@ -142,10 +178,10 @@ async def _read_proxy_header(tcp: trio.SocketStream) -> Peer | None:
     try:
         header = await read_proxy_header(tcp.socket)
     except ProxyProtocolError as exc:
-        raise Refusal(Outcome.PROXY_HEADER, f"refused: {exc}") from None
+        raise Refusal(Outcome.PROXY_HEADER, f"refused: {exc}", event="refused") from None
     except OSError as exc:
         why = f"connection lost reading the PROXY header: {exc.strerror or exc}"
-        raise Refusal(Outcome.PROXY_HEADER, why) from None
+        raise Refusal(Outcome.PROXY_HEADER, why, event="refused") from None
     return header.source
 
 
@@ -174,11 +210,11 @@ def authorize(stream: TLSStream, server: ServerState) -> PeerIdentity:
     # CERT_REQUIRED makes OpenSSL fail the handshake without a certificate; this
     # guards against a context built elsewhere that forgot it.
     if identity is None:
-        raise Refusal(Outcome.NO_CERT, "refused: no client certificate")
+        raise Refusal(Outcome.NO_CERT, "refused: no client certificate", event="refused")
     if not server.config.allow.permits(identity):
         sans = ",".join(identity.sans) or "-"
         why = f"subject={identity.subject} sans={sans} sha256={identity.fingerprint_sha256}"
-        raise Refusal(Outcome.IDENTITY_REFUSED, f"refused: identity not allowed: {why}")
+        raise Refusal(Outcome.IDENTITY_REFUSED, f"refused: identity not allowed: {why}", event="refused")
     return identity
 
 
@@ -194,22 +230,31 @@ def connection(stream: TLSStream, peer: Peer, identity: PeerIdentity, server: Se
     )
 
 
-async def run_handler(conn: Connection, server: ServerState, where: str) -> bool:
-    """Run the handler; whether it completed (returned, or idled out) rather than failed."""
+async def run_handler(conn: Connection, server: ServerState, where: str) -> str:
+    """Run the handler; how it ended (``ENDED_*``): completed (returned, or idled out) or failed."""
     metrics = server.metrics
     verified = trio.current_time()
     metrics.connections_open += 1
     metrics.connections_total += 1
+    peer = {"peer": format_address(*conn.peer_address)}
     try:
         _log_connected(conn, server, where)
         with server.liveness.watching(conn.stream) as idle:
             await server.handler(conn)
         if idle.cancelled_caught:
             metrics.idle_closed += 1
-            log.info("%s: closed: idle for %gs", where, server.config.idle_timeout)
-        return True
+            log.info(
+                "%s: closed: idle for %gs",
+                where,
+                server.config.idle_timeout,
+                extra={"event": ENDED_IDLE, **peer},
+            )
+            return ENDED_IDLE
+        return ENDED_OK
     except trio.BrokenResourceError as exc:
-        log.info("%s: connection lost: %s", where, describe_tls_error(exc))
+        why = describe_tls_error(exc)
+        log.info("%s: connection lost: %s", where, why, extra={"event": ENDED_LOST, "error": why, **peer})
+        return ENDED_LOST
     except BaseExceptionGroup as group:  # before Exception: an ExceptionGroup is one
         # A handler's own nursery (perhaps cancelled, the grace over, while a child
         # failed): log the failures by name, let the rest (the cancellation, a
@@ -218,32 +263,109 @@ async def run_handler(conn: Connection, server: ServerState, where: str) -> bool
         if errors is not None:
             metrics.handler_errors += 1
             described = "; ".join(f"{type(e).__name__}: {e}" for e in leaves(errors))
-            log.error("%s: handler error: %s", where, described, exc_info=errors)
+            log.error(
+                "%s: handler error: %s",
+                where,
+                described,
+                exc_info=errors,
+                extra={"event": ENDED_HANDLER_ERROR, "error": described, **peer},
+            )
         if rest is not None:
             raise rest from None
     except Exception as exc:
         # A bug in the handler, not the peer's doing: its author needs the traceback.
         metrics.handler_errors += 1
-        log.error("%s: handler error: %s: %s", where, type(exc).__name__, exc, exc_info=exc)
+        described = f"{type(exc).__name__}: {exc}"
+        log.error(
+            "%s: handler error: %s",
+            where,
+            described,
+            exc_info=exc,
+            extra={"event": ENDED_HANDLER_ERROR, "error": described, **peer},
+        )
     finally:
         metrics.connections_open -= 1
         metrics.connection_seconds.observe(trio.current_time() - verified)
-    return False
+    return ENDED_HANDLER_ERROR
 
 
 def _log_connected(conn: Connection, server: ServerState, where: str) -> None:
     count = server.metrics.connections_open
+    resumed = conn.tls.session_reused
     log.info(
         "%s: connected %s %s%s subject=%s issuer=%s sha256=%s; %d client%s connected",
         where,
         conn.tls_version,
         conn.cipher,
-        " resumed" if conn.tls.session_reused else "",
+        " resumed" if resumed else "",
         conn.identity.subject,
         conn.identity.issuer,
         conn.identity.fingerprint_sha256,
         count,
         "" if count == 1 else "s",
+        extra={
+            "event": "connection_opened",
+            "peer": format_address(*conn.peer_address),
+            **_identity_fields(conn),
+            "issuer": conn.identity.issuer,
+            "resumed": resumed,
+            "connections_open": count,
+        },
+    )
+
+
+def _identity_fields(conn: Connection) -> dict[str, object]:
+    return {
+        "subject": conn.identity.subject,
+        "fingerprint": conn.identity.fingerprint_sha256,
+        "tls_version": conn.tls_version,
+        "cipher": conn.cipher,
+    }
+
+
+def _log_ended(
+    level: int,
+    where: str,
+    peer: Peer,
+    stream: TLSStream | None,
+    conn: Connection | None,
+    ended: str,
+    duration: float,
+    server: ServerState,
+) -> None:
+    """The access line: one per accepted connection, verified or refused, once it is closed.
+
+    Bytes are application bytes (TLS plaintext), as in the metrics; a refused
+    connection has none.  The count is of verified connections still open.
+    """
+    received, sent = (stream.received, stream.sent) if stream is not None else (0, 0)
+    count = server.metrics.connections_open
+    who = (
+        ""
+        if conn is None
+        else f"; {conn.tls_version} subject={conn.identity.subject} sha256={conn.identity.fingerprint_sha256}"
+    )
+    log.log(
+        level,
+        "%s: ended %s after %.3fs: %d bytes in, %d out%s; %d client%s connected",
+        where,
+        ended,
+        duration,
+        received,
+        sent,
+        who,
+        count,
+        "" if count == 1 else "s",
+        extra={
+            "event": "connection_closed",
+            "peer": format_address(*peer),
+            **(_identity_fields(conn) if conn is not None else {}),
+            "outcome": str(ended),
+            "duration_s": round(duration, 6),
+            "bytes_in": received,
+            "bytes_out": sent,
+            "connections_open": count,
+        },
     )
 
 

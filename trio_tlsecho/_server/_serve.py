@@ -92,6 +92,10 @@ async def serve(
             async with trio.open_nursery() as nursery:
                 for listener in listeners:
                     nursery.start_soon(listener.run)
+                for listener in listeners:
+                    where = str(listener.address)
+                    log.info("listening on %s", where, extra={"event": "listening", "address": where})
+                state.metrics.serving = True
                 task_status.started([listener.address for listener in listeners])
                 async with trio.open_nursery() as control:
                     if reload_trigger is not None:
@@ -103,7 +107,7 @@ async def serve(
                     control.cancel_scope.cancel()
                 _begin_shutdown(listeners, state)
             sweeping.cancel_scope.cancel()
-    log.info("stopped")
+    log.info("stopped", extra={"event": "stopped"})
 
 
 class _Listener:
@@ -151,12 +155,15 @@ _CONNECTION_TASK = "trio_tlsecho.run_connection"
 
 
 def _begin_shutdown(listeners: list[_Listener], state: ServerState) -> None:
+    state.metrics.serving = False  # /healthz: 503 from now on
     grace = state.config.shutdown_grace
+    count = state.metrics.connections_open
     log.info(
         "shutting down: listeners closed; %d open connection%s %gs to finish",
-        state.metrics.connections_open,
-        " gets" if state.metrics.connections_open == 1 else "s get",
+        count,
+        " gets" if count == 1 else "s get",
         grace,
+        extra={"event": "shutting_down", "connections_open": count},
     )
     deadline = trio.current_time() + grace
     for listener in listeners:
@@ -171,9 +178,17 @@ async def _reload_forever(trigger: Trigger, state: ServerState) -> None:
         try:
             state.ssl_context = server_context(state.config)
         except CertificateError as exc:
-            log.error("reload failed, still using the previous certificates: %s", exc)
+            _log_reload_failed(str(exc))
         except Exception as exc:  # whatever it is, a reload must not stop a running server
-            log.error("reload failed, still using the previous certificates: %s: %s", type(exc).__name__, exc)
+            _log_reload_failed(f"{type(exc).__name__}: {exc}")
         else:
             crl = " and CRL" if state.config.crl is not None else ""
-            log.info("reloaded certificate, key, CA%s for new connections", crl)
+            log.info("reloaded certificate, key, CA%s for new connections", crl, extra={"event": "reloaded"})
+
+
+def _log_reload_failed(why: str) -> None:
+    log.error(
+        "reload failed, still using the previous certificates: %s",
+        why,
+        extra={"event": "reload_failed", "error": why},
+    )

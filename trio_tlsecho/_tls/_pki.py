@@ -49,6 +49,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from .._exceptions import CertificateError, ConfigError
 
@@ -143,28 +144,13 @@ def make_dev_pki(
 
     if names is not None:
         try:
-            server = ca.issue_cert(
-                *names,
-                common_name=names[0],
-                organization_name=_ORG,
-                organization_unit_name="server",
-                not_before=nb,
-                not_after=na,
-            )
+            server = _issue(ca, "server", names, not_before=nb, not_after=na)
         except ValueError as exc:  # idna rejects names that are not host names
             raise ConfigError(f"bad server name in {list(names)}: {exc}") from None
         written += _write_leaf(out, "server", server)
 
     for name in clients:
-        leaf = ca.issue_cert(
-            name,
-            common_name=name,
-            organization_name=_ORG,
-            organization_unit_name="client",
-            not_before=nb,
-            not_after=na,
-        )
-        written += _write_leaf(out, name, leaf)
+        written += _write_leaf(out, name, _issue(ca, "client", [name], not_before=nb, not_after=na))
     stale = _issued_by(out, old_ca, exclude={ca_cert, *written}) if old_ca is not None else ()
     return IssuedFiles(directory=out, ca_created=not reuse, written=tuple(written), stale=stale)
 
@@ -312,10 +298,82 @@ def _naive_utc(when: dt.datetime) -> dt.datetime:
     return when.astimezone(dt.UTC).replace(tzinfo=None)
 
 
-def _write_leaf(out: Path, stem: str, leaf: trustme.LeafCert) -> list[Path]:
+#: The one extended key usage of each role's certificates.
+_ROLE_USAGES = {
+    "server": ExtendedKeyUsageOID.SERVER_AUTH,
+    "client": ExtendedKeyUsageOID.CLIENT_AUTH,
+}
+# An ECDSA key signs (the handshake's CertificateVerify or ServerKeyExchange, with
+# ECDHE doing the key agreement); keyEncipherment is an RSA key-transport usage.
+_LEAF_KEY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+_REPLACED = (x509.ExtendedKeyUsage, x509.KeyUsage, x509.SubjectAlternativeName)
+
+
+def _issue(
+    ca: trustme.CA, role: str, names: Sequence[str], *, not_before: dt.datetime, not_after: dt.datetime
+) -> _Leaf:
+    """A leaf for *role* (``server`` or ``client``) named *names*, CN the first of them.
+
+    trustme parses the names (DNS, IP addresses) and makes the key; its leaves are
+    valid for every purpose (serverAuth, clientAuth and codeSigning, so a client's
+    certificate would also pass as a server's) with a critical SAN beside a subject.
+    The same certificate is signed again, least-privilege: this role's extended key
+    usage only, digitalSignature only, and the SAN not critical (RFC 5280 4.2.1.6:
+    critical only when the subject is empty; ours has a CN).
+    """
+    made = ca.issue_cert(
+        *names,
+        common_name=names[0],
+        organization_name=_ORG,
+        organization_unit_name=role,
+        not_before=not_before,
+        not_after=not_after,
+    )
+    old = x509.load_pem_x509_certificate(made.cert_chain_pems[0].bytes())
+    ca_key = serialization.load_pem_private_key(ca.private_key_pem.bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(old.subject)
+        .issuer_name(old.issuer)
+        .public_key(old.public_key())
+        .serial_number(old.serial_number)
+        .not_valid_before(old.not_valid_before_utc)
+        .not_valid_after(old.not_valid_after_utc)
+    )
+    for ext in old.extensions:
+        if not isinstance(ext.value, _REPLACED):
+            builder = builder.add_extension(ext.value, critical=ext.critical)
+    sans = old.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    cert = (
+        builder.add_extension(sans, critical=False)
+        .add_extension(_LEAF_KEY_USAGE, critical=True)
+        .add_extension(x509.ExtendedKeyUsage([_ROLE_USAGES[role]]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return _Leaf(cert.public_bytes(serialization.Encoding.PEM), made.private_key_pem.bytes())
+
+
+@attrs.frozen
+class _Leaf:
+    cert_pem: bytes
+    key_pem: bytes
+
+
+def _write_leaf(out: Path, stem: str, leaf: _Leaf) -> list[Path]:
     cert, key = out / f"{stem}.pem", out / f"{stem}.key"
-    _write(cert, b"".join(blob.bytes() for blob in leaf.cert_chain_pems), private=False)
-    _write(key, leaf.private_key_pem.bytes(), private=True)
+    _write(cert, leaf.cert_pem, private=False)
+    _write(key, leaf.key_pem, private=True)
     return [cert, key]
 
 
