@@ -76,3 +76,21 @@ def test_try_it_commands(tmp_path: Path) -> None:
         assert "verdict:               OK" in client.stdout
         code, err = server.stop()
     assert code == 0, err
+
+
+def test_the_handler_test_example_passes(tmp_path: Path) -> None:
+    """The "Testing your handler" example, run as the README says, with the plugin enabled by ``-p``."""
+    marker = "<!-- handler-test-example"
+    code = re.search(r"```python\n(.*?)```", README[README.index(marker) :], flags=re.DOTALL)
+    assert code is not None
+    (tmp_path / "test_greeter.py").write_text(code.group(1))
+    [line] = [
+        line
+        for block in _blocks("sh")
+        for line in block.splitlines()
+        if line.startswith(".venv/bin/python -m pytest -p trio_tlsecho.testing ")
+    ]
+    command = [sys.executable, *shlex.split(line)[1:]]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout

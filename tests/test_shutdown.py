@@ -15,6 +15,7 @@ from trio_tlsecho import (
     Address,
     ClientConfig,
     ClientError,
+    Connection,
     ServerConfig,
     ServerMetrics,
     echo_once,
@@ -25,6 +26,12 @@ from trio_tlsecho import (
 from .processes import ServeProcess
 
 PAYLOAD = os.urandom(8 << 20)
+
+
+async def stop_unaware_echo(conn: Connection) -> None:
+    """An echo that never looks at ``conn.stopping``: only the grace's end stops it."""
+    while data := await conn.stream.receive_some(65536):
+        await conn.stream.send_all(data)
 
 
 async def _echo_in_flight(address: Address, client: ClientConfig, halfway: trio.Event) -> bytes:
@@ -74,7 +81,7 @@ async def test_grace_period_ends_lingering_connections(
 ) -> None:
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
-        config = attrs.evolve(server_config, shutdown_grace=7, idle_timeout=None)
+        config = attrs.evolve(server_config, shutdown_grace=7, idle_timeout=None, handler=stop_unaware_echo)
         [address] = await nursery.start(
             lambda task_status: serve(config, shutdown_trigger=stop.wait, task_status=task_status)
         )
@@ -96,7 +103,7 @@ async def test_idle_connections_still_time_out_during_the_grace(
     stop = trio.Event()
     metrics = ServerMetrics()
     async with trio.open_nursery() as nursery:
-        config = attrs.evolve(server_config, shutdown_grace=60, idle_timeout=3)
+        config = attrs.evolve(server_config, shutdown_grace=60, idle_timeout=3, handler=stop_unaware_echo)
         [address] = await nursery.start(
             lambda task_status: serve(
                 config, shutdown_trigger=stop.wait, metrics=metrics, task_status=task_status

@@ -8,6 +8,7 @@ from ._client import echo_once as echo_once
 from ._client import open_client as open_client
 from ._config import ClientConfig as ClientConfig
 from ._config import ServerConfig as ServerConfig
+from ._engines import TLSStream as TLSStream
 from ._exceptions import CertificateError as CertificateError
 from ._exceptions import ClientError as ClientError
 from ._exceptions import ConfigError as ConfigError
@@ -71,6 +72,7 @@ __all__ = [
     "SystemdSockets",
     "TLSEchoError",
     "TLSFiles",
+    "TLSStream",
     "UnixAddress",
     "__version__",
     "client_context",

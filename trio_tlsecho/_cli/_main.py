@@ -19,18 +19,16 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .._client import EchoResult, echo_once
 from .._config import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_SHUTDOWN_GRACE,
     ENGINES,
-    ClientConfig,
     ServerConfig,
 )
 from .._exceptions import ConfigError
 from .._handlers import handler_names
-from .._net import DEFAULT_HOST, DEFAULT_PORT, Address, ListenAddress
+from .._net import DEFAULT_HOST, DEFAULT_PORT, ListenAddress
 from .._process import serve_until_signalled, supervise
 from .._program import run_program, setup_logging
 from .._tls import (
@@ -43,15 +41,14 @@ from .._tls import (
     revoke,
 )
 from .._version import __version__
+from ._client import add_client_parser
 from ._common import (
     DEFAULT_CERTS_DIR,
     PROG,
     Parser,
-    add_client_flags,
     add_log_flags,
     add_tls_flags,
     address_arg,
-    client_config,
     count_arg,
     describe_command,
     explicit_files,
@@ -67,9 +64,6 @@ from ._settings import ENV_FLAGS, ENV_PREFIX, apply, read_environment, read_file
 
 if TYPE_CHECKING:
     from ._common import SubParsers
-
-#: The seed workload: 5 KiB and 35 bytes, enough to span several TCP segments.
-DEFAULT_RANDOM_SIZE = 5 * 1024 + 35
 
 log = logging.getLogger("trio_tlsecho")
 
@@ -93,7 +87,7 @@ def _build() -> tuple[argparse.ArgumentParser, SubParsers]:
     for add in (
         _add_certs_parser,
         _add_serve_parser,
-        _add_client_parser,
+        add_client_parser,
         add_loadgen_parser,
         _add_demo_parser,
     ):
@@ -300,26 +294,6 @@ def _add_serve_parser(sub: SubParsers) -> None:
     p.set_defaults(func=_cmd_serve)
 
 
-def _add_client_parser(sub: SubParsers) -> None:
-    p = sub.add_parser("client", help="send one message over mutual TLS and verify the echo")
-    add_client_flags(
-        p,
-        timeout=30.0,
-        timeout_help="for the echo, once connected"
-        " (default: %(default)g; connecting and the handshake have 10 s)",
-    )
-    what = p.add_mutually_exclusive_group()
-    what.add_argument("--message", metavar="TEXT", help="send this text")
-    what.add_argument(
-        "--random",
-        metavar="N",
-        type=count_arg,
-        help=f"send N random bytes (default: {DEFAULT_RANDOM_SIZE})",
-    )
-    add_tls_flags(p, "client")
-    p.set_defaults(func=_cmd_client)
-
-
 def _add_demo_parser(sub: SubParsers) -> None:
     p = sub.add_parser("demo", help="serve on a free port and run verified clients against it")
     describe_command(
@@ -477,42 +451,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _print_addresses(addresses: list[ListenAddress]) -> None:
     for address in addresses:
         print(f"listening on {address}", flush=True)
-
-
-# -- client ------------------------------------------------------------------------
-
-
-def _cmd_client(args: argparse.Namespace) -> int:
-    payload = (
-        args.message.encode() if args.message is not None else os.urandom(args.random or DEFAULT_RANDOM_SIZE)
-    )
-    if not payload:
-        raise ConfigError("--message is empty: nothing to echo")
-    result = trio.run(_echo, args.connect, client_config(args), payload, args.timeout)
-    _print_result(result)
-    return 0
-
-
-async def _echo(address: Address, config: ClientConfig, payload: bytes, timeout: float) -> EchoResult:
-    return await echo_once(address, config, payload, timeout=timeout)
-
-
-def _print_result(r: EchoResult) -> None:
-    mutual = {True: "yes (server required our certificate)", False: "no", None: "unknown"}[r.mutual]
-    lines = [
-        f"connected to {r.address}",
-        f"protocol:              {r.tls_version}",
-        f"cipher:                {r.cipher}",
-        f"server subject:        {r.server.subject}",
-        f"server issuer:         {r.server.issuer}",
-        f"server sha256:         {r.server.fingerprint_sha256}",
-        f"mutual authentication: {mutual}",
-        f"handshake:             {r.handshake_seconds * 1000:.1f} ms",
-        f"echo:                  {r.sent} bytes sent, {r.received} received"
-        f" in {r.echo_seconds * 1000:.1f} ms",
-        "verdict:               OK, echo verified byte for byte",
-    ]
-    print("\n".join(lines), flush=True)
 
 
 # -- demo --------------------------------------------------------------------------

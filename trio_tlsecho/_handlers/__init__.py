@@ -5,8 +5,11 @@ stream type).
 """
 
 from ._api import RECEIVE_SIZE as RECEIVE_SIZE
+from ._api import STOP_QUIET as STOP_QUIET
 from ._api import Connection as Connection
 from ._api import Handler as Handler
+from ._api import Receiver as Receiver
+from ._api import Stopping as Stopping
 from ._builtin import discard as discard
 from ._builtin import echo as echo
 from ._registry import ENTRY_POINT_GROUP as ENTRY_POINT_GROUP

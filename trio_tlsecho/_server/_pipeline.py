@@ -8,8 +8,9 @@ the log); :func:`run_connection` counts and logs a refusal in one place, and own
 the transport, then the TLS stream, until it closes it.
 
 Everything that can go wrong with one peer (a bad certificate, a silent client, a
-reset, a handler bug) ends here as one log line, because the listener's nursery
-must never see it: one connection's failure must not touch another.  Every
+reset, a handler bug) ends here, because the listener's nursery must never see it:
+one connection's failure must not touch another.  A peer's fault is one log line; a
+handler's exception is a bug in the handler, logged at ERROR with its traceback.  Every
 connection, verified or refused, then ends with one access line once it is closed
 (:func:`_log_ended`: outcome, duration, bytes), the ``connection_closed`` event of
 the JSON log.
@@ -107,7 +108,7 @@ async def run_connection(transport: trio.abc.Stream, peer: Peer, server: ServerS
         identity = authorize(stream, server)
         server.metrics.handshakes[Outcome.OK] += 1
         server.metrics.handshake_seconds.observe(trio.current_time() - started)
-        conn = connection(stream, peer, identity)
+        conn = connection(stream, peer, identity, server)
         ended = await run_handler(conn, server, where)
     except Refusal as refusal:
         ended, level = refusal.outcome, min(level, refusal.level)
@@ -217,7 +218,7 @@ def authorize(stream: TLSStream, server: ServerState) -> PeerIdentity:
     return identity
 
 
-def connection(stream: TLSStream, peer: Peer, identity: PeerIdentity) -> Connection:
+def connection(stream: TLSStream, peer: Peer, identity: PeerIdentity, server: ServerState) -> Connection:
     cipher = stream.cipher()
     return Connection(
         stream=stream,
@@ -225,6 +226,7 @@ def connection(stream: TLSStream, peer: Peer, identity: PeerIdentity) -> Connect
         identity=identity,
         tls_version=str(stream.version()),
         cipher=cipher[0] if cipher else "?",
+        stopping=server.stopping,
     )
 
 
@@ -265,17 +267,20 @@ async def run_handler(conn: Connection, server: ServerState, where: str) -> str:
                 "%s: handler error: %s",
                 where,
                 described,
+                exc_info=errors,
                 extra={"event": ENDED_HANDLER_ERROR, "error": described, **peer},
             )
         if rest is not None:
             raise rest from None
     except Exception as exc:
+        # A bug in the handler, not the peer's doing: its author needs the traceback.
         metrics.handler_errors += 1
         described = f"{type(exc).__name__}: {exc}"
         log.error(
             "%s: handler error: %s",
             where,
             described,
+            exc_info=exc,
             extra={"event": ENDED_HANDLER_ERROR, "error": described, **peer},
         )
     finally:

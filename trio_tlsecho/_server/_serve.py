@@ -23,7 +23,8 @@ Two ways to stop:
 * Cancel the scope around ``serve``: everything stops now.  Without a
   ``shutdown_trigger`` this is the only way, and ``serve`` never returns.
 * ``shutdown_trigger`` returns: every listener is closed at once (new clients
-  are refused, not queued), open connections get ``shutdown_grace`` seconds to
+  are refused, not queued), ``conn.stopping`` is set (the built-in handlers
+  finish at a boundary), open connections get ``shutdown_grace`` seconds to
   finish, the rest are cancelled, and ``serve`` returns.
 
 ``reload_trigger`` is awaited in a loop; each time it returns, certificate,
@@ -169,6 +170,8 @@ def _begin_shutdown(listeners: list[_Listener], state: ServerState) -> None:
     deadline = trio.current_time() + grace
     for listener in listeners:
         listener.stop(deadline)
+    # Handlers that watch it finish at a boundary now, rather than at the grace's end.
+    state.stopping.set()
 
 
 async def _reload_forever(trigger: Trigger, state: ServerState) -> None:

@@ -11,7 +11,7 @@ import trio
 
 from .._config import ServerConfig
 from .._engines import ENGINES, Engine
-from .._handlers import Handler, resolve_handler
+from .._handlers import Handler, Stopping, resolve_handler
 from .._net import ListenAddress
 from .._tls import IdentityCache, server_context
 from ._liveness import Liveness
@@ -32,6 +32,8 @@ class ServerState:
     metrics: ServerMetrics = attrs.Factory(ServerMetrics)
     liveness: Liveness = attrs.field(init=False)
     identities: IdentityCache = attrs.Factory(IdentityCache)
+    #: Set when the graceful stop begins; every connection's ``conn.stopping``.
+    stopping: Stopping = attrs.Factory(Stopping)
     #: Free connection slots when ``max_connections`` is set.
     _slots: trio.Semaphore | None = attrs.field(init=False)
 

@@ -1,0 +1,139 @@
+"""The client beyond echo: one request whose reply is shown, not compared, and a terminal session.
+
+:func:`request_once` is ``client --expect any``: send a message, then take whatever
+the server sends until it closes the connection (or the time is up).
+:func:`talk` is ``client --stdin``, as ``openssl s_client -quiet``: what the input
+gives goes to the server, what the server sends goes to the output, until both have
+ended.  TLS has no half-close (``close_notify`` ends the session for both sides), so
+the end of the input does not close the connection: the server's close does, and
+then the input is no longer read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+import attrs
+import trio
+
+from .._config import ClientConfig
+from .._exceptions import ClientError
+from .._handlers import RECEIVE_SIZE
+from .._net import Address, format_address
+from .._tls import PeerIdentity, client_context, describe_tls_error, peer_identity
+from ._echo import _CAN_WATCH, _CLOSE_TIMEOUT, _watch_certificate_request, open_client
+
+#: What reads the input: returns the next bytes, ``b""`` at its end.
+Source = Callable[[], Awaitable[bytes]]
+#: What takes the server's bytes, as they come.
+Sink = Callable[[bytes | bytearray], object]
+
+
+@attrs.frozen
+class Reply:
+    """What one request saw: the connection, and the reply as it came."""
+
+    address: Address
+    tls_version: str
+    cipher: str
+    server: PeerIdentity
+    #: Whether the server asked for our certificate (mutual TLS); ``None`` if unknown.
+    mutual: bool | None
+    sent: int
+    reply: bytes
+    #: The server ended the session (close_notify); false: the time ran out first.
+    server_closed: bool
+    handshake_seconds: float
+    reply_seconds: float
+
+
+async def request_once(address: Address, config: ClientConfig, payload: bytes, *, timeout: float) -> Reply:
+    """Send *payload*; return what the server sends until it closes, or until *timeout* passes.
+
+    Raises :class:`ClientError` with one line if the connection fails.
+    """
+    ctx = client_context(config)
+    requested: list[bool] = []
+    _watch_certificate_request(ctx, requested)
+    t0 = time.perf_counter()
+    stream = await open_client(address, config, ssl_context=ctx)
+    t1 = time.perf_counter()
+    reply = bytearray()
+    try:
+        server = peer_identity(stream)
+        assert server is not None  # PROTOCOL_TLS_CLIENT verifies the server, always
+        cipher = stream.cipher()
+        version = str(stream.version())
+        with trio.move_on_after(timeout) as waited:
+            await _send_and_read(stream, payload, reply.extend)
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    with trio.move_on_after(_CLOSE_TIMEOUT):
+        await stream.aclose()
+    return Reply(
+        address=address,
+        tls_version=version,
+        cipher=cipher[0] if cipher else "?",
+        server=server,
+        mutual=bool(requested) if _CAN_WATCH else None,
+        sent=len(payload),
+        reply=bytes(reply),
+        server_closed=not waited.cancelled_caught,
+        handshake_seconds=t1 - t0,
+        reply_seconds=time.perf_counter() - t1,
+    )
+
+
+async def talk(
+    address: Address,
+    config: ClientConfig,
+    source: Source,
+    sink: Sink,
+    *,
+    connected: Callable[[trio.SSLStream[trio.SocketStream]], object] | None = None,
+) -> None:
+    """Send what *source* gives, hand what the server sends to *sink*, until the server closes.
+
+    *connected* is called with the stream once the handshake is done (to say so).
+    """
+    stream = await open_client(address, config)
+    try:
+        if connected is not None:
+            connected(stream)
+        await _send_and_read(stream, source, sink)
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    with trio.move_on_after(_CLOSE_TIMEOUT):
+        await stream.aclose()
+
+
+async def _send_and_read(stream: trio.SSLStream[trio.SocketStream], what: bytes | Source, sink: Sink) -> None:
+    """Send *what* while reading into *sink* until the server's close_notify; then stop sending."""
+    failed: trio.BrokenResourceError | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_send, stream, what)
+        try:
+            while data := await stream.receive_some(RECEIVE_SIZE):
+                sink(data)
+        except trio.BrokenResourceError as exc:
+            failed = exc  # raised below, outside the nursery: one error, not a group
+        nursery.cancel_scope.cancel()
+    if failed is not None:
+        where = format_address(*stream.transport_stream.socket.getpeername()[:2])
+        raise ClientError(f"{where}: TLS connection failed: {describe_tls_error(failed)}") from None
+
+
+async def _send(stream: trio.SSLStream[trio.SocketStream], what: bytes | Source) -> None:
+    # A server that closed (or broke the connection) while we still sent is what the
+    # reader reports: it sees the close_notify, or the error with its cause.
+    try:
+        if isinstance(what, bytes):
+            await stream.send_all(what)
+            return
+        while data := await what():
+            await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
