@@ -7,8 +7,10 @@ import functools
 import multiprocessing
 import os
 import re
+import select
 import signal
 import socket
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -186,6 +188,28 @@ async def test_the_supervisor_relays_each_signal_as_what_it_means_to_a_worker(
     # SIGTERM is a worker's one stop signal: its second is its "stop now" too.
     assert sent == [signal.SIGHUP, signal.SIGTERM, signal.SIGTERM, signal.SIGTERM]
     assert supervisor.state.stopping
+
+
+def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path, certs: Path) -> None:
+    # SIGKILL gives the supervisor no chance to stop its workers: the kernel must.
+    with _supervisor(tmp_path) as sup:
+        pids = _pids(sup)
+        exits = select.poll()
+        handles = [os.pidfd_open(pid) for pid in pids]  # readable once the process has ended
+        try:
+            for handle in handles:
+                exits.register(handle, select.POLLIN)
+            sup.proc.kill()
+            ended: set[int] = set()
+            deadline = time.monotonic() + 30
+            while len(ended) < len(handles) and time.monotonic() < deadline:
+                ended.update(fd for fd, _ in exits.poll(1000))
+        finally:
+            for handle in handles:
+                os.close(handle)
+        assert len(ended) == len(pids), "a worker outlived its killed supervisor"
+        err = sup.stderr.all()
+    assert re.search(r"\[worker \d\] SIGTERM received, shutting down", err), err
 
 
 def test_worker_startup_errors_are_one_line(tmp_path: Path, certs: Path) -> None:

@@ -48,6 +48,13 @@ and unblocks them once it ignores them, which discards any that arrived
 meanwhile (as multiprocessing's own resource tracker does with SIGINT and
 SIGTERM).  SIGTERM is not blocked: a worker stopped while it starts just ends.
 
+A worker must not outlive its supervisor: left alone it would go on serving a
+port nobody restarts, reloads or stops (a ``systemctl stop`` after the supervisor
+was SIGKILLed would find nothing to signal).  On Linux each worker asks the kernel
+for SIGTERM when its parent dies (``PR_SET_PDEATHSIG``; the supervisor starts
+workers from its main thread, whose end is the process's), so a worker orphaned even
+by SIGKILL stops gracefully, its connections getting their grace.
+
 A worker that does not report ready within ``_STARTUP_TIMEOUT`` is killed, so
 that a hung start-up is restarted like any other death instead of leaving its
 slot empty until it ends on its own.
@@ -62,6 +69,7 @@ since the dead worker's connections are gone).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import logging
 import multiprocessing
@@ -69,6 +77,7 @@ import multiprocessing.connection
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from multiprocessing.shared_memory import SharedMemory
@@ -470,6 +479,7 @@ def _worker_main(
     # Blocked since before exec (see the module's docstring): ignored from now on,
     # so unblocking discards what arrived while we started.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STARTUP_BLOCKED)
+    _stop_with_parent()
     level, log_format = log_setup
     setup_logging(level, log_format=log_format, worker=index)
     # Attaching registers the name with the resource tracker again (Python < 3.13);
@@ -486,6 +496,21 @@ def _worker_main(
         shm.close()
     if status:
         raise SystemExit(status)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent() -> None:
+    """Have Linux send us SIGTERM when the supervisor dies, however it dies (best effort)."""
+    parent = multiprocessing.parent_process()
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        return
+    if os.getppid() != parent.pid:  # it died before we asked: no signal will come
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _serve_worker(
