@@ -57,6 +57,7 @@ from ._common import (
     tls_files,
 )
 from ._loadgen import add_loadgen_parser
+from ._report import add_report_parser
 
 if TYPE_CHECKING:
     from ._common import SubParsers
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_serve_parser,
         _add_client_parser,
         add_loadgen_parser,
+        add_report_parser,
         _add_demo_parser,
     ):
         add(sub)

@@ -48,6 +48,8 @@ clients), :mod:`._workers` (processes), and here the one entry point.
 
 from __future__ import annotations
 
+import trio
+
 from .._tls import client_context
 from ._client import Share, run_here
 from ._config import LoadConfig, ProgressCallback
@@ -56,13 +58,17 @@ from ._transport import Target
 from ._workers import run_workers
 
 
-async def run_load(config: LoadConfig, *, progress: ProgressCallback | None = None) -> LoadReport:
+async def run_load(
+    config: LoadConfig, *, progress: ProgressCallback | None = None, stop: trio.Event | None = None
+) -> LoadReport:
     """Run the load *config* describes against a server and return what it measured.
 
-    *progress*, if given, is called about once a second with the totals so far.
+    *progress*, if given, is called about once a second with the totals so far.  Setting
+    *stop* ends the run early (Ctrl-C), with what it measured until then.  A server that
+    cannot be reached at all is a :class:`ClientError`, within a second when refused.
     """
     if config.workers == 1:
         ssl_context = client_context(config.client)  # a bad file is said before an unknown host
         [share] = Share.divide(config, await Target.resolve(config), 1)
-        return await run_here(share, ssl_context, progress=progress)
-    return await run_workers(config, progress)
+        return await run_here(share.launched(), ssl_context, progress=progress, stop=stop)
+    return await run_workers(config, progress, stop)
