@@ -13,6 +13,7 @@ import argparse
 import datetime
 import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, TextIO
@@ -263,6 +264,10 @@ async def _run(
         await trio.sleep(max(start_at - time.time(), 0.0))
     started = datetime.datetime.now(datetime.UTC)
     stop = trio.Event()
+    # Ctrl-C ends the run with what it measured; Python handles signals only in the
+    # main thread (a caller running the command in another one gets trio's Ctrl-C).
+    if threading.current_thread() is not threading.main_thread():
+        return started, await run_load(config, progress=display), False
     with trio.open_signal_receiver(signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_set_on_signal, signals, stop)

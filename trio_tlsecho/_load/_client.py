@@ -497,7 +497,7 @@ async def run_here(
     async with trio.open_nursery() as nursery:
         run.scope = nursery.cancel_scope
         for client in clients:
-            nursery.start_soon(client.main)
+            nursery.start_soon(client.main, name=f"loadgen client {client.index}")
         if stop is not None:
             nursery.start_soon(_stop_when, stop, run)
         with trio.move_on_at(_barrier_deadline(run)):
