@@ -69,7 +69,7 @@ def show(result: RunResult, args: argparse.Namespace, *, interrupted: bool = Fal
         _write(args.json, "--json", json.dumps(result.to_json(), indent=2) + "\n")
     if args.hgrm is not None:
         _write(args.hgrm, "--hgrm", report.latency_histogram().distribution())
-    problem = verdict(report)
+    problem = None if interrupted else verdict(report)  # an interrupted run ends as that
     if problem:
         print(f"{PROG}: error: {problem}", file=sys.stderr, flush=True)
         return 1
