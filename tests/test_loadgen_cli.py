@@ -26,6 +26,7 @@ from trio_tlsecho._load._stats import ErrorKind, ExchangeIO, Recorder
 from .conftest import start_server
 from .processes import PY
 from .test_loadgen import parse_cli, run_cli
+from .test_stats import JSON_KEYS, PARAMETER_KEYS
 
 # -- flags --------------------------------------------------------------------------
 
@@ -230,7 +231,7 @@ def test_report_merges_runs_of_several_machines_exactly(
     out = capsys.readouterr().out
     assert out.startswith(
         "loadgen 10.0.0.1:4433: 5 clients, 1-100 bytes, open loop at 200 round trips/s,"
-        " persistent connections, 10s, 2 workers, 2 runs merged\n"
+        " persistent connections, 10s, 2 runs merged\n"
     )
     assert "round trips        5  (0.5/s)" in out
     assert "p50 300" in out  # of all five latencies, not an average of the two runs' medians
@@ -270,3 +271,12 @@ def test_report_refuses_what_it_cannot_merge_in_one_line(
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("trio-tlsecho: error: ")
     assert re.search(message, line)
+
+
+def test_readme_lists_every_json_key() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("### loadgen") : readme.index("#### Runs across machines")]
+    documented = set(re.findall(r"`(\w+)`", section))
+    nested = {"low", "high", "p50", "p90", "p99", "p999", "min", "max", "mean", "stdev"}
+    missing = (JSON_KEYS | PARAMETER_KEYS | nested | {"parameters", "histograms"}) - documented
+    assert not missing

@@ -51,7 +51,8 @@ def describe(params: Mapping[str, Any]) -> str:
     until = f"{requests:,} requests" if requests is not None else f"{params['duration']:g}s"
     sizes = params["sizes"]
     size = str(sizes["low"]) if sizes["low"] == sizes["high"] else f"{sizes['low']}-{sizes['high']}"
-    workers = f", {params['workers']} workers" if params["workers"] > 1 else ""
+    # Merged runs add their workers: name them only where a loader had several.
+    workers = f", {params['workers']} workers" if params["workers"] > params.get("runs", 1) else ""
     runs = f", {params['runs']} runs merged" if params.get("runs", 1) > 1 else ""
     return (
         f"loadgen {params['target']}: {params['clients']} clients, {size} bytes, {mode},"
@@ -64,11 +65,12 @@ def show(result: RunResult, args: argparse.Namespace, *, interrupted: bool = Fal
     open_loop = result.parameters["mode"] == "open"
     title = describe(result.parameters) + (" (interrupted: partial result)" if interrupted else "")
     report = result.report
-    print(format_report(report, title=title, open_loop=open_loop, latency=args.latency), flush=True)
+    # The files first: a result is kept even if stdout is gone (`| head`).
     if args.json is not None:
         _write(args.json, "--json", json.dumps(result.to_json(), indent=2) + "\n")
     if args.hgrm is not None:
         _write(args.hgrm, "--hgrm", report.latency_histogram().distribution())
+    print(format_report(report, title=title, open_loop=open_loop, latency=args.latency), flush=True)
     problem = None if interrupted else verdict(report)  # an interrupted run ends as that
     if problem:
         print(f"{PROG}: error: {problem}", file=sys.stderr, flush=True)
