@@ -683,7 +683,7 @@ def plot(capacity: tuple[str, dict[str, float]], latency: tuple[str, dict[str, d
     for server, values in lines.items():
         xs = [1 / (1 - p / 100) for p in values]
         right.plot(xs, [v / 1000 for v in values.values()], marker="o", label=LABELS[server])
-    ticks = [0.0, 50.0, 90.0, 99.0, 99.9, 99.99, 99.999]
+    ticks = [50.0, 90.0, 99.0, 99.9, 99.99, 99.999]
     right.set_xscale("log")
     right.set_xticks([1 / (1 - p / 100) for p in ticks], [f"{p:g}%" for p in ticks])
     right.set_xlabel("percentile")
@@ -758,7 +758,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip (a*), (b*), (d*) and (e*), the C load generator's runs",
     )
+    parser.add_argument(
+        "--replot",
+        metavar="RESULT.json",
+        type=Path,
+        help="only draw the PNG of an earlier run's results/<date>.json (next to it), and exit",
+    )
     args = parser.parse_args(argv)
+    if args.replot is not None:
+        return replot(args.replot)
     if args.repeat < 1 or args.duration <= 0 or args.workers < 1 or args.idle_connections < 1:
         parser.error("--repeat, --duration, --workers and --idle-connections must be positive")
 
@@ -908,6 +916,24 @@ def main(argv: list[str] | None = None) -> int:
         title = f"Server capacity, and latency at the same rate ({today}, {os.cpu_count()} CPUs)"
         plot(capacity_bars(medians), latency_lines(runs, rate, c_rate), png, title)
         print(f"wrote {png}")
+    return 0
+
+
+def replot(path: Path) -> int:
+    """Draw *path*'s PNG from what it holds (the open-loop fallback, (e), needs the
+    histograms of a live run: a file without (e*) gets its capacity panel only)."""
+    result = json.loads(path.read_text())
+    settings = result["settings"]
+    latency = latency_lines(result["runs"], None, settings.get("open_loop_rate_c_loadgen"))
+    png = path.with_suffix(".png")
+    day = result["date"][:10]
+    plot(
+        capacity_bars(result["medians"]),
+        latency,
+        png,
+        f"Server capacity, and latency at the same rate ({day})",
+    )
+    print(f"wrote {png}")
     return 0
 
 
