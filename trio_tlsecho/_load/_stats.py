@@ -38,6 +38,7 @@ from __future__ import annotations
 import enum
 import functools
 import io
+import math
 import re
 import types
 from collections.abc import Iterable, Mapping, Sequence
@@ -106,13 +107,28 @@ class Histogram:
     def min(self) -> int:
         return int(self._h.get_min_value()) if self.count else 0
 
+    def _recorded(self) -> list[tuple[float, int]]:
+        """(value, count) of every recorded bucket, each at its middle, as hdrh's own mean
+        and stdev place them: hdrh walks every bucket with an iterator object per step
+        (about 0.1 s per histogram), this reads its counts array once."""
+        h = self._h
+        counts = h.counts[: h.counts_len]
+        return [
+            (float(h._hdr_median_equiv_value(h.get_value_from_index(i))), c) for i, c in enumerate(counts) if c
+        ]
+
     @property
     def mean(self) -> float:
-        return float(self._h.get_mean_value()) if self.count else 0.0
+        recorded = self._recorded()
+        return sum(v * c for v, c in recorded) / self.count if recorded else 0.0
 
     @property
     def stdev(self) -> float:
-        return float(self._h.get_stddev()) if self.count else 0.0
+        recorded = self._recorded()
+        if not recorded:
+            return 0.0
+        mean = sum(v * c for v, c in recorded) / self.count
+        return math.sqrt(sum((v - mean) ** 2 * c for v, c in recorded) / self.count)
 
     def distribution(self, *, scale: float = 1000.0) -> str:
         """HdrHistogram's percentile distribution (``.hgrm``, what wrk2 ``--latency``
