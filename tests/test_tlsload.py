@@ -328,5 +328,6 @@ async def test_help_says_how_to_use_it(tlsload: Path) -> None:
     # Every flag it takes is explained.
     for flag in ("--servername", "--clients", "--size", "--duration", "--warmup", "--seed", "--timeout"):
         assert f"\n  {flag}" in out
-    assert "--rate R" in out and "--hold SECONDS" in out
+    assert "--rate R" in out
+    assert "--hold SECONDS" in out
     assert done.stderr == b""

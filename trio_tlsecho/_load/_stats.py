@@ -114,7 +114,9 @@ class Histogram:
         h = self._h
         counts = h.counts[: h.counts_len]
         return [
-            (float(h._hdr_median_equiv_value(h.get_value_from_index(i))), c) for i, c in enumerate(counts) if c
+            (float(h._hdr_median_equiv_value(h.get_value_from_index(i))), c)
+            for i, c in enumerate(counts)
+            if c
         ]
 
     @property
