@@ -297,6 +297,21 @@ def test_mean_and_stdev_are_hdrhistograms_own() -> None:
         hist.record(int(rng.lognormvariate(7, 1)))
     # As the HdrHistogram library computes them (each value at the middle of its bucket),
     # without its slow walk over every bucket.
-    assert hist.mean == pytest.approx(hist._h.get_mean_value(), rel=1e-12)
-    assert hist.stdev == pytest.approx(hist._h.get_stddev(), rel=1e-9)
+    assert hist.mean == pytest.approx(hist.hdr.get_mean_value(), rel=1e-12)
+    assert hist.stdev == pytest.approx(hist.hdr.get_stddev(), rel=1e-9)
     assert (Histogram().mean, Histogram().stdev) == (0.0, 0.0)
+
+
+def test_values_counted_before_recording_are_all_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trio_tlsecho._load import _stats
+
+    monkeypatch.setattr(_stats, "_PENDING_MAX", 3)  # a flush while recording, too
+    hist = Histogram()
+    for v in (5, 5, 7, 0, HIGHEST_US * 2, 9, 5):
+        hist.record(v)
+    direct = Histogram()
+    for v in (5, 5, 7, 1, HIGHEST_US, 9, 5):  # as clamped
+        direct.hdr.record_value(v)
+    assert hist.count == 7
+    assert hist.encode() == direct.encode()
+    assert Histogram.decode(hist.encode()).percentiles([50.0]) == {50.0: 5}

@@ -41,6 +41,8 @@ _now = trio.current_time
 #: A connection error is retried (after a back-off) only while the server answered
 #: this recently; otherwise the target is unreachable and the run ends at once.
 REACHABLE_GRACE = 1.0
+#: Messages one process cycles through (a prime: clients stepping by one never align).
+MESSAGES = 4093
 #: Back-off after a connection error: doubles from the first to the last.
 BACKOFF_FIRST = 0.01
 BACKOFF_MAX = 1.0
@@ -112,6 +114,8 @@ class _Run:
     arrived: int = 0
     done: int = 0
     pool: bytes = b""
+    #: The messages, cycled through by every client from its own place (see :meth:`messages`).
+    payloads: list[memoryview] = attrs.Factory(list)
     #: When the whole run ends (``Share.ends_at`` on trio's clock): the measured window
     #: ends then too, and whoever is still connecting then counts a timeout.
     hard_stop: float = math.inf
@@ -130,12 +134,21 @@ class _Run:
         # Messages are slices of one random block at random offsets: no allocation
         # and no random-number generation per byte on the hot path.
         self.pool = os.urandom(self.config.sizes.high + 4096)
+        self.payloads = self.messages(random.Random(self.share.first_client))
         if self.config.rate is not None:
             self.recorder.uncorrected = Histogram()
         if self.share.count == 0:
             self.finished.set()
         if self.share.count == 0 or self.config.ramp or self.config.new_connection_per_request:
             self.connected.set()  # no barrier: nobody connects before the start
+
+    def messages(self, rng: random.Random) -> list[memoryview]:
+        """:data:`MESSAGES` slices of the pool, of random sizes at random offsets: a client
+        takes the next one for each exchange (two random numbers per exchange were a
+        few per cent of the loadgen's time), each client starting at its own place."""
+        pool, low, high = memoryview(self.pool), self.config.sizes.low, self.config.sizes.high
+        sizes = [rng.randint(low, high) for _ in range(MESSAGES)]
+        return [pool[(off := rng.randrange(4096)) : off + n] for n in sizes]
 
     def start(self, t0: float) -> None:
         self.t0 = t0
@@ -194,13 +207,13 @@ class _Client:
         self.run = run
         self.index = run.share.first_client + local_index
         self.local_index = local_index
-        self.rng = random.Random(self.index)
+        self.next_message = random.Random(self.index).randrange(MESSAGES)
         self.conn: ClientConnection | None = None
         self.session: ssl.SSLSession | None = None
         # Read once per exchange: kept at hand, not looked up through the config.
-        self.low, self.high = run.config.sizes.low, run.config.sizes.high
+        self.high = run.config.sizes.high
         self.per_request = run.config.new_connection_per_request
-        self.pool = memoryview(run.pool)
+        self.payloads = run.payloads
         self.buffer = memoryview(bytearray(min(self.high, 65536)))
         self.schedule: OpenLoopSchedule | None = None
         self.k = 0
@@ -266,7 +279,11 @@ class _Client:
             self.counting = counting
             scope.deadline = intended + timeout
             await self._exchange(intended, sent)
-            scope.deadline = math.inf
+            if schedule is not None:
+                # An open loop sleeps until the next send is due: not under this deadline.
+                # A closed loop sets the next one at once (each set costs trio a heap
+                # update, a tenth of the loadgen's Python time when it was done twice).
+                scope.deadline = math.inf
 
     def _timed_out(self) -> None:
         if (conn := self._release()) is not None:
@@ -360,11 +377,8 @@ class _Client:
             await trio.sleep(self.backoff)
 
     def _next_payload(self) -> memoryview:
-        # Messages are slices of one random block at random offsets (see _Run.pool).
-        low, high = self.low, self.high
-        n = low if low == high else self.rng.randint(low, high)
-        offset = self.rng.randrange(4096)
-        return self.pool[offset : offset + n]
+        k = self.next_message = (self.next_message + 1) % MESSAGES
+        return self.payloads[k]
 
     def _look_past_the_echo(self, conn: ClientConnection, io: ExchangeIO) -> None:
         """Per request the connection is closed next: the last chance to see an echo

@@ -80,38 +80,68 @@ ERROR_KINDS: tuple[str, ...] = tuple(kind.value for kind in ErrorKind)
 _FOOTER_RE = re.compile(r"^#\[Mean .*\]$", re.MULTILINE)
 
 
-class Histogram:
-    """A typed face on ``hdrh``'s HdrHistogram, in microseconds, clamped to its range."""
+#: Distinct values a :class:`Histogram` counts in a dict before it records them.
+_PENDING_MAX = 16384
 
-    __slots__ = ("_h",)
+
+class Histogram:
+    """A typed face on ``hdrh``'s HdrHistogram, in microseconds, clamped to its range.
+
+    :meth:`record` runs once per round trip, and hdrh's ``record_value`` is Python
+    that finds a bucket by arithmetic (a few µs); latencies in µs repeat a lot, so
+    they are counted in a dict (one increment) and recorded with their counts when
+    the histogram is read, or when the dict holds :data:`_PENDING_MAX` values.
+    """
+
+    __slots__ = ("_h", "_pending")
 
     def __init__(self, hdr: Any = None) -> None:
         self._h: Any = hdr if hdr is not None else HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+        self._pending: dict[int, int] = {}
 
     def record(self, value_us: int) -> None:
+        pending = self._pending
+        pending[value_us] = pending.get(value_us, 0) + 1
+        if len(pending) >= _PENDING_MAX:
+            self._flush()
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, {}
         # Clamped, not dropped: a value outside the range is still one observation.
-        self._h.record_value(min(max(value_us, LOWEST_US), HIGHEST_US))
+        clamped: dict[int, int] = {}
+        for value, n in pending.items():
+            key = min(max(value, LOWEST_US), HIGHEST_US)
+            clamped[key] = clamped.get(key, 0) + n
+        for value, n in clamped.items():
+            self._h.record_value(value, n)
+
+    @property
+    def hdr(self) -> Any:
+        """The hdrh histogram, with every value recorded so far."""
+        if self._pending:
+            self._flush()
+        return self._h
 
     def add(self, other: Histogram) -> None:
-        self._h.add(other._h)
+        self.hdr.add(other.hdr)
 
     @property
     def count(self) -> int:
-        return int(self._h.get_total_count())
+        return int(self.hdr.get_total_count())
 
     @property
     def max(self) -> int:
-        return int(self._h.get_max_value()) if self.count else 0
+        return int(self.hdr.get_max_value()) if self.count else 0
 
     @property
     def min(self) -> int:
-        return int(self._h.get_min_value()) if self.count else 0
+        return int(self.hdr.get_min_value()) if self.count else 0
 
     def _recorded(self) -> list[tuple[float, int]]:
         """(value, count) of every recorded bucket, each at its middle, as hdrh's own mean
         and stdev place them: hdrh walks every bucket with an iterator object per step
         (about 0.1 s per histogram), this reads its counts array once."""
-        h = self._h
+        h = self.hdr
         counts = h.counts[: h.counts_len]
         return [
             (float(h._hdr_median_equiv_value(h.get_value_from_index(i))), c)
@@ -137,7 +167,7 @@ class Histogram:
         prints and the usual HdrHistogram plotters read), values divided by *scale*
         (1000: milliseconds)."""
         out = io.BytesIO()
-        self._h.output_percentile_distribution(out, scale)
+        self.hdr.output_percentile_distribution(out, scale)
         text = out.getvalue().decode("ascii")
         # hdrh scales the mean but not the standard deviation in its footer.
         return _FOOTER_RE.sub(
@@ -149,12 +179,12 @@ class Histogram:
         wanted = list(wanted)
         if not self.count:
             return dict.fromkeys(wanted, 0)
-        found = self._h.get_percentile_to_value_dict(wanted)
+        found = self.hdr.get_percentile_to_value_dict(wanted)
         # hdrh reports "highest equivalent value", which may exceed the true maximum.
         return {p: min(int(found.get(p, self.max)), self.max) for p in wanted}
 
     def encode(self) -> str:
-        return bytes(self._h.encode()).decode("ascii")
+        return bytes(self.hdr.encode()).decode("ascii")
 
     @classmethod
     def decode(cls, text: str) -> Histogram:
