@@ -25,6 +25,7 @@ from trio_tlsecho._load._stats import ErrorKind, ExchangeIO, Recorder
 
 from .conftest import start_server
 from .processes import PY
+from .processes import run_cli as run_program_cli
 from .test_loadgen import parse_cli, run_cli
 from .test_stats import JSON_KEYS, PARAMETER_KEYS
 
@@ -62,16 +63,32 @@ def test_start_at_in_the_past_is_one_error(pki: Path) -> None:
         config_from_args(parse_cli(["--certs", str(pki), "--start-at", "2020-01-01T00:00:00Z"]))
 
 
-async def test_start_at_starts_at_that_wall_clock_time(server: Address, pki: Path, tmp_path: Path) -> None:
+async def test_start_at_starts_at_that_wall_clock_time(
+    server: Address, pki: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     start_at = time.time() + 1.0
     out = tmp_path / "run.json"
-    argv = ["--connect", str(server), "--certs", str(pki), "-c", "1", "--requests", "5", "-q"]
+    argv = ["--connect", str(server), "--certs", str(pki), "-c", "1", "--requests", "5"]
     assert (
         await trio.to_thread.run_sync(run_cli, [*argv, "--start-at", f"{start_at}", "--json", str(out)]) == 0
     )
     started = datetime.datetime.fromisoformat(json.loads(out.read_text())["parameters"]["start_time"])
     # Not before the time asked for (to the millisecond the start time is written in).
     assert started.timestamp() >= start_at - 0.001
+    when = datetime.datetime.fromtimestamp(start_at, datetime.UTC).isoformat(timespec="seconds")
+    assert f"trio-tlsecho loadgen: starting at {when}\n" in capsys.readouterr().err
+
+
+def test_a_refused_target_is_one_line_and_exit_1(pki: Path, refusing_port: int) -> None:
+    done = run_program_cli(
+        "loadgen", "--connect", f"127.0.0.1:{refusing_port}", "--certs", str(pki), "-c", "2"
+    )
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"trio-tlsecho: error: cannot connect to 127.0.0.1:{refusing_port}:"
+        " connection refused (is the server running?)\n"
+    )
+    assert done.stdout == ""  # no table of zeros
 
 
 # -- progress -----------------------------------------------------------------------

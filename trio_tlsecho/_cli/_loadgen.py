@@ -242,6 +242,8 @@ class ProgressDisplay:
 def _cmd_loadgen(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     display = None if args.quiet else ProgressDisplay(config.duration)
+    if args.start_at is not None and not args.quiet:
+        print(f"{PROG} loadgen: starting at {_wall(args.start_at)}", file=sys.stderr, flush=True)
     try:
         started, report, interrupted = trio.run(_run, config, display, args.start_at)
     finally:
