@@ -10,7 +10,6 @@ from ._config import SizeRange as SizeRange
 from ._results import RunResult as RunResult
 from ._results import merge_results as merge_results
 from ._results import parameters as parameters
-from ._results import rfc3339 as rfc3339
 from ._run import run_load as run_load
 from ._stats import LoadReport as LoadReport
 from ._stats import format_progress as format_progress
