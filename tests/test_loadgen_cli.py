@@ -44,8 +44,8 @@ def test_wrk2_short_flags_and_duration_units(pki: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["-d", "soon"], "argument -d/--duration: 'soon' is not a number of seconds (or 500ms, 30s, 2m)"),
-        (["-d", "0s"], "argument -d/--duration: must be a positive number of seconds (or 500ms, 30s, 2m)"),
+        (["-d", "soon"], "argument -d/--duration: 'soon' is not a number of seconds"),
+        (["-d", "0s"], "argument -d/--duration: must be a positive number of seconds"),
         (["--warmup", "5 parsecs"], "argument --warmup: '5 parsecs' is not a number of seconds"),
         (["--start-at", "tomorrow"], "argument --start-at: 'tomorrow' is not a time"),
     ],

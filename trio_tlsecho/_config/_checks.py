@@ -101,13 +101,14 @@ def _read_duration(value: object) -> object:
 
 
 def duration(value: object, name: str | None = None) -> float:
-    """Seconds, also as text with a unit: ``"500ms"``, ``"30s"``, ``"2m"``, ``"1h"``, ``"2.5"``."""
-    return _positive(_read_duration(value), name, "seconds (or 500ms, 30s, 2m)")
+    """:func:`seconds`, also as text with a unit: ``"500ms"``, ``"30s"``, ``"2m"``, ``"1h"``
+    (a bare number is seconds).  Its refusals are :func:`seconds`' word for word."""
+    return _positive(_read_duration(value), name, "seconds")
 
 
 def duration_or_zero(value: object, name: str | None = None) -> float:
-    """:func:`duration`, or zero (no warm-up)."""
-    return _positive(_read_duration(value), name, "seconds (or 500ms, 30s, 2m)", or_zero=True)
+    """:func:`duration`, or zero (no warm-up): :func:`seconds_or_zero` with units."""
+    return _positive(_read_duration(value), name, "seconds", or_zero=True)
 
 
 def round_trip_rate(value: object, name: str | None = None) -> float:
