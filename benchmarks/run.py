@@ -131,6 +131,12 @@ EFFICIENCY = {
 }
 #: How often the server's CPU time is sampled during a run.
 CPU_SAMPLE_INTERVAL = 0.05
+#: No efficiency from a window shorter than this (s), or in which the server used less
+#: CPU than this (s): /proc/PID/stat counts CPU in 10 ms clock ticks, so a few ticks
+#: more or less would swing the figure by a factor (a 1 s run once gave 1.3 million
+#: round trips per server CPU-second).
+MIN_EFFICIENCY_WINDOW = 1.0
+MIN_EFFICIENCY_CPU = 0.1
 
 
 # -- servers -------------------------------------------------------------------------
@@ -254,6 +260,17 @@ def own_cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def window_cpu(samples: list[tuple[float, float]], begin: float, end: float) -> float | None:
+    """The CPU seconds used in ``[begin, end]`` from *samples* (time, CPU seconds), or
+    ``None`` where the samples do not cover the window (nothing to interpolate between)
+    or the window is too short to measure (:data:`MIN_EFFICIENCY_WINDOW`)."""
+    if not samples or end - begin < MIN_EFFICIENCY_WINDOW:
+        return None
+    if begin < samples[0][0] or end > samples[-1][0]:
+        return None
+    return interpolate(samples, end) - interpolate(samples, begin)
+
+
 def interpolate(samples: list[tuple[float, float]], t: float) -> float:
     """The server CPU seconds at time *t*, linear between the samples around it."""
     before = [s for s in samples if s[0] <= t] or samples[:1]
@@ -265,9 +282,10 @@ def interpolate(samples: list[tuple[float, float]], t: float) -> float:
 async def load_with_server_cpu(server: Server, config: LoadConfig) -> tuple[LoadReport, float | None]:
     """Run *config* and return its report and the server's CPU seconds in the measured window.
 
-    The window is ``[t0 + warmup, t0 + warmup + duration)`` where ``t0`` is when the
-    clients were all connected; the loadgen's progress callback says ``now - t0``.
-    ``None`` if the run ended before the first progress call.
+    The loadgen's progress callback says ``now - start`` where ``start`` is when the
+    measured window opened (after the warm-up); the window lasts ``report.seconds``.
+    ``None`` if the run ended before the first progress call, or the window is too
+    short to measure (:func:`window_cpu`).
     """
     samples: list[tuple[float, float]] = []
     starts: list[float] = []
@@ -285,11 +303,12 @@ async def load_with_server_cpu(server: Server, config: LoadConfig) -> tuple[Load
         report = await run_load(config, progress=progress)
         samples.append((trio.current_time(), server.cpu_seconds()))
         nursery.cancel_scope.cancel()
-    if not starts or not report.seconds:
+    if not starts:
         return report, None
-    begin = starts[0] + config.warmup
-    end = begin + report.seconds
-    return report, interpolate(samples, end) - interpolate(samples, begin)
+    # (Adding the warm-up here again placed the window after the run: the server's CPU
+    # in it was next to nothing, and the efficiency absurd.)
+    begin = starts[0]
+    return report, window_cpu(samples, begin, begin + report.seconds)
 
 
 class RunCost:
@@ -325,15 +344,16 @@ def workload_result(
     value: float,
     per_second: float,
     seconds: float,
-    window_cpu: float | None,
+    cpu_in_window: float | None,
     shares: dict[str, float],
     report: dict[str, Any],
 ) -> dict[str, Any]:
     """One run's row: its *value* for the table, and *per_second* (round trips or MB)
     over the *seconds* measured against the server's CPU seconds in that window."""
     efficiency = None
-    if window_cpu is not None and window_cpu > 0:
-        efficiency = round(per_second * seconds / window_cpu, 1)
+    cpu = cpu_in_window
+    if cpu is not None and cpu >= MIN_EFFICIENCY_CPU and seconds >= MIN_EFFICIENCY_WINDOW:
+        efficiency = round(per_second * seconds / cpu, 1)
     return {
         "server": server.name,
         "workload": workload.name,
@@ -342,7 +362,7 @@ def workload_result(
         "efficiency": efficiency,
         # Busy fraction of one CPU in the measured window: near 1.0 means the server was
         # the bottleneck.
-        "server_cpu_window": round(window_cpu / seconds, 3) if window_cpu and seconds else None,
+        "server_cpu_window": round(cpu / seconds, 3) if cpu and seconds else None,
         **shares,
         "report": report,
     }
@@ -374,7 +394,7 @@ def run_workload(
         **workload.config,
     )
     cost = RunCost(server)
-    report, window_cpu = trio.run(load_with_server_cpu, server, config)
+    report, cpu = trio.run(load_with_server_cpu, server, config)
     shares = cost.shares(time.monotonic())
     summary = report.to_json()
     value = {
@@ -388,7 +408,7 @@ def run_workload(
     done = summary["mb_per_sec"] if workload.name == "b" else summary["round_trips_per_sec"]
     return {
         **workload_result(
-            server, workload, rate, value[workload.name], done, report.seconds, window_cpu, shares, summary
+            server, workload, rate, value[workload.name], done, report.seconds, cpu, shares, summary
         ),
         "_report": report,
     }
@@ -526,10 +546,10 @@ def run_c_workload(
         ) from None
     seconds = summary["seconds"]
     # The window ends when tlsload stops measuring, just before it exits.
-    window_cpu = interpolate(samples, end) - interpolate(samples, end - seconds) if seconds else None
+    used = window_cpu(samples, end - seconds, end)
     done = summary["mb_per_sec"] if workload.name == "b*" else summary["round_trips_per_sec"]
     value = summary["latency_us"]["p99"] if workload.name == "e*" else done
-    return workload_result(server, workload, rate, value, done, seconds, window_cpu, shares, summary)
+    return workload_result(server, workload, rate, value, done, seconds, used, shares, summary)
 
 
 def median(runs: list[dict[str, Any]], server: str, workload: str, key: str = "value") -> float | None:
@@ -602,25 +622,77 @@ def table_rows(medians: dict[str, dict[str, Any]], efficiency: dict[str, dict[st
     return rows
 
 
-def plot(percentiles: dict[str, dict[str, int]], path: Path, title: str) -> None:
+#: The C load generator's percentiles, as HdrHistogram's x axis places them.
+_C_PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
+
+
+def capacity_bars(medians: dict[str, dict[str, Any]]) -> tuple[str, dict[str, float]]:
+    """The left panel: what each server does on one core, (a*) (the C load generator
+    saturates the server), or (a) when there is no (a*) (then the Python load generator
+    saturates first: the title says so)."""
+    if any(medians.get("a*", {}).values()):
+        title = "(a*) capacity on one core: 64 clients, 1-100 B, C loadgen"
+        return title, {s: v for s, v in medians["a*"].items() if v is not None}
+    title = "(a) 64 clients, 1-100 B (Python loadgen: load-generator-bound)"
+    return title, {s: v for s, v in medians.get("a", {}).items() if v is not None}
+
+
+def latency_lines(
+    runs: list[dict[str, Any]], rate: float | None, c_rate: float | None
+) -> tuple[str, dict[str, dict[float, float]]]:
+    """The right panel: latency by percentile at one open-loop rate for every server,
+    (e*) (median of the C load generator's percentiles over the runs) or else (e) (the
+    exact merge of our load generator's histograms); µs."""
+    lines: dict[str, dict[float, float]] = {}
+    if c_rate:
+        for server in SERVERS:
+            reports = [
+                r["report"]["latency_us"] for r in runs if r["server"] == server and r["workload"] == "e*"
+            ]
+            if reports:
+                lines[server] = {
+                    p: statistics.median(rep[key] for rep in reports) for key, p in _C_PERCENTILES.items()
+                }
+        return f"(e*) open loop at {c_rate:,.0f} round trips/s, C loadgen: latency", lines
+    if rate:
+        for server in SERVERS:
+            reports = [r["_report"] for r in runs if r["server"] == server and r["workload"] == "e"]
+            if reports:
+                values = merge(reports).latency_histogram().percentiles(PLOT_PERCENTILES)
+                lines[server] = {p: float(v) for p, v in values.items() if p < 100.0}
+        return f"(e) open loop at {rate:,.0f} round trips/s: latency", lines
+    return "no open-loop run", lines
+
+
+def plot(capacity: tuple[str, dict[str, float]], latency: tuple[str, dict[str, dict[float, float]]],
+         path: Path, title: str) -> None:  # fmt: skip
     import matplotlib  # the bench extra only; never a runtime dependency
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for server, values in percentiles.items():
-        points = [(float(p), v) for p, v in values.items() if float(p) < 100.0]
-        xs = [1 / (1 - p / 100) for p, _ in points]
-        ax.plot(xs, [v / 1000 for _, v in points], marker="o", label=LABELS[server])
-    ticks = [0.0, 90.0, 99.0, 99.9, 99.99, 99.999]
-    ax.set_xscale("log")
-    ax.set_xticks([1 / (1 - p / 100) for p in ticks], [f"{p:g}%" for p in ticks])
-    ax.set_xlabel("percentile")
-    ax.set_ylabel("round-trip latency (ms)")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    bar_title, bars = capacity
+    names = list(bars)
+    drawn = left.bar([LABELS[n] for n in names], [bars[n] for n in names], color="tab:blue")
+    left.bar_label(drawn, labels=[f"{bars[n]:,.0f}" for n in names])
+    left.set_ylabel("round trips/s")
+    left.set_title(bar_title, fontsize=10)
+    left.tick_params(axis="x", labelrotation=15)
+    line_title, lines = latency
+    for server, values in lines.items():
+        xs = [1 / (1 - p / 100) for p in values]
+        right.plot(xs, [v / 1000 for v in values.values()], marker="o", label=LABELS[server])
+    ticks = [50.0, 90.0, 99.0, 99.9, 99.99, 99.999]
+    right.set_xscale("log")
+    right.set_xticks([1 / (1 - p / 100) for p in ticks], [f"{p:g}%" for p in ticks])
+    right.set_xlabel("percentile")
+    right.set_ylabel("round-trip latency (ms), from the intended send time")
+    right.set_title(line_title, fontsize=10)
+    right.grid(True, which="both", alpha=0.3)
+    if lines:
+        right.legend()
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -686,7 +758,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip (a*), (b*), (d*) and (e*), the C load generator's runs",
     )
+    parser.add_argument(
+        "--replot",
+        metavar="RESULT.json",
+        type=Path,
+        help="only draw the PNG of an earlier run's results/<date>.json (next to it), and exit",
+    )
     args = parser.parse_args(argv)
+    if args.replot is not None:
+        return replot(args.replot)
     if args.repeat < 1 or args.duration <= 0 or args.workers < 1 or args.idle_connections < 1:
         parser.error("--repeat, --duration, --workers and --idle-connections must be positive")
 
@@ -833,8 +913,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {json_path}")
     if not args.no_plot:
         png = json_path.with_suffix(".png")
-        plot(percentiles, png, f"(a) 64 clients, 1-100 B, closed loop: latency by percentile ({today})")
+        title = f"Server capacity, and latency at the same rate ({today}, {os.cpu_count()} CPUs)"
+        plot(capacity_bars(medians), latency_lines(runs, rate, c_rate), png, title)
         print(f"wrote {png}")
+    return 0
+
+
+def replot(path: Path) -> int:
+    """Draw *path*'s PNG from what it holds (the open-loop fallback, (e), needs the
+    histograms of a live run: a file without (e*) gets its capacity panel only)."""
+    result = json.loads(path.read_text())
+    settings = result["settings"]
+    latency = latency_lines(result["runs"], None, settings.get("open_loop_rate_c_loadgen"))
+    png = path.with_suffix(".png")
+    day = result["date"][:10]
+    plot(
+        capacity_bars(result["medians"]),
+        latency,
+        png,
+        f"Server capacity, and latency at the same rate ({day})",
+    )
+    print(f"wrote {png}")
     return 0
 
 

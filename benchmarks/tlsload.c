@@ -112,6 +112,30 @@ static int64_t armed_ns = INT64_MAX;
 static int64_t hold;
 static struct client stdin_tag;
 
+static const char usage[] =
+    "usage: tlsload --connect HOST:PORT --ca FILE --cert FILE --key FILE\n"
+    "               [--servername NAME] [--clients N] [--size N | --size MIN-MAX]\n"
+    "               [--duration SECONDS] [--warmup SECONDS] [--seed N] [--timeout SECONDS]\n"
+    "               [--rate R | --hold SECONDS]\n"
+    "\n"
+    "A mutual-TLS echo load generator (epoll + OpenSSL): N clients echo messages of --size\n"
+    "bytes, every echoed byte compared; one JSON line of results goes to stdout.\n"
+    "\n"
+    "  --connect HOST:PORT   the echo server ([ADDR]:PORT for IPv6)\n"
+    "  --ca, --cert, --key   the CA that signed the server, and the client's certificate and key\n"
+    "  --servername NAME     name to verify the server's certificate against (default: localhost)\n"
+    "  --clients N           concurrent connections (default: 64)\n"
+    "  --size N | MIN-MAX    message size in bytes, fixed or uniform (default: 1-100)\n"
+    "  --duration SECONDS    measured time after the warm-up (default: 4)\n"
+    "  --warmup SECONDS      unmeasured time after the handshakes (default: 1)\n"
+    "  --seed N              seed of the message sizes and contents\n"
+    "  --timeout SECONDS     for a handshake or an echo (default: 10)\n"
+    "  --rate R              open loop: R round trips/s in total, latency from the intended\n"
+    "                        send time (default: closed loop)\n"
+    "  --hold SECONDS        connect, echo once, then hold every connection idle (prints\n"
+    "                        {\"held\": N} once all are held) until SECONDS pass or stdin ends\n"
+    "  --help                this text\n";
+
 static void usage_error(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -537,13 +561,18 @@ int main(int argc, char **argv) {
     static const char *const flags[] = {"--connect", "--ca", "--cert", "--key", "--servername", "--clients",
                                         "--size", "--duration", "--warmup", "--seed", "--timeout", "--rate",
                                         "--hold"};
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(usage, stdout);
+            return 0;
+        }
     for (int i = 1; i < argc; i += 2) {
         const char *flag = argv[i], *value = argv[i + 1]; /* argv[argc] is NULL */
         int f = 0, nflags = (int)(sizeof flags / sizeof *flags);
         while (f < nflags && strcmp(flag, flags[f]) != 0)
             f++;
         if (f == nflags)
-            usage_error("unknown flag '%s'", flag);
+            usage_error("unknown flag '%s' (see --help)", flag);
         if (value == NULL)
             usage_error("%s needs a value", flag);
         switch (f) {

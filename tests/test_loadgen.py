@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import errno
 import io
 import itertools
 import json
 import math
+import re
 import socket
 import ssl
 from pathlib import Path
@@ -16,7 +18,9 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped, unused-ignore]
 
+import trio_tlsecho
 from trio_tlsecho import (
     Address,
     ClientConfig,
@@ -29,10 +33,11 @@ from trio_tlsecho import (
     echo,
 )
 from trio_tlsecho._cli import build_parser
-from trio_tlsecho._cli._loadgen import config_from_args, describe, verdict
+from trio_tlsecho._cli._loadgen import config_from_args
+from trio_tlsecho._cli._results import describe, verdict
 from trio_tlsecho._load import _client as load_client
 from trio_tlsecho._load import _workers as load_workers
-from trio_tlsecho._load import run_load
+from trio_tlsecho._load import parameters, run_load
 from trio_tlsecho._load._client import Share
 from trio_tlsecho._load._config import (
     LoadConfig,
@@ -250,7 +255,8 @@ def test_verdict() -> None:
 
 def test_describe(client_config: ClientConfig) -> None:
     config = load_config(Address("127.0.0.1", 1), client_config, rate=50.0, workers=2, requests=9)
-    assert describe(config) == (
+    params = parameters(config, version="0", started=datetime.datetime.now(datetime.UTC))
+    assert describe(params) == (
         "loadgen 127.0.0.1:1: 64 clients, 1-100 bytes, open loop at 50 round trips/s,"
         " persistent connections, 9 requests, 2 workers"
     )
@@ -311,7 +317,8 @@ async def test_large_messages_take_several_reads(server: Address, client_config:
 
 async def test_duration_is_the_measured_window(server: Address, client_config: ClientConfig) -> None:
     report = await run_load(load_config(server, client_config, clients=8, duration=0.5))
-    assert report.seconds == pytest.approx(0.5)
+    # The duration bounds the whole run: the window is what is left after connecting.
+    assert 0 < report.seconds <= 0.5
     assert report.round_trips > 0
     assert report.bytes_sent == report.bytes_received
     assert report.error_count == report.mismatches == 0
@@ -366,8 +373,10 @@ async def test_open_loop_window_is_the_whole_duration(server: Address, client_co
     # Sends are due at 0, 0.125, 0.25 and 0.375 s, none at or after 0.5 s: the client
     # is done early, but the window (and so the rate) is the duration asked for.
     report = await run_load(load_config(server, client_config, clients=1, rate=8.0, duration=0.5))
-    assert report.seconds == pytest.approx(0.5)
-    assert report.round_trips_per_sec == pytest.approx(report.round_trips / 0.5)
+    # The window ends with the run, not with the client's last echo (connecting
+    # took some of the 0.5 s, one handshake: less than the 0.125 s between sends).
+    assert 0.5 - 0.125 < report.seconds <= 0.5
+    assert report.round_trips_per_sec == pytest.approx(report.round_trips / report.seconds)
 
 
 async def test_open_loop_sends_at_the_rate_asked(server: Address, client_config: ClientConfig) -> None:
@@ -455,21 +464,33 @@ async def test_a_worker_that_stopped_reading_is_a_dead_worker(
         await run_load(config)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(("workers", "per_request"), [(1, False), (2, False), (2, True)])
 async def test_progress_is_reported_over_the_measured_window(
-    server: Address, client_config: ClientConfig, workers: int
+    server: Address, client_config: ClientConfig, workers: int, per_request: bool
 ) -> None:
     seen: list[Progress] = []
-    config = load_config(server, client_config, clients=2, warmup=1.5, duration=2.5, workers=workers)
+    # A new connection per request: no barrier, and still a warm-up first.
+    config = load_config(
+        server,
+        client_config,
+        clients=2,
+        warmup=1.5,
+        # Starting worker processes is part of the run (seconds on a busy machine).
+        duration=3.5 if workers == 1 else 5.0,
+        workers=workers,
+        new_connection_per_request=per_request,
+    )
     await run_load(config, progress=seen.append)
     # One report a second: the first inside the warm-up (before the window, nothing
-    # counted), the next ones inside the window, whose time they give.  (With workers,
-    # a report carries the workers' counts of up to a second before.)
+    # counted), the next ones inside the window, whose time they give.  (The duration
+    # bounds the whole run: starting worker processes takes some of it.)  With workers,
+    # a report is the sum of every worker's report of that second.
     assert len(seen) >= 3
     assert seen[0].elapsed < 0
     assert seen[0].round_trips == 0
-    assert 0 < seen[1].elapsed < seen[2].elapsed <= 2.5
-    assert seen[-1].round_trips > 0
+    assert config.duration is not None
+    assert 0 < seen[1].elapsed < seen[2].elapsed <= config.duration
+    assert 0 < seen[1].round_trips < seen[2].round_trips
 
 
 async def test_rejected_certificate_is_counted_by_kind(server: Address, pki: Path, other_pki: Path) -> None:
@@ -491,11 +512,68 @@ async def test_untrusted_server_is_tls_rejected(server: Address, pki: Path, othe
     assert report.errors == dict.fromkeys(ERROR_KINDS, 0) | {"tls_rejected": 4}
 
 
-async def test_refused(client_config: ClientConfig, refusing_port: int) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_refusing_target_is_one_error_at_once(
+    client_config: ClientConfig, refusing_port: int, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    attempts = 0
+    open_connection = ClientConnection.open
+
+    async def counted(*args: object) -> ClientConnection:
+        nonlocal attempts
+        attempts += 1
+        return await open_connection(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ClientConnection, "open", counted)
     address = Address("127.0.0.1", refusing_port)
-    report = await run_load(load_config(address, client_config, clients=1, requests=3))
-    assert report.errors["refused"] == 4
-    assert report.round_trips == 0
+    config = load_config(address, client_config, clients=4, duration=30.0, workers=workers)
+    with pytest.raises(
+        ClientError, match=rf"^cannot connect to {address}: connection refused \(is the server running\?\)$"
+    ):
+        await run_load(config)
+    # No retrying while nobody is connected: one attempt per client at most (counted
+    # here in one process; workers make theirs in their own).
+    assert attempts <= (4 if workers == 1 else 0)
+
+
+async def test_connection_errors_back_off_while_the_server_answers_others(
+    server: Address, client_config: ClientConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A new connection per request; client 1 is refused after its first connection,
+    # while client 0 goes on connecting, so the run goes on, and client 1 retries with a
+    # back-off doubling from 10 ms (not thousands of times).
+    refused = 0
+    open_connection = ClientConnection.open
+    seen: set[str] = set()
+
+    async def refuse_client_1(target: Target, *args: object) -> ClientConnection:
+        nonlocal refused
+        name = trio.lowlevel.current_task().name
+        if name == "loadgen client 1" and name in seen:
+            refused += 1
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+        seen.add(name)
+        return await open_connection(target, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ClientConnection, "open", refuse_client_1)
+    config = load_config(server, client_config, clients=2, duration=1.0, new_connection_per_request=True)
+    report = await run_load(config)
+    assert report.round_trips > 0
+    # 10 + 20 + 40 + ... ms: at most 7 fit in a second.
+    assert 2 <= refused <= 8
+    assert report.errors["refused"] == refused
+
+
+async def test_duration_bounds_the_whole_run_connecting_included(
+    nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    # One connection at a time: the second client's handshake never gets an answer.
+    [address] = await start_server(nursery, server_config, max_connections=1)
+    config = load_config(address, client_config, clients=2, duration=1.0, timeout=60.0)
+    with trio.fail_after(30):  # not the 60 s timeout: the run ends with its duration
+        report = await run_load(config)
+    assert report.round_trips > 0
+    assert report.errors == dict.fromkeys(ERROR_KINDS, 0) | {"timeout": 1}
 
 
 @pytest.mark.parametrize(
@@ -605,9 +683,41 @@ async def test_cli_json_has_every_key(server: Address, pki: Path, tmp_path: Path
     argv = ["--connect", str(server), "--certs", str(pki), "--clients", "3", "--requests", "30"]
     assert await trio.to_thread.run_sync(run_cli, [*argv, "--size", "100", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert_documented_keys(data)
+    assert_documented_keys(data, document=True)
     assert (data["handshakes"], data["handshakes_resumed"]) == (3, 0)
     assert (data["clients"], data["round_trips"], data["bytes_sent"]) == (3, 30, 3000)
+    params = data["parameters"]
+    assert params | {"start_time": None, "version": None} == {
+        "target": str(server),
+        "server_name": None,
+        "mode": "closed",
+        "clients": 3,
+        "workers": 1,
+        "sizes": {"low": 100, "high": 100},
+        "rate": None,
+        "duration": None,
+        "requests": 30,
+        "warmup": 0.0,
+        "ramp": 0.0,
+        "timeout": 10.0,
+        "new_connection_per_request": False,
+        "resume": False,
+        "proxy_protocol": None,
+        "version": None,
+        "start_time": None,
+        "runs": 1,
+    }
+    assert params["version"] == trio_tlsecho.__version__
+    # RFC 3339 in UTC, and when the run started.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", params["start_time"])
+    started = datetime.datetime.fromisoformat(params["start_time"])
+    assert abs((datetime.datetime.now(datetime.UTC) - started).total_seconds()) < 600
+    # The histograms are HdrHistogram's standard encoding: any HdrHistogram library reads them.
+    latency = HdrHistogram.decode(data["histograms"]["latency_us"])
+    assert latency.get_total_count() == 30
+    assert latency.get_max_value() == pytest.approx(data["latency_us"]["max"], rel=1e-3)
+    assert HdrHistogram.decode(data["histograms"]["handshake_us"]).get_total_count() == 3
+    assert HdrHistogram.decode(data["histograms"]["latency_uncorrected_us"]).get_total_count() == 30
 
 
 @pytest.mark.parametrize("version", [1, 2])

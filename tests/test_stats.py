@@ -36,19 +36,50 @@ JSON_KEYS = {
     "errors",
     "mismatches",
     "latency_us",
+    "latency_uncorrected_us",
     "handshakes",
     "handshakes_resumed",
     "handshake_us",
 }
 
 
-def assert_documented_keys(data: dict[str, Any]) -> None:
-    """*data* (a :meth:`LoadReport.to_json`, or what ``loadgen --json`` wrote) has every
-    documented key and no other, nested ones included."""
+#: The keys of its ``parameters`` object.
+PARAMETER_KEYS = {
+    "target",
+    "server_name",
+    "mode",
+    "clients",
+    "workers",
+    "sizes",
+    "rate",
+    "duration",
+    "requests",
+    "warmup",
+    "ramp",
+    "timeout",
+    "new_connection_per_request",
+    "resume",
+    "proxy_protocol",
+    "version",
+    "start_time",
+    "runs",
+}
+_SPREAD = {"min", "max", "mean", "stdev"}
+
+
+def assert_documented_keys(data: dict[str, Any], *, document: bool = False) -> None:
+    """*data* (a :meth:`LoadReport.to_json`, or with *document* what ``loadgen --json``
+    wrote) has every documented key and no other, nested ones included."""
+    if document:
+        assert set(data) == JSON_KEYS | {"parameters", "histograms"}
+        assert set(data["parameters"]) == PARAMETER_KEYS
+        assert set(data["histograms"]) == {"latency_us", "latency_uncorrected_us", "handshake_us"}
+        data = {key: value for key, value in data.items() if key in JSON_KEYS}
     assert set(data) == JSON_KEYS
     assert set(data["errors"]) == set(ERROR_KINDS)
-    assert set(data["latency_us"]) == {"p50", "p90", "p99", "p999", "max"}
-    assert set(data["handshake_us"]) == {"p50", "p90", "p99", "max"}
+    assert set(data["latency_us"]) == {"p50", "p90", "p99", "p999"} | _SPREAD
+    assert set(data["latency_uncorrected_us"]) == {"p50", "p90", "p99", "p999"} | _SPREAD
+    assert set(data["handshake_us"]) == {"p50", "p90", "p99"} | _SPREAD
 
 
 def test_histogram_percentiles_within_three_significant_digits() -> None:
@@ -197,16 +228,52 @@ def test_format_report_shows_rates_percentiles_and_errors() -> None:
     assert "3.0/s" in text
     assert "p50 200" in text
     assert "refused 1" in text
+    assert "uncorrected" not in text
+    assert "Percentile" not in text
+    rec.handshake_done(5000)
+    text = format_report(rec.report(clients=4, seconds=1.0))
+    assert "handshake (µs)     p50 5,003  p90 5,003  p99 5,003  max 5,003  (1 handshakes" in text
+
+
+def test_open_loop_records_and_reports_uncorrected_latency_beside_corrected() -> None:
+    rec = Recorder(uncorrected=Histogram())
+    # Sent 900 µs late (queued behind a slow one): 1000 µs from the intended time.
+    rec.exchange(ExchangeIO(5, sent=5, received=5), 1000, 100)
+    report = rec.report(clients=1, seconds=1.0)
+    assert (report.latency_histogram().max, report.uncorrected_histogram().max) == (1000, 100)
+    text = format_report(report, open_loop=True)
+    assert "latency (µs)       p50 1,000" in text
+    assert "uncorrected (µs)   p50 100" in text
+    # A closed loop's uncorrected latency is its latency: one measurement.
+    closed = Recorder()
+    closed.exchange(ExchangeIO(5, sent=5, received=5), 1000, 0)
+    assert closed.report(clients=1, seconds=1.0).uncorrected_histogram().max == 1000
+
+
+def test_latency_adds_the_percentile_spectrum_mean_and_stdev() -> None:
+    rec = Recorder()
+    for v in (100, 200, 300, 400):
+        rec.round_trip(v)
+    report = rec.report(clients=1, seconds=1.0)
+    text = format_report(report, latency=True)
+    assert "mean 250.0  stdev 111.8" in text
+    spectrum = text.split("Latency distribution (from the send; ms)\n")[1]
+    assert spectrum.splitlines()[0].split() == ["Value", "Percentile", "TotalCount", "1/(1-Percentile)"]
+    # The .hgrm footer, in ms like the values (hdrh alone leaves the stdev in µs).
+    assert "#[Mean    =        0.250, StdDeviation   =        0.112]" in spectrum
+    assert "#[Max     =        0.400, TotalCount     =        4.000]" in spectrum
+    with_open_loop = format_report(report, latency=True, open_loop=True)
+    assert "Uncorrected latency distribution (from the actual send; ms)" in with_open_loop
 
 
 def test_format_progress() -> None:
-    line = format_progress(elapsed=2.0, round_trips=1000, errors=3, mismatches=0)
-    assert "500/s" in line
-    assert "errors 3" in line
-    assert "MISMATCH" not in line
-    assert "MISMATCHES 2" in format_progress(elapsed=1.0, round_trips=1, errors=0, mismatches=2)
+    line = format_progress(elapsed=2.0, total=10.0, round_trips=1000, rate=500.0, errors=3, mismatches=0)
+    assert line == "  2.0s/10s  1,000 round trips  500/s  errors 3"
+    assert "MISMATCHES 2" in format_progress(
+        elapsed=1.0, total=None, round_trips=1, rate=1.0, errors=0, mismatches=2
+    )
     # During the warm-up nothing is counted yet: no rate to show.
-    assert format_progress(elapsed=-0.5, round_trips=0, errors=1, mismatches=0) == (
+    assert format_progress(elapsed=-0.5, total=5.0, round_trips=0, rate=0.0, errors=1, mismatches=0) == (
         "warming up, 0.5s to go  errors 1"
     )
 
@@ -221,3 +288,30 @@ def test_every_counter_survives_pickling_and_adds_up_in_a_merge() -> None:
     assert pickle.loads(pickle.dumps(report)) == report
     merged = merge([report, report])
     assert [getattr(merged, name) for name in COUNTERS] == [2 * i for i in range(1, len(COUNTERS) + 1)]
+
+
+def test_mean_and_stdev_are_hdrhistograms_own() -> None:
+    rng = random.Random(7)
+    hist = Histogram()
+    for _ in range(5000):
+        hist.record(int(rng.lognormvariate(7, 1)))
+    # As the HdrHistogram library computes them (each value at the middle of its bucket),
+    # without its slow walk over every bucket.
+    assert hist.mean == pytest.approx(hist.hdr.get_mean_value(), rel=1e-12)
+    assert hist.stdev == pytest.approx(hist.hdr.get_stddev(), rel=1e-9)
+    assert (Histogram().mean, Histogram().stdev) == (0.0, 0.0)
+
+
+def test_values_counted_before_recording_are_all_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trio_tlsecho._load import _stats
+
+    monkeypatch.setattr(_stats, "_PENDING_MAX", 3)  # a flush while recording, too
+    hist = Histogram()
+    for v in (5, 5, 7, 0, HIGHEST_US * 2, 9, 5):
+        hist.record(v)
+    direct = Histogram()
+    for v in (5, 5, 7, 1, HIGHEST_US, 9, 5):  # as clamped
+        direct.hdr.record_value(v)
+    assert hist.count == 7
+    assert hist.encode() == direct.encode()
+    assert Histogram.decode(hist.encode()).percentiles([50.0]) == {50.0: 5}

@@ -319,3 +319,15 @@ async def test_bad_command_line_is_one_line(
     assert err.startswith("tlsload: error: ")
     assert message in err
     assert err.count("\n") == 1
+
+
+async def test_help_says_how_to_use_it(tlsload: Path) -> None:
+    done = await trio.run_process([str(tlsload), "--help"], capture_stdout=True, capture_stderr=True)
+    out = done.stdout.decode()
+    assert out.startswith("usage: tlsload --connect HOST:PORT --ca FILE --cert FILE --key FILE\n")
+    # Every flag it takes is explained.
+    for flag in ("--servername", "--clients", "--size", "--duration", "--warmup", "--seed", "--timeout"):
+        assert f"\n  {flag}" in out
+    assert "--rate R" in out
+    assert "--hold SECONDS" in out
+    assert done.stderr == b""

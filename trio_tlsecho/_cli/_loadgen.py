@@ -3,31 +3,38 @@
 Kept apart from :mod:`._main` because it is the one command with a dozen flags of
 its own; the flags every client takes (address, certificates, timeout) and the value
 types come from :mod:`._common`, and :class:`LoadConfig` checks how the flags fit together.
+What is printed (the table, ``--latency``, ``--json``) is :mod:`._results`'s, which
+``report`` shares.  Short flags and duration units are wrk2's (``-c 64 -d 30s -R 5000``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import datetime
+import signal
 import sys
-from functools import partial
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, TextIO
 
+import attrs
 import trio
 
-from .._config import from_text, round_trip_rate
+from .._config import duration, duration_or_zero, from_text, round_trip_rate
 from .._exceptions import ConfigError
 from .._load import (
     DEFAULT_DURATION,
     LoadConfig,
     LoadReport,
     Progress,
+    RunResult,
     SizeRange,
     format_progress,
-    format_report,
+    parameters,
     run_load,
 )
+from .._version import __version__
 from ._common import (
     PROG,
     add_client_flags,
@@ -37,18 +44,39 @@ from ._common import (
     describe_command,
     flag_type,
     given,
-    seconds_arg,
-    seconds_or_zero_arg,
 )
+from ._results import add_output_flags, check_output_flags, show
 
 if TYPE_CHECKING:
     from ._common import SubParsers
 
 DEFAULT_CLIENTS = 64
 DEFAULT_SIZES = "1-100"
+#: When stderr is not a terminal (a CI log), one progress line this often.
+LOG_PROGRESS_EVERY = 5
 
 _sizes = flag_type(SizeRange.parse)
 _rate = flag_type(from_text(round_trip_rate, float))
+_duration = flag_type(from_text(duration, str))
+_duration_or_zero = flag_type(from_text(duration_or_zero, str))
+
+
+def _start_time(text: str) -> float:
+    """``--start-at``: RFC 3339 / ISO 8601 (no zone: local time) or a Unix timestamp."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"{text!r} is not a time: give RFC 3339 (2026-12-03T12:00:00Z) or a Unix timestamp"
+        ) from None
+    return when.timestamp()
+
+
+_start_at = flag_type(_start_time)
 
 
 def add_loadgen_parser(subparsers: SubParsers) -> None:
@@ -70,6 +98,7 @@ def add_loadgen_parser(subparsers: SubParsers) -> None:
         p, timeout=10.0, timeout_help="for one exchange, connecting included (default: %(default)g)"
     )
     p.add_argument(
+        "-c",
         "--clients",
         metavar="N",
         type=count_arg,
@@ -79,10 +108,12 @@ def add_loadgen_parser(subparsers: SubParsers) -> None:
     # LoadConfig refuses both as well; the group is for the usage line, which shows the choice.
     until = p.add_mutually_exclusive_group()
     until.add_argument(
+        "-d",
         "--duration",
-        metavar="SECONDS",
-        type=seconds_arg,
-        help=f"measure for this long (default: {DEFAULT_DURATION:g})",
+        metavar="TIME",
+        type=_duration,
+        help="run this long, connecting included (after --warmup): seconds or 500ms, 30s, 2m"
+        f" (default: {DEFAULT_DURATION:g}s)",
     )
     until.add_argument("--requests", metavar="N", type=count_arg, help="measure this many exchanges in total")
     p.add_argument(
@@ -93,6 +124,7 @@ def add_loadgen_parser(subparsers: SubParsers) -> None:
         help=f"message size: LOW-HIGH (uniform) or fixed, e.g. 65536 or 256k (default: {DEFAULT_SIZES})",
     )
     p.add_argument(
+        "-R",
         "--rate",
         metavar="R",
         type=_rate,
@@ -106,15 +138,15 @@ def add_loadgen_parser(subparsers: SubParsers) -> None:
     )
     p.add_argument(
         "--warmup",
-        metavar="SECONDS",
-        type=seconds_or_zero_arg,
+        metavar="TIME",
+        type=_duration_or_zero,
         default=0.0,
         help="run this long before measuring (default: 0)",
     )
     p.add_argument(
         "--ramp",
-        metavar="SECONDS",
-        type=seconds_or_zero_arg,
+        metavar="TIME",
+        type=_duration_or_zero,
         default=0.0,
         help="start the clients evenly over this time instead of together (default: 0)",
     )
@@ -125,7 +157,15 @@ def add_loadgen_parser(subparsers: SubParsers) -> None:
         default=1,
         help="processes to share the clients, each with its own event loop (default: 1)",
     )
-    p.add_argument("--json", metavar="FILE", type=Path, help="also write the summary as JSON to FILE")
+    p.add_argument(
+        "--start-at",
+        metavar="TIME",
+        type=_start_at,
+        help="start at this wall-clock time (RFC 3339 or Unix time): loaders on several"
+        " machines start together; merge their --json with 'report'",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress line (by default on stderr)")
+    add_output_flags(p)
     p.add_argument(
         "--resume",
         action="store_true",
@@ -143,8 +183,9 @@ def add_loadgen_parser(subparsers: SubParsers) -> None:
 def config_from_args(args: argparse.Namespace) -> LoadConfig:
     """The :class:`LoadConfig` the parsed flags describe (``ConfigError`` if they do not fit)."""
     client = client_config(args)
-    if args.json is not None and not args.json.parent.is_dir():
-        raise ConfigError(f"cannot write --json {args.json}: no directory {args.json.parent}")
+    check_output_flags(args)
+    if args.start_at is not None and args.start_at <= time.time():
+        raise ConfigError(f"--start-at is in the past ({_wall(args.start_at)})")
     return LoadConfig(
         address=args.connect,
         requests=args.requests,
@@ -164,72 +205,98 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
     )
 
 
-def describe(config: LoadConfig) -> str:
-    """One line saying what was run."""
-    loop = f"open loop at {config.rate:g} round trips/s" if config.rate else "closed loop"
-    what = "new connection per request" if config.new_connection_per_request else "persistent connections"
-    until = f"{config.requests:,} requests" if config.requests is not None else f"{config.duration:g}s"
-    workers = f", {config.workers} workers" if config.workers > 1 else ""
-    return (
-        f"loadgen {config.address}: {config.clients} clients, {config.sizes} bytes, {loop},"
-        f" {what}, {until}{workers}"
-    )
+def _wall(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds")
 
 
-class _ProgressLine:
-    """Rewrites one terminal line in place."""
+@attrs.define
+class ProgressDisplay:
+    """Progress on stderr: a line rewritten in place on a terminal, a plain line every
+    :data:`LOG_PROGRESS_EVERY` reports (seconds) otherwise; the rate is over the last report."""
 
-    def __init__(self) -> None:
-        self.width = 0
+    total: float | None
+    stream: TextIO = attrs.field(factory=lambda: sys.stderr)
+    tty: bool = attrs.field(default=attrs.Factory(lambda self: self.stream.isatty(), takes_self=True))
+    width: int = 0
+    calls: int = 0
+    previous: Progress = attrs.Factory(lambda: Progress(0.0, 0, 0, 0))
 
     def __call__(self, progress: Progress) -> None:
+        prev, self.previous = self.previous, progress
+        self.calls += 1
+        span = progress.elapsed - max(prev.elapsed, 0.0)
+        rate = (progress.round_trips - prev.round_trips) / span if span > 0 else 0.0
         line = format_progress(
             elapsed=progress.elapsed,
+            total=self.total,
             round_trips=progress.round_trips,
+            rate=rate,
             errors=progress.errors,
             mismatches=progress.mismatches,
         )
-        sys.stdout.write("\r" + line.ljust(self.width))
-        sys.stdout.flush()
-        self.width = len(line)
+        if self.tty:
+            self.stream.write("\r" + line.ljust(self.width))
+            self.width = len(line)
+        elif self.calls % LOG_PROGRESS_EVERY == 0:
+            self.stream.write(f"{PROG} loadgen: {line}\n")
+        self.stream.flush()
 
     def finish(self) -> None:
         if self.width:
-            sys.stdout.write("\r" + " " * self.width + "\r")
-            sys.stdout.flush()
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
 
 
 def _cmd_loadgen(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    line = _ProgressLine() if sys.stdout.isatty() else None
+    display = None if args.quiet else ProgressDisplay(config.duration)
+    if args.start_at is not None and not args.quiet:
+        print(f"{PROG} loadgen: starting at {_wall(args.start_at)}", file=sys.stderr, flush=True)
     try:
-        report = trio.run(partial(run_load, config, progress=line))
+        started, report, interrupted = trio.run(_run, config, display, args.start_at)
     finally:
-        if line is not None:
-            line.finish()
-    print(format_report(report, title=describe(config)), flush=True)
-    if args.json is not None:
-        _write_json(args.json, report.to_json())
-    problem = verdict(report)
-    if problem:
-        print(f"{PROG}: error: {problem}", file=sys.stderr, flush=True)
-        return 1
-    return 0
+        if display is not None:
+            display.finish()
+    result = RunResult(parameters(config, version=__version__, started=started), report)
+    status = show(result, args, interrupted=interrupted)
+    for warning in warnings(config, report):
+        print(f"{PROG}: warning: {warning}", file=sys.stderr, flush=True)
+    if interrupted:
+        # The partial report is out; the program's Ctrl-C handling says the rest.
+        raise KeyboardInterrupt
+    return status
 
 
-def verdict(report: LoadReport) -> str | None:
-    """Why the run failed (mismatched echoes, nothing succeeded), or ``None``."""
-    if report.mismatches:
-        plural = "es" if report.mismatches != 1 else ""
-        return f"{report.mismatches:,} echo{plural} differed from what was sent"
-    if not report.round_trips:
-        kinds = ", ".join(f"{kind} {n:,}" for kind, n in report.errors.items() if n)
-        return f"no round trip succeeded ({kinds or 'no errors either: nothing was measured'})"
-    return None
+async def _run(
+    config: LoadConfig, display: ProgressDisplay | None, start_at: float | None
+) -> tuple[datetime.datetime, LoadReport, bool]:
+    if start_at is not None:
+        await trio.sleep(max(start_at - time.time(), 0.0))
+    started = datetime.datetime.now(datetime.UTC)
+    stop = trio.Event()
+    # Ctrl-C ends the run with what it measured; Python handles signals only in the
+    # main thread (a caller running the command in another one gets trio's Ctrl-C).
+    if threading.current_thread() is not threading.main_thread():
+        return started, await run_load(config, progress=display), False
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_set_on_signal, signals, stop)
+            report = await run_load(config, progress=display, stop=stop)
+            nursery.cancel_scope.cancel()
+    return started, report, stop.is_set()
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    try:
-        path.write_text(json.dumps(data, indent=2) + "\n")
-    except OSError as exc:
-        raise ConfigError(f"cannot write --json {path}: {exc.strerror or exc}") from None
+async def _set_on_signal(signals: AsyncIterator[int], stop: trio.Event) -> None:
+    async for _ in signals:
+        stop.set()
+
+
+def warnings(config: LoadConfig, report: LoadReport) -> list[str]:
+    """What the user should know about a run that did not fail (``--resume`` in vain)."""
+    found = []
+    if config.resume and not report.resumed and report.handshake_histogram().count > report.clients:
+        found.append(
+            "--resume: no handshake resumed a session; the server issued no session ticket"
+            " (serve --session-tickets)"
+        )
+    return found

@@ -60,6 +60,7 @@ from ._common import (
     tls_files,
 )
 from ._loadgen import add_loadgen_parser
+from ._report import add_report_parser
 from ._settings import ENV_FLAGS, ENV_PREFIX, apply, read_environment, read_file, settable
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ def _build() -> tuple[argparse.ArgumentParser, SubParsers]:
         _add_serve_parser,
         add_client_parser,
         add_loadgen_parser,
+        add_report_parser,
         _add_demo_parser,
     ):
         add(sub)

@@ -8,6 +8,8 @@ May import: ``_exceptions``, ``_net``, ``_tls``, ``_engines``, ``_handlers``.
 """
 
 from ._checks import count as count
+from ._checks import duration as duration
+from ._checks import duration_or_zero as duration_or_zero
 from ._checks import from_text as from_text
 from ._checks import round_trip_rate as round_trip_rate
 from ._checks import seconds as seconds

@@ -15,6 +15,7 @@ of seconds``) or what the number must be (``must be at least 1``).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -77,6 +78,37 @@ def seconds(value: object, name: str | None = None) -> float:
 def seconds_or_zero(value: object, name: str | None = None) -> float:
     """Seconds, or zero: a grace period of none, no warm-up (and, for the CLI, a timeout that is off)."""
     return _positive(value, name, "seconds", or_zero=True)
+
+
+#: Units a duration may be given in (``loadgen -d 30s``, as wrk, wrk2 and h2load spell them).
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)\s*$")
+
+
+def _read_duration(value: object) -> object:
+    # Text with a unit becomes its seconds; anything else is left to _positive to judge
+    # (a bare number is seconds, and "-1", "nan" or "soon" are refused there, one way).
+    if not isinstance(value, str):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    match = _DURATION_RE.match(value)
+    if match is None:
+        return value
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def duration(value: object, name: str | None = None) -> float:
+    """:func:`seconds`, also as text with a unit: ``"500ms"``, ``"30s"``, ``"2m"``, ``"1h"``
+    (a bare number is seconds).  Its refusals are :func:`seconds`' word for word."""
+    return _positive(_read_duration(value), name, "seconds")
+
+
+def duration_or_zero(value: object, name: str | None = None) -> float:
+    """:func:`duration`, or zero (no warm-up): :func:`seconds_or_zero` with units."""
+    return _positive(_read_duration(value), name, "seconds", or_zero=True)
 
 
 def round_trip_rate(value: object, name: str | None = None) -> float:

@@ -7,17 +7,19 @@ what is counted).
 
 from __future__ import annotations
 
+import errno
 import itertools
 import math
 import os
 import random
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 
 import attrs
 import trio
 
-from .._exceptions import causes
+from .._exceptions import ClientError, causes
 from ._config import (
     PROGRESS_INTERVAL,
     LoadConfig,
@@ -27,7 +29,7 @@ from ._config import (
     classify_error,
     split,
 )
-from ._stats import ErrorKind, ExchangeIO, LoadReport, Recorder
+from ._stats import ErrorKind, ExchangeIO, Histogram, LoadReport, Recorder
 from ._transport import ClientConnection, Target
 
 #: Echoes up to this size are sent, then read.  Larger ones are sent and read at once:
@@ -36,6 +38,17 @@ from ._transport import ClientConnection, Target
 _SEQUENTIAL_MAX = 65536
 
 _now = trio.current_time
+#: A connection error is retried (after a back-off) only while the server answered
+#: this recently; otherwise the target is unreachable and the run ends at once.
+REACHABLE_GRACE = 1.0
+#: Messages one process cycles through (a prime: clients stepping by one never align).
+MESSAGES = 4093
+#: Back-off after a connection error: doubles from the first to the last.
+BACKOFF_FIRST = 0.01
+BACKOFF_MAX = 1.0
+#: Without ramp, the start waits for every client to connect, but at most this share
+#: of the duration: clients still connecting then join the run when they are connected.
+BARRIER_SHARE = 0.25
 #: What ends one exchange (and its connection) and is counted as an error by kind
 #: (``ssl.SSLError`` and ``ConnectionError`` are ``OSError``s).
 _FAILURES = (OSError, trio.TooSlowError)
@@ -60,6 +73,17 @@ class Share:
     count: int
     #: Measured exchanges this process may start; ``None``: until the time is up.
     tickets: int | None
+    #: When the whole run ends, on ``time.monotonic()``'s clock (shared by the processes
+    #: of one machine, unlike trio's): set by whoever launches the run, see :meth:`launched`.
+    ends_at: float | None = None
+
+    def launched(self) -> Share:
+        """This share, its run ending ``warmup + duration`` from now (``--duration``
+        bounds the whole run, connecting included); unchanged without a duration."""
+        cfg = self.config
+        if cfg.duration is None:
+            return self
+        return attrs.evolve(self, ends_at=time.monotonic() + cfg.warmup + cfg.duration)
 
     @classmethod
     def divide(cls, config: LoadConfig, target: Target, parts: int) -> list[Share]:
@@ -90,23 +114,68 @@ class _Run:
     arrived: int = 0
     done: int = 0
     pool: bytes = b""
+    #: The messages, cycled through by every client from its own place (see :meth:`messages`).
+    payloads: list[memoryview] = attrs.Factory(list)
+    #: When the whole run ends (``Share.ends_at`` on trio's clock): the measured window
+    #: ends then too, and whoever is still connecting then counts a timeout.
+    hard_stop: float = math.inf
+    #: Connections open now, and when the last handshake succeeded: while neither says
+    #: the server answers, a connection error ends the run (:meth:`reachable`).
+    live: int = 0
+    last_handshake: float = -math.inf
+    #: What ended the run early (the target cannot be reached), raised by :func:`run_here`.
+    failure: ClientError | None = None
+    #: Cancelled when the run fails; set by :func:`run_here`.
+    scope: trio.CancelScope | None = None
+    stop_requested: bool = False
 
     def __attrs_post_init__(self) -> None:
         self.config, self.tickets = self.share.config, self.share.tickets
         # Messages are slices of one random block at random offsets: no allocation
         # and no random-number generation per byte on the hot path.
         self.pool = os.urandom(self.config.sizes.high + 4096)
+        self.payloads = self.messages(random.Random(self.share.first_client))
+        if self.config.rate is not None:
+            self.recorder.uncorrected = Histogram()
         if self.share.count == 0:
             self.finished.set()
         if self.share.count == 0 or self.config.ramp or self.config.new_connection_per_request:
             self.connected.set()  # no barrier: nobody connects before the start
 
+    def messages(self, rng: random.Random) -> list[memoryview]:
+        """:data:`MESSAGES` slices of the pool, of random sizes at random offsets: a client
+        takes the next one for each exchange (two random numbers per exchange were a
+        few per cent of the loadgen's time), each client starting at its own place."""
+        pool, low, high = memoryview(self.pool), self.config.sizes.low, self.config.sizes.high
+        sizes = [rng.randint(low, high) for _ in range(MESSAGES)]
+        return [pool[(off := rng.randrange(4096)) : off + n] for n in sizes]
+
     def start(self, t0: float) -> None:
         self.t0 = t0
         self.measure_from = t0 + self.config.warmup
         if self.config.duration is not None:
-            self.stop_at = self.measure_from + self.config.duration
+            self.stop_at = min(self.measure_from + self.config.duration, self.hard_stop)
+        if self.stop_requested:
+            self.stop_at = t0
         self.started.set()
+
+    def stop(self) -> None:
+        """End the run now (Ctrl-C): the window ends here, and what was measured is reported."""
+        self.stop_requested = True
+        self.stop_at = min(self.stop_at, _now())
+        self.connected.set()
+        self.finished.set()
+
+    def reachable(self) -> bool:
+        """Whether the server answers: a connection is open, or one was made within the last
+        :data:`REACHABLE_GRACE` seconds (a new connection per request is seldom open)."""
+        return self.live > 0 or _now() - self.last_handshake < REACHABLE_GRACE
+
+    def fail(self, error: ClientError) -> None:
+        if self.failure is None:
+            self.failure = error
+        if self.scope is not None:
+            self.scope.cancel()
 
     def counting(self, t: float) -> bool:
         """Whether something that began at *t* is measured (not warm-up)."""
@@ -138,13 +207,13 @@ class _Client:
         self.run = run
         self.index = run.share.first_client + local_index
         self.local_index = local_index
-        self.rng = random.Random(self.index)
+        self.next_message = random.Random(self.index).randrange(MESSAGES)
         self.conn: ClientConnection | None = None
         self.session: ssl.SSLSession | None = None
         # Read once per exchange: kept at hand, not looked up through the config.
-        self.low, self.high = run.config.sizes.low, run.config.sizes.high
+        self.high = run.config.sizes.high
         self.per_request = run.config.new_connection_per_request
-        self.pool = memoryview(run.pool)
+        self.payloads = run.payloads
         self.buffer = memoryview(bytearray(min(self.high, 65536)))
         self.schedule: OpenLoopSchedule | None = None
         self.k = 0
@@ -152,6 +221,9 @@ class _Client:
         #: whether it is measured: what a timeout or a failure commits.
         self.io = ExchangeIO(0)
         self.counting = False
+        #: Connecting before the start: if the run ends first, that is a timeout.
+        self.connecting = False
+        self.backoff = 0.0
 
     async def main(self) -> None:
         run, cfg = self.run, self.run.config
@@ -184,8 +256,8 @@ class _Client:
             if not arrived and persistent and not cfg.ramp:
                 run.arrive()
             run.leave()
-            if self.conn is not None:
-                self.conn.abort()
+            if (conn := self._release()) is not None:
+                conn.abort()
 
     async def _exchanges(self, scope: trio.CancelScope) -> bool:
         """Exchange until done (``True``) or cancelled by an exchange's deadline."""
@@ -196,21 +268,25 @@ class _Client:
                 self.k += 1
                 if intended >= run.stop_at:
                     return True
-                if intended > _now():
+                if intended > (sent := _now()):
                     await trio.sleep_until(intended)
+                    sent = intended
             else:
-                intended = _now()
+                intended = sent = _now()
             counting = run.counting(intended)
             if counting and not run.take_ticket():
                 return True
             self.counting = counting
             scope.deadline = intended + timeout
-            await self._exchange(intended)
-            scope.deadline = math.inf
+            await self._exchange(intended, sent)
+            if schedule is not None:
+                # An open loop sleeps until the next send is due: not under this deadline.
+                # A closed loop sets the next one at once (each set costs trio a heap
+                # update, a tenth of the loadgen's Python time when it was done twice).
+                scope.deadline = math.inf
 
     def _timed_out(self) -> None:
-        if self.conn is not None:
-            conn, self.conn = self.conn, None
+        if (conn := self._release()) is not None:
             conn.abort()
         if self.counting:
             self.run.recorder.failed(self.io, ErrorKind.TIMEOUT)
@@ -219,25 +295,45 @@ class _Client:
         """Connect before the start (its barrier); a failure is counted, and the first
         exchange connects again."""
         self.counting = self.run.counting(began)
+        self.connecting = True
         try:
             with trio.fail_after(self.run.config.timeout):
                 await self._connect(began)
         except _FAILURES as exc:
             self._failed(exc, during_handshake=True)
+        finally:
+            self.connecting = False
         self.counting = False
+
+    def unfinished(self) -> None:
+        """The run ended while this client was still connecting: a timeout, if measured."""
+        if self.connecting and self.counting:
+            self.run.recorder.failed(self.io, ErrorKind.TIMEOUT)
+            self.counting = False
+
+    def _release(self) -> ClientConnection | None:
+        """The open connection, which the caller closes: no longer this client's."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            self.run.live -= 1
+        return conn
 
     async def _connect(self, began: float) -> ClientConnection:
         run = self.run
         self.conn = conn = await ClientConnection.open(run.share.target, run.ssl_context, self.session)
+        run.live += 1
+        run.last_handshake = _now()
+        self.backoff = 0.0
         if self.counting:
             run.recorder.handshake_done(int((_now() - began) * 1e6), resumed=conn.resumed)
         return conn
 
-    async def _exchange(self, began: float) -> None:
+    async def _exchange(self, began: float, sent: float) -> None:
         """One send and its echo (and, per request mode, the connection around it).
 
         Latency runs from *began*: the send in a closed loop, the intended send time in
-        an open one.  ``self.io`` is filled in as the exchange goes, so that however it
+        an open one (and from *sent*, the actual send, uncorrected).  ``self.io`` is
+        filled in as the exchange goes, so that however it
         ends, what it did is committed: by :meth:`Recorder.exchange` or :meth:`_failed`,
         before anything that can checkpoint, and then ``self.counting`` is cleared: the
         deadline may still pass in the close or checkpoint that follows, and
@@ -256,7 +352,7 @@ class _Client:
                 await read_echo(conn, payload, self.buffer, io)
             else:
                 await _echo_at_once(conn, payload, self.buffer, io)
-            latency = _now() - began
+            ended = _now()
             if self.per_request:
                 self._look_past_the_echo(conn, io)
         except _FAILURES as exc:
@@ -265,7 +361,7 @@ class _Client:
             failure = _failure_in(group)
         else:
             if self.counting:
-                self.run.recorder.exchange(io, int(latency * 1e6))
+                self.run.recorder.exchange(io, int((ended - began) * 1e6), int((ended - sent) * 1e6))
                 self.counting = False
             if self._finished_with(io):
                 await self._close()
@@ -273,15 +369,16 @@ class _Client:
                 # Every exchange yields at least once, even against an instant server.
                 await trio.lowlevel.checkpoint()
             return
-        self._failed(failure, during_handshake=conn is None)
+        kind = self._failed(failure, during_handshake=conn is None)
         await self._drop()
+        if conn is None and kind is ErrorKind.REFUSED:
+            # The server answers others (or the run has failed already): retry, but slower.
+            self.backoff = min(max(2 * self.backoff, BACKOFF_FIRST), BACKOFF_MAX)
+            await trio.sleep(self.backoff)
 
     def _next_payload(self) -> memoryview:
-        # Messages are slices of one random block at random offsets (see _Run.pool).
-        low, high = self.low, self.high
-        n = low if low == high else self.rng.randint(low, high)
-        offset = self.rng.randrange(4096)
-        return self.pool[offset : offset + n]
+        k = self.next_message = (self.next_message + 1) % MESSAGES
+        return self.payloads[k]
 
     def _look_past_the_echo(self, conn: ClientConnection, io: ExchangeIO) -> None:
         """Per request the connection is closed next: the last chance to see an echo
@@ -289,14 +386,20 @@ class _Client:
         if io.received == io.size and not io.mismatched and conn.anything_more(self.buffer):
             io.mismatched = io.over_long = True
 
-    def _failed(self, exc: BaseException, *, during_handshake: bool) -> None:
-        """Commit a failure, by its kind (see :meth:`_exchange`); a bug is raised again."""
+    def _failed(self, exc: BaseException, *, during_handshake: bool) -> ErrorKind:
+        """Commit a failure, by its kind (see :meth:`_exchange`); a bug is raised again.
+
+        A connection that could not be made while the server answers nobody ends the run.
+        """
         kind = classify_error(exc, during_handshake=during_handshake)
         if kind is None:
             raise exc
         if self.counting:
             self.run.recorder.failed(self.io, kind)
             self.counting = False
+        if during_handshake and kind in _UNREACHABLE and not self.run.reachable():
+            self.run.fail(ClientError(f"cannot connect to {self.run.config.address}: {_reason(exc, kind)}"))
+        return kind
 
     def _finished_with(self, io: ExchangeIO) -> bool:
         """Whether the connection ends with this exchange: per request, or cut short or
@@ -305,18 +408,30 @@ class _Client:
         return self.per_request or io.received < io.size or io.over_long
 
     async def _drop(self) -> None:
-        if self.conn is not None:
-            conn, self.conn = self.conn, None
+        if (conn := self._release()) is not None:
             conn.abort()
         await trio.lowlevel.checkpoint()
 
     async def _close(self) -> None:
-        if self.conn is not None:
-            conn, self.conn = self.conn, None
+        if (conn := self._release()) is not None:
             if self.run.config.resume:
                 self.session = conn.session
             conn.close()
         await trio.lowlevel.checkpoint()
+
+
+#: Connection failures that say the server cannot be reached (not that it said no).
+_UNREACHABLE = frozenset({ErrorKind.REFUSED, ErrorKind.TIMEOUT})
+
+
+def _reason(exc: BaseException, kind: ErrorKind) -> str:
+    if kind is ErrorKind.TIMEOUT:
+        return "no answer in time (is the address right?)"
+    errnos = {e.errno for e in causes(exc) if isinstance(e, OSError)}
+    if errno.ECONNREFUSED in errnos:
+        return "connection refused (is the server running?)"
+    reasons = [e.strerror for e in causes(exc) if isinstance(e, OSError) and e.strerror]
+    return reasons[0] if reasons else str(exc)
 
 
 async def _send(conn: ClientConnection, payload: memoryview, io: ExchangeIO) -> None:
@@ -380,19 +495,26 @@ async def run_here(
     *,
     before_start: Callable[[], Awaitable[None]] | None = None,
     progress: ProgressCallback | None = None,
+    stop: trio.Event | None = None,
 ) -> LoadReport:
     """Run *share*'s clients in this process and return what they measured.
 
     *before_start* is awaited once they are connected (a worker's ready/go); then
-    *progress* is called about once a second.
+    *progress* is called about once a second.  When *stop* is set (Ctrl-C) the run
+    ends there, and what it measured so far is returned.  A target that cannot be
+    reached is a :class:`ClientError`.
     """
     run = _Run(share, ssl_context)
-    cfg = run.config
+    if share.ends_at is not None:
+        run.hard_stop = _now() + (share.ends_at - time.monotonic())
+    clients = [_Client(run, i) for i in range(share.count)]
     async with trio.open_nursery() as nursery:
-        for i in range(share.count):
-            nursery.start_soon(_Client(run, i).main)
-        # Bounded: every connect attempt is bounded by the timeout.
-        with trio.move_on_after(cfg.timeout + 1.0):
+        run.scope = nursery.cancel_scope
+        for client in clients:
+            nursery.start_soon(client.main, name=f"loadgen client {client.index}")
+        if stop is not None:
+            nursery.start_soon(_stop_when, stop, run)
+        with trio.move_on_at(_barrier_deadline(run)):
             await run.connected.wait()
         if before_start is not None:
             await before_start()
@@ -401,11 +523,30 @@ async def run_here(
             nursery.start_soon(_report_progress, run, progress)
         with trio.move_on_at(run.stop_at):
             await run.finished.wait()
+        for client in clients:
+            client.unfinished()
         nursery.cancel_scope.cancel()
+    if run.failure is not None:
+        raise run.failure
     # With a duration the window is the duration, also when the clients are done early
     # (open loop: no send is due after stop_at, so the last one ends before it).
     end = run.stop_at if run.stop_at < math.inf else _now()
     return run.recorder.report(clients=share.count, seconds=max(end - run.measure_from, 0.0))
+
+
+def _barrier_deadline(run: _Run) -> float:
+    """How long the start waits for every client to connect: the timeout (bounded:
+    each connect is), and at most a share of the duration, within the run."""
+    cfg, now = run.config, _now()
+    deadline = now + cfg.timeout + 1.0
+    if cfg.duration is not None:
+        deadline = min(deadline, now + BARRIER_SHARE * cfg.duration)
+    return min(deadline, run.hard_stop)
+
+
+async def _stop_when(stop: trio.Event, run: _Run) -> None:
+    await stop.wait()
+    run.stop()
 
 
 async def _report_progress(run: _Run, progress: ProgressCallback) -> None:

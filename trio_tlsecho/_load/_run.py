@@ -11,14 +11,26 @@ more than that keeps the hot path at one ``pending()`` call to notice an echo th
 goes on (plaintext left over in its last TLS record); a connection closed after one
 exchange also gets one non-blocking read for anything that arrived later.
 
-Phases.  Without ``ramp``, every client first connects and the measurement clock
-starts only when all have (a barrier), so that 64 handshakes queueing at the server
-are reported as handshake latency, not as the first round trips' latency.  With
-``ramp``, client *i* starts at ``t0 + ramp * i / clients`` instead.  Whatever begins
-in ``[t0, t0 + warmup)`` is not counted; the measured window is
-``[t0 + warmup, t0 + warmup + duration)``, or until ``requests`` exchanges are done.
-With a duration the reported seconds are that window whenever the clients stop (an
-open loop's last send is due before its end, and its clients stop after its echo).
+Phases.  With a duration, the whole run ends ``warmup + duration`` after it was
+launched (:meth:`._client.Share.launched`; with workers, on the parent's monotonic
+clock, which every process of the machine shares): connecting, and starting worker
+processes, are part of it.  Without ``ramp``, every client first connects and the
+measurement clock starts (``t0``) only when all have (a barrier), so that 64
+handshakes queueing at the server are reported as handshake latency, not as the
+first round trips' latency; the barrier waits at most a quarter of the duration, and
+clients still connecting then join when they are (those still connecting at the end
+count as timeouts).  With ``ramp``, client *i* starts at ``t0 + ramp * i / clients``
+instead.  Whatever begins in ``[t0, t0 + warmup)`` is not counted; the measured
+window runs from ``t0 + warmup`` to the end of the run, or until ``requests``
+exchanges are done.  With a duration the reported seconds are that window whenever
+the clients stop (an open loop's last send is due before its end, and its clients
+stop after its echo).
+
+Failing fast.  A connection error (refused, unreachable, no answer in time) while
+no connection is open and none was made in the last second ends the run with a
+:class:`ClientError`: the target cannot be reached, and retrying would only count
+errors.  While the server answers other clients, the client retries after a back-off
+that doubles from 10 ms to 1 s.
 
 Closed loop (no ``rate``): each client sends as soon as its previous echo is back;
 latency is measured from the send.  Open loop (``rate`` round trips/s in total): each
@@ -48,6 +60,8 @@ clients), :mod:`._workers` (processes), and here the one entry point.
 
 from __future__ import annotations
 
+import trio
+
 from .._tls import client_context
 from ._client import Share, run_here
 from ._config import LoadConfig, ProgressCallback
@@ -56,13 +70,17 @@ from ._transport import Target
 from ._workers import run_workers
 
 
-async def run_load(config: LoadConfig, *, progress: ProgressCallback | None = None) -> LoadReport:
+async def run_load(
+    config: LoadConfig, *, progress: ProgressCallback | None = None, stop: trio.Event | None = None
+) -> LoadReport:
     """Run the load *config* describes against a server and return what it measured.
 
-    *progress*, if given, is called about once a second with the totals so far.
+    *progress*, if given, is called about once a second with the totals so far.  Setting
+    *stop* ends the run early (Ctrl-C), with what it measured until then.  A server that
+    cannot be reached at all is a :class:`ClientError`, within a second when refused.
     """
     if config.workers == 1:
         ssl_context = client_context(config.client)  # a bad file is said before an unknown host
         [share] = Share.divide(config, await Target.resolve(config), 1)
-        return await run_here(share, ssl_context, progress=progress)
-    return await run_workers(config, progress)
+        return await run_here(share.launched(), ssl_context, progress=progress, stop=stop)
+    return await run_workers(config, progress, stop)

@@ -37,6 +37,9 @@ from __future__ import annotations
 
 import enum
 import functools
+import io
+import math
+import re
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -74,41 +77,114 @@ class ErrorKind(enum.StrEnum):
 
 ERROR_KINDS: tuple[str, ...] = tuple(kind.value for kind in ErrorKind)
 
+_FOOTER_RE = re.compile(r"^#\[Mean .*\]$", re.MULTILINE)
+
+
+#: Distinct values a :class:`Histogram` counts in a dict before it records them.
+_PENDING_MAX = 16384
+
 
 class Histogram:
-    """A typed face on ``hdrh``'s HdrHistogram, in microseconds, clamped to its range."""
+    """A typed face on ``hdrh``'s HdrHistogram, in microseconds, clamped to its range.
 
-    __slots__ = ("_h",)
+    :meth:`record` runs once per round trip, and hdrh's ``record_value`` is Python
+    that finds a bucket by arithmetic (a few µs); latencies in µs repeat a lot, so
+    they are counted in a dict (one increment) and recorded with their counts when
+    the histogram is read, or when the dict holds :data:`_PENDING_MAX` values.
+    """
+
+    __slots__ = ("_h", "_pending")
 
     def __init__(self, hdr: Any = None) -> None:
         self._h: Any = hdr if hdr is not None else HdrHistogram(LOWEST_US, HIGHEST_US, SIGNIFICANT_DIGITS)
+        self._pending: dict[int, int] = {}
 
     def record(self, value_us: int) -> None:
+        pending = self._pending
+        pending[value_us] = pending.get(value_us, 0) + 1
+        if len(pending) >= _PENDING_MAX:
+            self._flush()
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, {}
         # Clamped, not dropped: a value outside the range is still one observation.
-        self._h.record_value(min(max(value_us, LOWEST_US), HIGHEST_US))
+        clamped: dict[int, int] = {}
+        for value, n in pending.items():
+            key = min(max(value, LOWEST_US), HIGHEST_US)
+            clamped[key] = clamped.get(key, 0) + n
+        for value, n in clamped.items():
+            self._h.record_value(value, n)
+
+    @property
+    def hdr(self) -> Any:
+        """The hdrh histogram, with every value recorded so far."""
+        if self._pending:
+            self._flush()
+        return self._h
 
     def add(self, other: Histogram) -> None:
-        self._h.add(other._h)
+        self.hdr.add(other.hdr)
 
     @property
     def count(self) -> int:
-        return int(self._h.get_total_count())
+        return int(self.hdr.get_total_count())
 
     @property
     def max(self) -> int:
-        return int(self._h.get_max_value()) if self.count else 0
+        return int(self.hdr.get_max_value()) if self.count else 0
+
+    @property
+    def min(self) -> int:
+        return int(self.hdr.get_min_value()) if self.count else 0
+
+    def _recorded(self) -> list[tuple[float, int]]:
+        """(value, count) of every recorded bucket, each at its middle, as hdrh's own mean
+        and stdev place them: hdrh walks every bucket with an iterator object per step
+        (about 0.1 s per histogram), this reads its counts array once."""
+        h = self.hdr
+        counts = h.counts[: h.counts_len]
+        return [
+            (float(h._hdr_median_equiv_value(h.get_value_from_index(i))), c)
+            for i, c in enumerate(counts)
+            if c
+        ]
+
+    @property
+    def mean(self) -> float:
+        recorded = self._recorded()
+        return sum(v * c for v, c in recorded) / self.count if recorded else 0.0
+
+    @property
+    def stdev(self) -> float:
+        recorded = self._recorded()
+        if not recorded:
+            return 0.0
+        mean = sum(v * c for v, c in recorded) / self.count
+        return math.sqrt(sum((v - mean) ** 2 * c for v, c in recorded) / self.count)
+
+    def distribution(self, *, scale: float = 1000.0) -> str:
+        """HdrHistogram's percentile distribution (``.hgrm``, what wrk2 ``--latency``
+        prints and the usual HdrHistogram plotters read), values divided by *scale*
+        (1000: milliseconds)."""
+        out = io.BytesIO()
+        self.hdr.output_percentile_distribution(out, scale)
+        text = out.getvalue().decode("ascii")
+        # hdrh scales the mean but not the standard deviation in its footer.
+        return _FOOTER_RE.sub(
+            f"#[Mean    = {self.mean / scale:12.3f}, StdDeviation   = {self.stdev / scale:12.3f}]", text
+        )
 
     def percentiles(self, wanted: Iterable[float]) -> dict[float, int]:
         """Value at each percentile (0 for an empty histogram), in one pass."""
         wanted = list(wanted)
         if not self.count:
             return dict.fromkeys(wanted, 0)
-        found = self._h.get_percentile_to_value_dict(wanted)
+        found = self.hdr.get_percentile_to_value_dict(wanted)
         # hdrh reports "highest equivalent value", which may exceed the true maximum.
         return {p: min(int(found.get(p, self.max)), self.max) for p in wanted}
 
     def encode(self) -> str:
-        return bytes(self._h.encode()).decode("ascii")
+        return bytes(self.hdr.encode()).decode("ascii")
 
     @classmethod
     def decode(cls, text: str) -> Histogram:
@@ -161,6 +237,9 @@ class LoadReport(_Counters):
     latency: str = attrs.field(factory=_empty_encoded)
     #: Handshake latency histogram (µs), same encoding.
     handshake: str = attrs.field(factory=_empty_encoded)
+    #: Round-trip latency from the actual send (µs): in an open loop, without the wait
+    #: behind late sends that ``latency`` counts (wrk2 ``-U``); otherwise ``latency``.
+    latency_uncorrected: str = attrs.field(factory=_empty_encoded)
 
     @property
     def error_count(self) -> int:
@@ -181,6 +260,9 @@ class LoadReport(_Counters):
     def handshake_histogram(self) -> Histogram:
         return Histogram.decode(self.handshake)
 
+    def uncorrected_histogram(self) -> Histogram:
+        return Histogram.decode(self.latency_uncorrected)
+
     def to_json(self) -> dict[str, Any]:
         """The summary object ``loadgen --json`` writes (its keys are a documented
         interface, README "loadgen"): every key in every run, zeros included, so that a
@@ -199,11 +281,20 @@ class LoadReport(_Counters):
             "errors": dict(self.errors),
             "mismatches": self.mismatches,
             "latency_us": _summary(self.latency_histogram(), LATENCY_PERCENTILES),
+            "latency_uncorrected_us": _summary(self.uncorrected_histogram(), LATENCY_PERCENTILES),
             "handshakes": self.handshake_histogram().count,
             "handshakes_resumed": self.resumed,
             "handshake_us": _summary(self.handshake_histogram(), HANDSHAKE_PERCENTILES),
         }
         return summary
+
+    def histograms(self) -> dict[str, str]:
+        """The histograms, HdrHistogram's compressed base64 (``HISTFAAA...``), for ``--json``."""
+        return {
+            "latency_us": self.latency,
+            "latency_uncorrected_us": self.latency_uncorrected,
+            "handshake_us": self.handshake,
+        }
 
     def __reduce__(self) -> tuple[Any, ...]:
         # How a worker's report reaches its parent (pickled, see _workers): every field
@@ -213,10 +304,10 @@ class LoadReport(_Counters):
         return (functools.partial(LoadReport, **fields), ())
 
 
-def _summary(hist: Histogram, names: Mapping[str, float]) -> dict[str, int]:
+def _summary(hist: Histogram, names: Mapping[str, float]) -> dict[str, float]:
     values = hist.percentiles(names.values())
-    out = {name: values[p] for name, p in names.items()}
-    out["max"] = hist.max
+    out: dict[str, float] = {name: values[p] for name, p in names.items()}
+    out |= {"min": hist.min, "max": hist.max, "mean": round(hist.mean, 1), "stdev": round(hist.stdev, 1)}
     return out
 
 
@@ -228,11 +319,12 @@ def merge(reports: Sequence[LoadReport]) -> LoadReport:
     """
     if not reports:
         raise ValueError("nothing to merge")
-    latency, handshake = Histogram(), Histogram()
+    latency, handshake, uncorrected = Histogram(), Histogram(), Histogram()
     errors = dict.fromkeys(ERROR_KINDS, 0)
     for r in reports:
         latency.add(r.latency_histogram())
         handshake.add(r.handshake_histogram())
+        uncorrected.add(r.uncorrected_histogram())
         for kind, n in r.errors.items():
             errors[kind] += n
     return LoadReport(
@@ -242,6 +334,7 @@ def merge(reports: Sequence[LoadReport]) -> LoadReport:
         errors=errors,
         latency=latency.encode(),
         handshake=handshake.encode(),
+        latency_uncorrected=uncorrected.encode(),
     )
 
 
@@ -268,10 +361,13 @@ class Recorder(_Counters):
     errors: dict[str, int] = attrs.field(factory=lambda: dict.fromkeys(ERROR_KINDS, 0))
     latency: Histogram = attrs.field(factory=Histogram)
     handshake: Histogram = attrs.field(factory=Histogram)
+    #: Only an open loop's differs from ``latency`` (see :attr:`LoadReport.latency_uncorrected`).
+    uncorrected: Histogram | None = None
 
-    def exchange(self, io: ExchangeIO, latency_us: int) -> None:
-        """One measured exchange that did not fail: a round trip taking *latency_us*,
-        a mismatch, or (the server closed before the whole echo) a short read.
+    def exchange(self, io: ExchangeIO, latency_us: int, uncorrected_us: int = 0) -> None:
+        """One measured exchange that did not fail: a round trip taking *latency_us*
+        (and, in an open loop, *uncorrected_us* from the actual send), a mismatch, or
+        (the server closed before the whole echo) a short read.
         """
         self.io(io)
         if io.mismatched:
@@ -280,6 +376,8 @@ class Recorder(_Counters):
             self.error(ErrorKind.SHORT_READ)
         else:
             self.round_trip(latency_us)
+            if self.uncorrected is not None:
+                self.uncorrected.record(uncorrected_us)
 
     def failed(self, io: ExchangeIO, kind: ErrorKind) -> None:
         """One measured exchange that failed: what it did, and why it ended."""
@@ -321,14 +419,25 @@ class Recorder(_Counters):
             errors=self.errors,
             latency=self.latency.encode(),
             handshake=self.handshake.encode(),
+            latency_uncorrected=(self.uncorrected or self.latency).encode(),
         )
 
 
 # -- text -------------------------------------------------------------------------
 
 
-def format_report(report: LoadReport, *, title: str | None = None) -> str:
-    """The table ``loadgen`` prints."""
+def _percentile_row(summary: Mapping[str, float]) -> str:
+    return (
+        f"p50 {summary['p50']:,}  p90 {summary['p90']:,}  p99 {summary['p99']:,}"
+        f"  p99.9 {summary['p999']:,}  max {summary['max']:,}"
+    )
+
+
+def format_report(
+    report: LoadReport, *, title: str | None = None, open_loop: bool = False, latency: bool = False
+) -> str:
+    """The table ``loadgen`` prints; an open loop's also shows the uncorrected latency
+    (from the actual send), and *latency* (``--latency``) adds the percentile spectra."""
     summary = report.to_json()
     lat, hs = summary["latency_us"], summary["handshake_us"]
     errors = ", ".join(f"{kind} {n:,}" for kind, n in report.errors.items())
@@ -339,12 +448,23 @@ def format_report(report: LoadReport, *, title: str | None = None) -> str:
         ("throughput", f"{report.mb_per_sec:,.2f} MB/s echoed"),
         (
             "latency (µs)",
-            f"p50 {lat['p50']:,}  p90 {lat['p90']:,}  p99 {lat['p99']:,}"
-            f"  p99.9 {lat['p999']:,}  max {lat['max']:,}",
+            _percentile_row(lat)
+            + (f"  mean {lat['mean']:,.1f}  stdev {lat['stdev']:,.1f}" if latency else ""),
         ),
+    ]
+    if open_loop:
+        unc = summary["latency_uncorrected_us"]
+        rows.append(
+            (
+                "uncorrected (µs)",
+                _percentile_row(unc)
+                + (f"  mean {unc['mean']:,.1f}  stdev {unc['stdev']:,.1f}" if latency else ""),
+            )
+        )
+    rows += [
         (
             "handshake (µs)",
-            f"p50 {hs['p50']:,}  p99 {hs['p99']:,}  max {hs['max']:,}"
+            f"p50 {hs['p50']:,}  p90 {hs['p90']:,}  p99 {hs['p99']:,}  max {hs['max']:,}"
             f"  ({report.handshake_histogram().count:,} handshakes, {report.resumed:,} resumed)",
         ),
         ("read / write ops", f"{report.read_ops:,} / {report.write_ops:,}"),
@@ -355,18 +475,24 @@ def format_report(report: LoadReport, *, title: str | None = None) -> str:
     width = max(len(name) for name, _ in rows)
     lines = [title] if title else []
     lines += [f"{name:<{width}}  {value}" for name, value in rows]
-    return "\n".join(lines)
+    if latency:
+        what = "corrected: from the intended send time" if open_loop else "from the send"
+        lines += ["", f"Latency distribution ({what}; ms)", report.latency_histogram().distribution()]
+        if open_loop:
+            lines += ["Uncorrected latency distribution (from the actual send; ms)"]
+            lines += [report.uncorrected_histogram().distribution()]
+    return "\n".join(lines).rstrip("\n")
 
 
-def format_progress(*, elapsed: float, round_trips: int, errors: int, mismatches: int) -> str:
-    """The one-line live display (``\\r``-rewritten on a terminal).
-
-    *elapsed* is measured time: negative while warming up, when nothing is counted.
-    """
+def format_progress(
+    *, elapsed: float, total: float | None, round_trips: int, rate: float, errors: int, mismatches: int
+) -> str:
+    """The live line: elapsed of total (measured time: negative while warming up, when
+    nothing is counted), the totals, and *rate*, round trips/s over the last interval."""
     if elapsed < 0:
         return f"warming up, {-elapsed:.1f}s to go  errors {errors:,}"
-    rate = round_trips / elapsed if elapsed > 0 else 0.0
-    line = f"{elapsed:6.1f}s  {round_trips:,} round trips  {rate:,.0f}/s  errors {errors:,}"
+    of = f"/{total:g}s" if total is not None else ""
+    line = f"{elapsed:5.1f}s{of}  {round_trips:,} round trips  {rate:,.0f}/s  errors {errors:,}"
     if mismatches:
         line += f"  MISMATCHES {mismatches:,}"
     return line

@@ -31,8 +31,10 @@ import base64
 import contextlib
 import enum
 import pickle
+import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 
 import attrs
@@ -41,11 +43,10 @@ import trio
 from .._exceptions import ClientError, TLSEchoError, user_error
 from .._tls import client_context
 from ._client import Share, run_here
-from ._config import PROGRESS_INTERVAL, LoadConfig, Progress, ProgressCallback
+from ._config import LoadConfig, Progress, ProgressCallback
 from ._stats import LoadReport, merge
 from ._transport import Target
 
-_now = trio.current_time
 #: How long workers may take to start (a Python process, imports, handshakes).
 _WORKER_START_TIMEOUT = 60.0
 
@@ -109,6 +110,10 @@ class _Worker:
     lines: _LineReader
     ready: trio.Event = attrs.Factory(trio.Event)
     progress: Progress = _NO_PROGRESS
+    #: How many progress messages it sent: the parent shows a sum once every worker has
+    #: sent the same number, so that the sum is of counts taken at the same time.
+    ticks: int = 0
+    on_progress: Callable[[], None] = lambda: None
     report: LoadReport | None = None
     #: The error the worker reported instead of running (see :func:`worker_main`).
     error: TLSEchoError | None = None
@@ -138,6 +143,8 @@ class _Worker:
                     self.ready.set()
                 case Progress() as progress:
                     self.progress = progress
+                    self.ticks += 1
+                    self.on_progress()
                 case LoadReport() as report:
                     self.report = report
                 case TLSEchoError() as error:
@@ -153,22 +160,26 @@ class _Worker:
             await self.process.stdin.send_all(encode(message))
 
 
-async def run_workers(config: LoadConfig, progress: ProgressCallback | None) -> LoadReport:
+async def run_workers(
+    config: LoadConfig, progress: ProgressCallback | None, stop: trio.Event | None = None
+) -> LoadReport:
     # Fail here, once, on bad certificate files or an unknown host.
     client_context(config.client)
     target = await Target.resolve(config)
     workers: list[_Worker] = []
     async with trio.open_nursery() as nursery:
         for number, share in enumerate(Share.divide(config, target, config.workers)):
-            workers.append(await _Worker.start(nursery, number, share))
+            workers.append(await _Worker.start(nursery, number, share.launched()))
+        if progress is not None:
+            _ProgressSum(workers, progress).attach()
+        if stop is not None:
+            nursery.start_soon(_interrupt_when, stop, workers)
         with trio.fail_after(_WORKER_START_TIMEOUT + config.timeout):
             for worker in workers:
                 await worker.ready.wait()
         if not any(worker.error for worker in workers):
             for worker in workers:
                 await worker.send(Barrier.GO)
-            if progress is not None:
-                nursery.start_soon(_report_worker_progress, workers, progress, config.warmup)
             for worker in workers:
                 await worker.process.wait()
         # Ends the readers, and the workers that still wait for GO if one failed.
@@ -187,19 +198,40 @@ async def run_workers(config: LoadConfig, progress: ProgressCallback | None) -> 
     return merge(reports)
 
 
-async def _report_worker_progress(workers: list[_Worker], progress: ProgressCallback, warmup: float) -> None:
-    start = _now() + warmup  # GO starts every worker's clock: the window opens after warm-up
-    while True:
-        await trio.sleep(PROGRESS_INTERVAL)
-        latest = [worker.progress for worker in workers]
-        progress(
+@attrs.define
+class _ProgressSum:
+    """The workers' progress added up, once each has sent its next report."""
+
+    workers: list[_Worker]
+    progress: ProgressCallback
+    shown: int = 0
+
+    def attach(self) -> None:
+        for worker in self.workers:
+            worker.on_progress = self.update
+
+    def update(self) -> None:
+        if min(worker.ticks for worker in self.workers) <= self.shown:
+            return
+        self.shown += 1
+        latest = [worker.progress for worker in self.workers]
+        self.progress(
             Progress(
-                _now() - start,
+                max(p.elapsed for p in latest),
                 sum(p.round_trips for p in latest),
                 sum(p.errors for p in latest),
                 sum(p.mismatches for p in latest),
             )
         )
+
+
+async def _interrupt_when(stop: trio.Event, workers: list[_Worker]) -> None:
+    """Pass Ctrl-C on (a terminal's reaches them too, a ``kill -INT`` of the parent does
+    not): each worker ends its run and sends what it measured."""
+    await stop.wait()
+    for worker in workers:
+        if worker.process.returncode is None:
+            worker.process.send_signal(signal.SIGINT)
 
 
 # -- the worker's side ------------------------------------------------------------------
@@ -216,6 +248,9 @@ def worker_main() -> None:
     assert isinstance(share, Share), share
     try:
         trio.run(_worker, share)
+    except KeyboardInterrupt:
+        # Ctrl-C before the run could catch it: the parent says that it had no report.
+        raise SystemExit(130) from None
     except BaseException as exc:
         # The parent says it once for all workers; a traceback per worker says nothing more.
         # Our errors come alone or in a nursery's group; anything else is a bug.
@@ -232,7 +267,21 @@ async def _worker(share: Share) -> None:
         # The parent answers once every worker is ready; EOF (a dead parent) also ends it.
         await trio.to_thread.run_sync(sys.stdin.readline)
 
-    report = await run_here(
-        share, client_context(share.config.client), before_start=wait_for_go, progress=_tell_parent
-    )
+    stop = trio.Event()
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_set_on_signal, signals, stop)
+            report = await run_here(
+                share,
+                client_context(share.config.client),
+                before_start=wait_for_go,
+                progress=_tell_parent,
+                stop=stop,
+            )
+            nursery.cancel_scope.cancel()
     _tell_parent(report)
+
+
+async def _set_on_signal(signals: AsyncIterator[int], stop: trio.Event) -> None:
+    async for _ in signals:
+        stop.set()
