@@ -172,11 +172,12 @@ async def test_ctrl_c_prints_the_partial_report(
     )
     [rate] = re.findall(r"^round trips +([\d,]+) ", out, re.MULTILINE)
     assert int(rate.replace(",", "")) > 0
-    # The report is all: no error line (an interrupted run is no failure to explain).
-    # TODO: once _program turns KeyboardInterrupt into exit 130 without a traceback,
-    # assert that stderr is empty; until then the traceback may only be Ctrl-C's.
+    # The report is all: no error line (an interrupted run is no failure to explain),
+    # no traceback, and the shell's status for Ctrl-C.
     assert "error" not in err
-    assert "Traceback" not in err or err.rstrip().endswith("KeyboardInterrupt")
+    assert "Traceback" not in err
+    assert "KeyboardInterrupt" not in err
+    assert proc.returncode == 130
 
 
 async def _read_all(proc: trio.Process) -> tuple[str, str]:
