@@ -390,17 +390,21 @@ async def _echo_through_tls(
             # close), over memory streams that cut and delay the bytes at random.
             nursery.start_soon(run_connection, server_transport, ("127.0.0.1", 0), server)
             await client.do_handshake()
-            nursery.start_soon(write)
-            # Bounded: even one byte per read ends within len(payload) reads.
-            for size in itertools.chain(reads, itertools.repeat(65536, len(payload) + 1)):
-                if len(got) >= len(payload):
-                    break
-                got += await client.receive_some(size)
+            # The writer is done before the client closes: with nothing to read back (an
+            # empty payload), the reads end at once, and a close then would cut a write.
+            async with trio.open_nursery() as talking:
+                talking.start_soon(write)
+                # Bounded: even one byte per read ends within len(payload) reads.
+                for size in itertools.chain(reads, itertools.repeat(65536, len(payload) + 1)):
+                    if len(got) >= len(payload):
+                        break
+                    got += await client.receive_some(size)
             await client.aclose()
     return bytes(got)
 
 
 @settings(FAST, max_examples=40)
+@example(size=0, writes=[0, 0, 0, 0, 0], reads=[], seed=0)  # found once: the close cut a write
 @given(
     size=st.sampled_from([0, 1, 16383, 16384, 16385, 65536, 100_003]) | st.integers(0, 150_000),
     writes=st.lists(st.integers(0, 40_000), max_size=12),
