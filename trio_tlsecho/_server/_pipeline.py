@@ -33,7 +33,7 @@ import socket
 import trio
 
 from .._engines import TLSStream
-from .._exceptions import leaves
+from .._exceptions import UpstreamError, leaves
 from .._handlers import Connection
 from .._net import ProxyProtocolError, address_in, format_address, read_proxy_header
 from .._tls import PeerIdentity, describe_tls_error
@@ -208,6 +208,10 @@ async def run_handler(conn: Connection, server: ServerState, where: str) -> bool
         return True
     except trio.BrokenResourceError as exc:
         log.info("%s: connection lost: %s", where, describe_tls_error(exc))
+    except UpstreamError as exc:  # the handler's target failed, not the handler: no traceback
+        metrics.upstream_errors += 1
+        log.warning("%s: %s", where, exc)
+        return True  # a clean close for the client (a handler that cut it closed it already)
     except BaseExceptionGroup as group:  # before Exception: an ExceptionGroup is one
         # A handler's own nursery (perhaps cancelled, the grace over, while a child
         # failed): log the failures by name, let the rest (the cancellation, a
