@@ -182,25 +182,31 @@ def one_run(load: LoadGenerators, server: Server, workload: Workload) -> dict[st
     return run
 
 
-def table(medians: dict[str, dict[str, float]]) -> str:
+def table(medians: dict[str, dict[str, float]], unit: str = "") -> str:
+    """Markdown: one column per terminator (each row's metric, followed by *unit*), then ratios."""
     heads = [LABELS[t] for t in TERMINATORS]
-    ratios = ["socket / stunnel", "socket / HAProxy", "trio / stunnel", "trio / HAProxy"]
-    lines = ["| workload | " + " | ".join(heads + ratios) + " |", "|---" * (1 + len(heads) + len(ratios)) + "|"]
+    heads += ["socket / stunnel", "socket / HAProxy", "trio / stunnel", "trio / HAProxy"]
+    lines = ["| workload | " + " | ".join(heads) + " |", "|---" * (1 + len(heads)) + "|"]
     for workload in ROWS:
         row = medians[workload.name]
         cells = [f"{row[t]:,.1f}" for t in TERMINATORS]
         for ours in ("ours_socket", "ours_trio"):
-            cells += [f"{row[ours] / row[other]:.2f}" for other in ("stunnel", "haproxy")]
-        lines.append(f"| ({workload.name}) {workload.title}, {workload.metric} | " + " | ".join(cells) + " |")
+            cells += [
+                f"{row[ours] / row[other]:.2f}" if row[other] else "-" for other in ("stunnel", "haproxy")
+            ]
+        what = f"({workload.name}) {workload.title}, {workload.metric}{unit}"
+        lines.append(f"| {what} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=float, default=3.0, help="measured seconds per run (default: 3)")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first (default: 1)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per terminator and workload (default: 3)")
-    parser.add_argument("--workers", type=int, default=1, help="Python loadgen processes for (c) (default: 1)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per terminator and workload")
+    parser.add_argument("--workers", type=int, default=1, help="Python loadgen processes for (c)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="default: benchmarks/results")
     args = parser.parse_args(argv)
     cpus = sorted(os.sched_getaffinity(0))
@@ -255,12 +261,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     print()
     print(table(medians))
+    print()
+    print(table(efficiency, " per server CPU-second"))
     today = dt.date.today().isoformat()
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{today}-terminator.json"
     result = {
         "date": today,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_average_at_end": os.getloadavg(),
+        },
         "versions": {
             "haproxy": _first_line(["haproxy", "-v"]),
             "stunnel": _first_line(["stunnel4", "-version"], stderr=True),
