@@ -153,7 +153,8 @@ def start_terminator(name: str, pki: Path, target: Address, tmp: Path, cpus: set
 
 
 @contextlib.contextmanager
-def echo_target(tmp: Path, cpus: set[int] | None) -> Iterator[Address]:
+def echo_target(tmp: Path, cpus: set[int] | None) -> Iterator[tuple[Address, int]]:
+    """The C echo target, started: its address and its process id."""
     binary = tmp / "echo_target"
     subprocess.run(["cc", "-O2", "-o", str(binary), str(HERE / "echo_target.c")], check=True, timeout=120)
     process = subprocess.Popen([str(binary)], stdout=subprocess.PIPE)
@@ -163,7 +164,7 @@ def echo_target(tmp: Path, cpus: set[int] | None) -> Iterator[Address]:
         address, said = read_listening(process)
         if address is None:
             raise RuntimeError(f"echo_target did not start: {said!r}")
-        yield address
+        yield address, process.pid
     finally:
         process.kill()
         process.wait()
@@ -174,11 +175,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def one_run(load: LoadGenerators, server: Server, workload: Workload) -> dict[str, Any]:
+def one_run(load: LoadGenerators, server: Server, workload: Workload, target_pid: int) -> dict[str, Any]:
+    """One run; its ``other_cpu`` (run.py's: neither server nor loadgen) less the target's share."""
+    start, target_before = time.monotonic(), cpu_seconds(target_pid)
     if workload.name.endswith("*"):
-        return run_c_workload(load, server, workload)
-    run = run_workload(load, server, workload)
-    run.pop("_report")
+        run = run_c_workload(load, server, workload)
+    else:
+        run = run_workload(load, server, workload)
+        run.pop("_report")
+    target = (cpu_seconds(target_pid) - target_before) / (time.monotonic() - start)
+    run["target_cpu"] = round(target, 3)
+    run["other_cpu"] = round(max(run["other_cpu"] - target, 0.0), 3)
     return run
 
 
@@ -222,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         if tlsload is None:
             return 1
         load = LoadGenerators(args, pki, ClientConfig(tls=TLSFiles.from_dir(pki, "client")), tlsload)
-        with echo_target(tmp, set(cpus[1:]) if server_cpus else None) as target:
+        with echo_target(tmp, set(cpus[1:]) if server_cpus else None) as (target, target_pid):
             servers: dict[str, Server] = {}
             try:
                 for t in TERMINATORS:
@@ -231,12 +238,13 @@ def main(argv: list[str] | None = None) -> int:
                     order = TERMINATORS[rep % 4 :] + TERMINATORS[: rep % 4]
                     for workload in ROWS:
                         for t in order:
-                            run = one_run(load, servers[t], workload)
+                            run = one_run(load, servers[t], workload, target_pid)
                             runs.append(run)
                             errors = run["report"].get("errors", {})
                             print(
                                 f"run {rep + 1} ({workload.name}) {LABELS[t]:<24} {run['value']:>10,.1f}"
-                                f" {workload.metric}  server CPU {run['server_cpu']:.0%}"
+                                f" {workload.metric}  CPU: server {run['server_cpu']:.0%}"
+                                f", others {run['other_cpu']:.0%}"
                                 f"{'  ERRORS ' + str(errors) if any(errors.values()) else ''}",
                                 flush=True,
                             )

@@ -22,6 +22,7 @@ import attrs
 import pytest
 import trio
 
+import trio_tlsecho
 from trio_tlsecho import Address, ClientConfig, ServerConfig, ServerMetrics, open_client, serve
 from trio_tlsecho._exceptions import ConfigError
 from trio_tlsecho._handlers import resolve_handler
@@ -207,9 +208,16 @@ def _tlvs(data: bytes) -> list[tuple[int, bytes]]:
 
 
 async def _header_from(
-    nursery: trio.Nursery, config: ServerConfig, client_config: ClientConfig, version: str
+    nursery: trio.Nursery,
+    config: ServerConfig,
+    client_config: ClientConfig,
+    version: str,
+    balancer_header: bytes | None = None,
 ) -> tuple[bytes, tuple[str, int], Address]:
-    """Through ``forward`` with *version*: what the target read first, the client's address, the server's."""
+    """Through ``forward`` with *version*: what the target read first, the client's address, the server's.
+
+    With *balancer_header*, the server reads a PROXY header from the client first.
+    """
     got: list[bytes] = []
     done = trio.Event()
 
@@ -221,8 +229,10 @@ async def _header_from(
         done.set()
 
     target = await start_target(nursery, first_bytes)
+    if balancer_header is not None:
+        config = attrs.evolve(config, proxy_protocol=True)
     address = await start_forward(nursery, config, target=target, proxy_protocol=version)
-    async with await open_client(address, client_config) as stream:
+    async with await open_client(address, client_config, proxy_header=balancer_header) as stream:
         await stream.send_all(b"hello")
         await done.wait()
         client = stream.transport_stream.socket.getsockname()
@@ -258,6 +268,32 @@ async def test_proxy_v1_names_the_client(
 ) -> None:
     header, client, address = await _header_from(nursery, server_config, client_config, "v1")
     assert header == b"PROXY TCP4 127.0.0.1 127.0.0.1 %d %d\r\n" % (client[1], address.port)
+
+
+async def test_a_client_named_by_a_balancer_is_the_one_named_to_the_target(
+    nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    # The balancer reports an IPv6 client; the server's own socket is IPv4: the header to
+    # the target names both in IPv6 (the IPv4 one mapped), as one family must.
+    balancer = encode_v2(("2001:db8::7", 4711), ("2001:db8::1", 443))
+    header, _, address = await _header_from(nursery, server_config, client_config, "v2", balancer)
+    parsed = parse_proxy_header(header)
+    assert parsed is not None
+    assert parsed[1] == len(header)
+    assert parsed[0].source == ("2001:db8::7", 4711)
+    assert parsed[0].destination == ("::ffff:127.0.0.1", address.port)
+
+
+async def test_forward_embedded_as_a_handler_object(
+    nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    target = await start_target(nursery, count_then_close)
+    config = attrs.evolve(server_config, handler=trio_tlsecho.forward(target=target, connect_timeout=2.5))
+    [address] = await nursery.start(serve, config)
+    async with await open_client(address, client_config) as stream:
+        await stream.send_all(b"12345")
+        await send_close_notify(stream)
+        assert await read_to_end(stream) == b"5\n"
 
 
 HAPROXY_READER = """\
