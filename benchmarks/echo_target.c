@@ -46,7 +46,8 @@ static void finish(struct conn *c) {
 /* Write back what is pending; 1 while the connection lives. */
 static int flush(struct conn *c) {
     while (c->sent < c->have) {
-        ssize_t n = write(c->fd, c->buf + c->sent, c->have - c->sent);
+        /* MSG_NOSIGNAL: a terminator that hangs up mid-echo must not kill us with SIGPIPE. */
+        ssize_t n = send(c->fd, c->buf + c->sent, c->have - c->sent, MSG_NOSIGNAL);
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             watch(c, EPOLLOUT, EPOLL_CTL_MOD);
             return 1;

@@ -183,6 +183,11 @@ def one_run(load: LoadGenerators, server: Server, workload: Workload, target_pid
     else:
         run = run_workload(load, server, workload)
         run.pop("_report")
+    if (
+        not Path(f"/proc/{target_pid}").exists()
+        or Path(f"/proc/{target_pid}/stat").read_text().split()[2] == "Z"
+    ):
+        raise RuntimeError("the echo target died during the run")
     target = (cpu_seconds(target_pid) - target_before) / (time.monotonic() - start)
     run["target_cpu"] = round(target, 3)
     run["other_cpu"] = round(max(run["other_cpu"] - target, 0.0), 3)
@@ -191,16 +196,16 @@ def one_run(load: LoadGenerators, server: Server, workload: Workload, target_pid
 
 def table(medians: dict[str, dict[str, float]], unit: str = "") -> str:
     """Markdown: one column per terminator (each row's metric, followed by *unit*), then ratios."""
-    heads = [LABELS[t] for t in TERMINATORS]
-    heads += ["socket / stunnel", "socket / HAProxy", "trio / stunnel", "trio / HAProxy"]
+    present = [t for t in TERMINATORS if t in medians[ROWS[0].name]]
+    pairs = [
+        (o, b) for o in ("ours_socket", "ours_trio") for b in ("stunnel", "haproxy") if {o, b} <= {*present}
+    ]
+    heads = [LABELS[t] for t in present] + [f"{o.removeprefix('ours_')} / {b}" for o, b in pairs]
     lines = ["| workload | " + " | ".join(heads) + " |", "|---" * (1 + len(heads)) + "|"]
     for workload in ROWS:
         row = medians[workload.name]
-        cells = [f"{row[t]:,.1f}" for t in TERMINATORS]
-        for ours in ("ours_socket", "ours_trio"):
-            cells += [
-                f"{row[ours] / row[other]:.2f}" if row[other] else "-" for other in ("stunnel", "haproxy")
-            ]
+        cells = [f"{row[t]:,.1f}" for t in present]
+        cells += [f"{row[o] / row[b]:.2f}" if row[b] else "-" for o, b in pairs]
         what = f"({workload.name}) {workload.title}, {workload.metric}{unit}"
         lines.append(f"| {what} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -215,7 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per terminator and workload")
     parser.add_argument("--workers", type=int, default=1, help="Python loadgen processes for (c)")
     parser.add_argument("--out", type=Path, default=HERE / "results", help="default: benchmarks/results")
+    parser.add_argument(
+        "--only", default=",".join(TERMINATORS), help=f"some of {','.join(TERMINATORS)} (default: all)"
+    )
     args = parser.parse_args(argv)
+    chosen = tuple(t for t in TERMINATORS if t in args.only.split(","))
     cpus = sorted(os.sched_getaffinity(0))
     server_cpus = {cpus[0]} if len(cpus) >= 2 else None
     if server_cpus:
@@ -232,10 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         with echo_target(tmp, set(cpus[1:]) if server_cpus else None) as (target, target_pid):
             servers: dict[str, Server] = {}
             try:
-                for t in TERMINATORS:
+                for t in chosen:
                     servers[t] = start_terminator(t, pki, target, tmp, server_cpus)
                 for rep in range(args.repeat):
-                    order = TERMINATORS[rep % 4 :] + TERMINATORS[: rep % 4]
+                    order = chosen[rep % len(chosen) :] + chosen[: rep % len(chosen)]
                     for workload in ROWS:
                         for t in order:
                             run = one_run(load, servers[t], workload, target_pid)
@@ -254,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     medians = {
         w.name: {
             t: statistics.median(r["value"] for r in runs if r["server"] == t and r["workload"] == w.name)
-            for t in TERMINATORS
+            for t in chosen
         }
         for w in ROWS
     }
@@ -263,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             t: statistics.median(
                 r["efficiency"] or 0.0 for r in runs if r["server"] == t and r["workload"] == w.name
             )
-            for t in TERMINATORS
+            for t in chosen
         }
         for w in ROWS
     }

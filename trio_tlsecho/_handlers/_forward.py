@@ -46,6 +46,7 @@ from .._exceptions import UpstreamError, causes
 from .._net import encode_tlv, encode_v1, encode_v2, ssl_tlv
 from .._tls import PeerIdentity
 from ._api import Connection, Handler
+from ._upstream import Upstream
 
 #: The most one read takes, in each direction: one TLS read gathers several records up
 #: to this, and a bulk transfer costs a quarter of the Python turns it would at 64 KiB.
@@ -126,16 +127,16 @@ class Forward:
                 await _send(upstream, proxy_header(conn, self.proxy_protocol))
             await self._splice(conn.stream, upstream)
 
-    async def _connect(self) -> trio.SocketStream:
+    async def _connect(self) -> Upstream:
         with trio.move_on_after(self.connect_timeout):
             try:
-                return await self.target.connect()
+                return Upstream.take(await self.target.connect())
             except OSError as exc:
                 raise UpstreamError(f"target {self.target}: cannot connect: {_why(exc)}") from None
         why = f"timed out after {self.connect_timeout:g}s"
         raise UpstreamError(f"target {self.target}: cannot connect: {why}")
 
-    async def _splice(self, client: TLSStream, upstream: trio.SocketStream) -> None:
+    async def _splice(self, client: TLSStream, upstream: Upstream) -> None:
         # Each direction returns (never raises) what ended it, so that the nursery
         # closes without an exception group and the error is raised bare below.
         lost: list[trio.BrokenResourceError] = []
@@ -154,7 +155,7 @@ class Forward:
     async def _client_to_target(
         self,
         client: TLSStream,
-        upstream: trio.SocketStream,
+        upstream: Upstream,
         done: trio.CancelScope,
         lost: list[trio.BrokenResourceError],
     ) -> None:
@@ -171,7 +172,7 @@ class Forward:
         with contextlib.suppress(trio.BrokenResourceError, OSError):
             await upstream.send_eof()
 
-    async def _target_to_client(self, upstream: trio.SocketStream, client: TLSStream) -> Exception | None:
+    async def _target_to_client(self, upstream: Upstream, client: TLSStream) -> Exception | None:
         while True:
             try:
                 data = await upstream.receive_some(COPY_SIZE)
@@ -185,7 +186,7 @@ class Forward:
                 return exc
 
 
-async def _send(upstream: trio.SocketStream, data: bytes | bytearray) -> bool:
+async def _send(upstream: Upstream, data: bytes | bytearray) -> bool:
     try:
         await upstream.send_all(data)
     except trio.BrokenResourceError:
