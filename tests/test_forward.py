@@ -487,6 +487,17 @@ def test_targets_parse() -> None:
     assert Target.parse("unix:/run/app.sock") == Target(path="/run/app.sock")
 
 
+async def test_the_target_connection_has_tcp_nodelay(nursery: trio.Nursery) -> None:
+    from trio_tlsecho._handlers._forward import Forward, Target
+
+    async def hold(tcp: trio.SocketStream) -> None:
+        await read_to_end(tcp)
+
+    target = await start_target(nursery, hold)
+    async with await Forward(Target.parse(target))._connect() as upstream:
+        assert upstream._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+
 def test_our_v2_header_reads_back_with_its_tlvs() -> None:
     tlvs = ssl_tlv(version="TLSv1.3", cipher="TLS_AES_128_GCM_SHA256", common_name="alice", resumed=True)
     raw = encode_v2(("192.0.2.1", 5000), ("127.0.0.1", 443), tlvs + encode_tlv(0xE0, b"x"))
