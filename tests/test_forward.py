@@ -21,6 +21,7 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
+import trio.testing
 
 import trio_tlsecho
 from trio_tlsecho import Address, ClientConfig, ServerConfig, ServerMetrics, open_client, serve
@@ -105,6 +106,40 @@ async def test_client_close_reaches_the_target_and_its_answer_comes_back(
     await send_close_notify(stream)
     # The target saw EOF (shutdown(SHUT_WR)), answered, closed; we get the answer, then close_notify.
     assert await read_to_end(stream) == b"%d\n" % len(payload)
+    await stream.aclose()
+
+
+async def test_a_target_that_does_not_read_stops_the_client(
+    nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig
+) -> None:
+    """Backpressure: ``forward`` holds one read, not everything the client sends."""
+    total = 64 * 1024 * 1024  # far more than the loopback socket buffers on the way hold
+    go, counted = trio.Event(), trio.Event()
+    got = [0]
+
+    async def read_when_told(tcp: trio.SocketStream) -> None:
+        await go.wait()
+        got[0] = len(await read_to_end(tcp))
+        counted.set()
+
+    target = await start_target(nursery, read_when_told)
+    address = await start_forward(nursery, server_config, target=target)
+    stream = await open_client(address, client_config)
+    sent = [0]
+
+    async def send_everything() -> None:
+        chunk = b"x" * (1024 * 1024)
+        while sent[0] < total:
+            await stream.send_all(chunk)
+            sent[0] += len(chunk)
+        await send_close_notify(stream)
+
+    nursery.start_soon(send_everything)
+    await trio.testing.wait_all_tasks_blocked()  # every copy is stuck on a full buffer
+    assert sent[0] < total / 2
+    go.set()
+    await counted.wait()
+    assert got[0] == total
     await stream.aclose()
 
 
