@@ -1,5 +1,5 @@
 """Developer tasks: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``, ``nox -s bench``,
-``nox -s scaling``."""
+``nox -s terminator``, ``nox -s scaling``."""
 
 from __future__ import annotations
 
@@ -35,9 +35,17 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Benchmark our server against asyncio and naive-trio baselines (slow)."""
+    """Benchmark our server against asyncio and naive-trio baselines, then as a terminator (slow)."""
     session.install("-e", ".[bench]")
     session.run("python", "benchmarks/run.py", *session.posargs)
+    session.run("python", "benchmarks/terminator.py")
+
+
+@nox.session(default=False)
+def terminator(session: nox.Session) -> None:
+    """forward against stunnel4 and HAProxy, in front of one echo target (needs both)."""
+    session.install("-e", ".[bench]")
+    session.run("python", "benchmarks/terminator.py", *session.posargs)
 
 
 @nox.session(default=False)

@@ -69,14 +69,16 @@ def test_v2_roundtrip_ipv4_and_ipv6() -> None:
 def test_v2_local_and_unspec_and_tlvs() -> None:
     local = V2_SIGNATURE + struct.pack("!BBH", 0x20, 0x00, 0)
     assert parse_proxy_header(local) == (ProxyHeader(2, None, None), 16)
-    # TLVs after the addresses (HAProxy's SSL/unique-id extensions) are skipped whole.
+    # TLVs after the addresses (HAProxy's SSL/unique-id extensions) are consumed whole and
+    # kept undecoded; tlvs() decodes them.
     tlv = b"\x05\x00\x04abcd"
     body = bytes([192, 0, 2, 1, 127, 0, 0, 1]) + struct.pack("!HH", 1234, 443) + tlv
     raw = V2_SIGNATURE + struct.pack("!BBH", 0x21, 0x11, len(body)) + body
     assert parse_proxy_header(raw + TLS_START) == (
-        ProxyHeader(2, ("192.0.2.1", 1234), ("127.0.0.1", 443)),
+        ProxyHeader(2, ("192.0.2.1", 1234), ("127.0.0.1", 443), tlv),
         len(raw),
     )
+    assert ProxyHeader(2, None, None, tlv).tlvs() == [(5, b"abcd")]
 
 
 @pytest.mark.parametrize(

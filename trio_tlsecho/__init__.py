@@ -16,10 +16,12 @@ from ._exceptions import EchoMismatchError as EchoMismatchError
 from ._exceptions import HandlerNotFoundError as HandlerNotFoundError
 from ._exceptions import ListenError as ListenError
 from ._exceptions import TLSEchoError as TLSEchoError
+from ._exceptions import UpstreamError as UpstreamError
 from ._handlers import Connection as Connection
 from ._handlers import Handler as Handler
 from ._handlers import discard as discard
 from ._handlers import echo as echo
+from ._handlers import forward as forward
 from ._handlers import handler_names as handler_names
 from ._handlers import resolve_handler as resolve_handler
 from ._load import LoadConfig as LoadConfig
@@ -34,6 +36,7 @@ from ._net import SystemdSockets as SystemdSockets
 from ._net import UnixAddress as UnixAddress
 from ._net import encode_v1 as encode_proxy_v1
 from ._net import encode_v2 as encode_proxy_v2
+from ._net import parse_proxy_header as parse_proxy_header
 from ._server import ServerMetrics as ServerMetrics
 from ._server import serve as serve
 from ._server import serve_metrics as serve_metrics
@@ -74,6 +77,7 @@ __all__ = [
     "TLSFiles",
     "TLSStream",
     "UnixAddress",
+    "UpstreamError",
     "__version__",
     "client_context",
     "discard",
@@ -81,9 +85,11 @@ __all__ = [
     "echo_once",
     "encode_proxy_v1",
     "encode_proxy_v2",
+    "forward",
     "handler_names",
     "make_dev_pki",
     "open_client",
+    "parse_proxy_header",
     "resolve_handler",
     "run_load",
     "serve",

@@ -28,6 +28,14 @@ class ListenError(TLSEchoError, OSError):
     """A listening socket could not be bound (address in use, bad host, ...)."""
 
 
+class UpstreamError(TLSEchoError):
+    """A handler's own upstream failed: a target refused, timed out, reset (``forward``).
+
+    Not the client's fault and not a handler bug: the server counts it apart
+    (``tlsecho_upstream_errors``) and logs its one line as a warning, no traceback.
+    """
+
+
 class ClientError(TLSEchoError):
     """A client connection failed: refused, TLS rejected, reset, timeout."""
 

@@ -24,12 +24,13 @@ from typing import TypeGuard
 from .._exceptions import ConfigError, HandlerNotFoundError
 from ._api import Handler
 from ._builtin import discard, echo
+from ._forward import forward
 
 ENTRY_POINT_GROUP = "trio_tlsecho.handlers"
 
 # Also registered in the entry-point group by pyproject.toml; kept here so the
 # built-ins resolve from a source checkout that was never pip-installed.
-_BUILTINS: dict[str, Handler] = {"echo": echo, "discard": discard}
+_BUILTINS: dict[str, object] = {"echo": echo, "discard": discard, "forward": forward}
 
 
 def handler_names() -> list[str]:

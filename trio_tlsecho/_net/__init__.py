@@ -29,7 +29,10 @@ from ._listen import open_reuse_port_listeners as open_reuse_port_listeners
 from ._listen import remove_unix_socket as remove_unix_socket
 from ._proxy import ProxyHeader as ProxyHeader
 from ._proxy import ProxyProtocolError as ProxyProtocolError
+from ._proxy import encode_tlv as encode_tlv
 from ._proxy import encode_v1 as encode_v1
 from ._proxy import encode_v2 as encode_v2
 from ._proxy import parse_proxy_header as parse_proxy_header
+from ._proxy import parse_tlvs as parse_tlvs
 from ._proxy import read_proxy_header as read_proxy_header
+from ._proxy import ssl_tlv as ssl_tlv

@@ -15,6 +15,11 @@ past the header: it peeks (``MSG_PEEK``), and while the header is incomplete
 every byte in the socket buffer is known to be part of it, so it is safe to
 consume; once complete it consumes exactly the header's length.
 
+TLVs: a v2 header may carry type-length-value fields after the addresses
+(:func:`encode_tlv`, :func:`ssl_tlv`); :attr:`ProxyHeader.extra` keeps those bytes
+as received and :meth:`ProxyHeader.tlvs` decodes them on demand, so that the
+server, which reads only the addresses, never refuses a balancer over a TLV.
+
 Limits: v1 headers are at most 107 bytes (the spec's own bound); v2 headers
 are refused above :data:`MAX_V2_LENGTH` bytes of addresses and TLVs, far more
 than HAProxy sends even with SSL TLVs, far less than the 64 KiB the length
@@ -38,6 +43,15 @@ V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 MAX_V2_LENGTH = 2048
 _V2_FIXED = 16
 
+# TLV types and the PP2_TYPE_SSL fields (the spec's section 2.2).
+PP2_TYPE_SSL = 0x20
+PP2_SUBTYPE_SSL_VERSION = 0x21
+PP2_SUBTYPE_SSL_CN = 0x22
+PP2_SUBTYPE_SSL_CIPHER = 0x23
+PP2_CLIENT_SSL = 0x01
+PP2_CLIENT_CERT_CONN = 0x02
+PP2_CLIENT_CERT_SESS = 0x04
+
 
 class ProxyProtocolError(TLSEchoError):
     """The peer sent no valid PROXY header where one was required."""
@@ -52,6 +66,32 @@ class ProxyHeader:
     #: (the balancer's own health checks): then the socket's address stands.
     source: tuple[str, int] | None
     destination: tuple[str, int] | None
+    #: A v2 header's bytes after the addresses: its TLVs, undecoded (see :meth:`tlvs`).
+    extra: bytes = b""
+
+    def tlvs(self) -> list[tuple[int, bytes]]:
+        """The v2 TLVs as ``(type, value)`` in order; :class:`ProxyProtocolError` if malformed."""
+        return parse_tlvs(self.extra)
+
+
+def parse_tlvs(data: bytes) -> list[tuple[int, bytes]]:
+    """Split *data* into ``(type, value)`` TLVs (one byte of type, two of length, big-endian).
+
+    The value of PP2_TYPE_SSL is five bytes (client flags, verify result) and then
+    TLVs of its own: ``parse_tlvs(value[5:])``.
+    """
+    found = []
+    at = 0
+    while at < len(data):
+        if len(data) - at < 3:
+            raise ProxyProtocolError(f"PROXY v2 TLV header cut short at byte {at}")
+        kind, length = struct.unpack_from("!BH", data, at)
+        end = at + 3 + length
+        if end > len(data):
+            raise ProxyProtocolError(f"PROXY v2 TLV 0x{kind:02x} of {length} bytes runs past the header")
+        found.append((kind, data[at + 3 : end]))
+        at = end
+    return found
 
 
 def parse_proxy_header(data: bytes) -> tuple[ProxyHeader, int] | None:
@@ -126,14 +166,14 @@ def _parse_v2(data: bytes) -> tuple[ProxyHeader, int] | None:
         if length < 12:
             raise ProxyProtocolError("PROXY v2 header too short for IPv4 addresses")
         src, dst, sport, dport = struct.unpack_from("!4s4sHH", body)
-        family_id = socket.AF_INET
+        family_id, extra = socket.AF_INET, body[12:]
     elif family == 0x21:  # TCP over IPv6
         if length < 36:
             raise ProxyProtocolError("PROXY v2 header too short for IPv6 addresses")
         src, dst, sport, dport = struct.unpack_from("!16s16sHH", body)
-        family_id = socket.AF_INET6
+        family_id, extra = socket.AF_INET6, body[36:]
     elif family == 0x00:  # UNSPEC: addresses unknown, like v1 UNKNOWN
-        return ProxyHeader(2, None, None), total
+        return ProxyHeader(2, None, None, body), total
     else:
         raise ProxyProtocolError(f"PROXY v2 header for unsupported family/protocol 0x{family:02x}")
     return (
@@ -141,6 +181,7 @@ def _parse_v2(data: bytes) -> tuple[ProxyHeader, int] | None:
             2,
             (socket.inet_ntop(family_id, src), sport),
             (socket.inet_ntop(family_id, dst), dport),
+            extra,
         ),
         total,
     )
@@ -152,16 +193,51 @@ def encode_v1(source: tuple[str, int], destination: tuple[str, int]) -> bytes:
     return f"PROXY {family} {source[0]} {destination[0]} {source[1]} {destination[1]}\r\n".encode()
 
 
-def encode_v2(source: tuple[str, int], destination: tuple[str, int]) -> bytes:
-    """A v2 PROXY-command header for TCP over IPv4 or IPv6."""
-    v6 = ":" in source[0]
-    family_id = socket.AF_INET6 if v6 else socket.AF_INET
-    body = (
-        socket.inet_pton(family_id, source[0])
-        + socket.inet_pton(family_id, destination[0])
-        + struct.pack("!HH", source[1], destination[1])
-    )
-    return V2_SIGNATURE + struct.pack("!BBH", 0x21, 0x21 if v6 else 0x11, len(body)) + body
+def encode_v2(
+    source: tuple[str, int] | None, destination: tuple[str, int] | None, tlvs: bytes = b""
+) -> bytes:
+    """A v2 PROXY-command header for TCP over IPv4 or IPv6, then *tlvs* (from :func:`encode_tlv`).
+
+    Without addresses (``None``): family UNSPEC, which tells the receiver to keep the
+    socket's own address but still carries the TLVs.  Both addresses must be of one family.
+    """
+    if source is None or destination is None:
+        body, family = b"", 0x00
+    else:
+        v6 = ":" in source[0]
+        family_id = socket.AF_INET6 if v6 else socket.AF_INET
+        body = (
+            socket.inet_pton(family_id, source[0])
+            + socket.inet_pton(family_id, destination[0])
+            + struct.pack("!HH", source[1], destination[1])
+        )
+        family = 0x21 if v6 else 0x11
+    body += tlvs
+    if len(body) > MAX_V2_LENGTH:
+        raise ValueError(f"PROXY v2 header of {len(body)} bytes is over the {MAX_V2_LENGTH}-byte limit")
+    return V2_SIGNATURE + struct.pack("!BBH", 0x21, family, len(body)) + body
+
+
+def encode_tlv(kind: int, value: bytes) -> bytes:
+    """One TLV: a byte of type, two bytes of length (big-endian), the value."""
+    if len(value) > 0xFFFF:
+        raise ValueError(f"TLV 0x{kind:02x} value of {len(value)} bytes is over 65535")
+    return struct.pack("!BH", kind, len(value)) + value
+
+
+def ssl_tlv(*, version: str, cipher: str, common_name: str | None, resumed: bool) -> bytes:
+    """PP2_TYPE_SSL for a client whose certificate was verified, as HAProxy sends it.
+
+    Client flags: PP2_CLIENT_SSL, PP2_CLIENT_CERT_SESS (the session has a certificate)
+    and PP2_CLIENT_CERT_CONN unless the session was resumed (the certificate was sent
+    on this connection); verify 0 (verified).  Sub-TLVs: version, CN (if any), cipher.
+    """
+    client = PP2_CLIENT_SSL | PP2_CLIENT_CERT_SESS | (0 if resumed else PP2_CLIENT_CERT_CONN)
+    sub = encode_tlv(PP2_SUBTYPE_SSL_VERSION, version.encode())
+    if common_name is not None:
+        sub += encode_tlv(PP2_SUBTYPE_SSL_CN, common_name.encode())
+    sub += encode_tlv(PP2_SUBTYPE_SSL_CIPHER, cipher.encode())
+    return encode_tlv(PP2_TYPE_SSL, struct.pack("!BI", client, 0) + sub)
 
 
 async def read_proxy_header(sock: trio.socket.SocketType) -> ProxyHeader:

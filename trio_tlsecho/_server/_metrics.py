@@ -77,6 +77,7 @@ _SCALARS = (
     "bytes_sent",
     "handler_errors",
     "idle_closed",
+    "upstream_errors",
 )
 _RESULTS_AT = len(_SCALARS)
 _HANDSHAKE_HIST_AT = _RESULTS_AT + len(HANDSHAKE_RESULTS)
@@ -180,6 +181,7 @@ class ServerMetrics(Collector):
     bytes_sent = _Scalar(3)
     handler_errors = _Scalar(4)
     idle_closed = _Scalar(5)
+    upstream_errors = _Scalar(6)
 
     def __init__(self, slots: memoryview | None = None) -> None:
         #: Whether the server is serving: set once its listeners are bound, cleared when
@@ -255,6 +257,11 @@ class ServerMetrics(Collector):
         )
         yield CounterMetricFamily("tlsecho_handler_errors", "Handlers that raised", self.handler_errors)
         yield CounterMetricFamily("tlsecho_idle_closed", "Connections closed for idleness", self.idle_closed)
+        yield CounterMetricFamily(
+            "tlsecho_upstream_errors",
+            "Handlers whose upstream failed (forward's target: refused, timed out, reset)",
+            self.upstream_errors,
+        )
         for name, doc, hist in (
             (
                 "tlsecho_handshake_duration_seconds",

@@ -37,7 +37,7 @@ import socket
 import trio
 
 from .._engines import TLSStream
-from .._exceptions import leaves
+from .._exceptions import UpstreamError, leaves
 from .._handlers import Connection
 from .._net import ProxyProtocolError, address_in, format_address, read_proxy_header
 from .._tls import PeerIdentity, describe_tls_error
@@ -54,8 +54,11 @@ ENDED_OK = "ok"  # the handler returned
 ENDED_IDLE = "idle_timeout"
 ENDED_LOST = "connection_lost"
 ENDED_HANDLER_ERROR = "handler_error"
+ENDED_UPSTREAM = "upstream_error"  # the handler's target failed (forward): UpstreamError
 ENDED_CANCELLED = "cancelled"  # the server stopped it: the shutdown grace ran out
-_COMPLETED = (ENDED_OK, ENDED_IDLE)
+# Ends after which the client gets close_notify: nothing was cut (an upstream that failed
+# mid-answer has closed the client itself, without one).
+_COMPLETED = (ENDED_OK, ENDED_IDLE, ENDED_UPSTREAM)
 
 
 class Refusal(Exception):
@@ -255,6 +258,10 @@ async def run_handler(conn: Connection, server: ServerState, where: str) -> str:
         why = describe_tls_error(exc)
         log.info("%s: connection lost: %s", where, why, extra={"event": ENDED_LOST, "error": why, **peer})
         return ENDED_LOST
+    except UpstreamError as exc:  # the handler's target failed, not the handler: no traceback
+        metrics.upstream_errors += 1
+        log.warning("%s: %s", where, exc, extra={"event": ENDED_UPSTREAM, "error": str(exc), **peer})
+        return ENDED_UPSTREAM  # a clean close for the client (a handler that cut it closed it already)
     except BaseExceptionGroup as group:  # before Exception: an ExceptionGroup is one
         # A handler's own nursery (perhaps cancelled, the grace over, while a child
         # failed): log the failures by name, let the rest (the cancellation, a
