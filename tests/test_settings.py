@@ -63,6 +63,10 @@ def test_handler_options_from_a_table_merge_with_the_flags(tmp_path: Path) -> No
     config = write(tmp_path, '[handler-option]\ntarget = "127.0.0.1:8080"\nconnect-timeout = "5"\n')
     args = parse_args(["serve", "--config", str(config), "--handler-option", "target=127.0.0.1:9090"], {})
     assert dict(args.handler_options) == {"target": "127.0.0.1:9090", "connect_timeout": "5"}
+    # Numbers and booleans reach the handler as the command line would give them.
+    typed = write(tmp_path, "[handler-option]\nconnect-timeout = 2.5\nretries = 3\nstrict = true\n")
+    typed_args = parse_args(["serve", "--config", str(typed)], {})
+    assert dict(typed_args.handler_options) == {"connect_timeout": "2.5", "retries": "3", "strict": "true"}
     listed = write(tmp_path, 'handler-option = ["size=10"]\n')
     assert parse_args(["serve", "--config", str(listed)], {}).handler_options == [("size", "10")]
 
@@ -80,7 +84,7 @@ def test_handler_options_from_a_table_merge_with_the_flags(tmp_path: Path) -> No
         ('proxy-protocol = "yes"', "key 'proxy-protocol': expected true or false, not a string"),
         ('min-tls = "1.1"', "key 'min-tls': '1.1' is not one of 1.2, 1.3"),
         ('log-level = "loud"', "key 'log-level': 'loud' is not one of debug, info, warning, error"),
-        ("[handler-option]\nport = 8080", "key 'handler-option': 'port': expected a string (the"),
+        ("[handler-option]\nports = [1, 2]", "key 'handler-option': 'ports': expected a string, number or"),
         ("listen = [", "not valid TOML: "),
     ],
 )  # fmt: skip
@@ -124,22 +128,35 @@ def test_the_example_file_reads_as_documented() -> None:
 
 def test_serving_with_the_example_file(tmp_path: Path, certs: Path) -> None:
     # Its paths are a deployment's: this machine's in flags over it, as an operator would test it.
+    # --certs alone replaces the file's cert/key/ca (the file's are /etc paths).
     flags = ["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--workers", "1", "--certs", str(certs)]
-    files = [
-        "--cert",
-        str(certs / "server.pem"),
-        "--key",
-        str(certs / "server.key"),
-        "--ca",
-        str(certs / "ca.pem"),
-    ]
     crl = ["--crl", str(certs / "crl.pem")]
-    with ServeProcess("--config", str(EXAMPLE), *flags, *files, *crl, cwd=tmp_path) as server:
+    with ServeProcess("--config", str(EXAMPLE), *flags, *crl, cwd=tmp_path) as server:
         client = run_cli("client", "--connect", str(server.address), cwd=tmp_path)
         code, err = server.stop()
     assert client.returncode == 0, client.stderr
     assert code == 0, err
     assert server.metrics_url
+
+
+def test_a_certificate_directory_replaces_the_files_of_a_lower_layer(tmp_path: Path) -> None:
+    config = write(tmp_path, 'cert = "/etc/x/server.pem"\nkey = "/etc/x/server.key"\nca = "/etc/x/ca.pem"\n')
+    # --certs on the command line: that directory's files, not the file's.
+    args = parse_args(["serve", "--config", str(config), "--certs", "/srv/pki"], {})
+    assert (args.certs, args.cert, args.key, args.ca) == (Path("/srv/pki"), None, None, None)
+    # ... and so does TRIO_TLSECHO_CERTS over the file.
+    args = parse_args(["serve", "--config", str(config)], {"TRIO_TLSECHO_CERTS": "/srv/env"})
+    assert (args.certs, args.cert, args.key, args.ca) == (Path("/srv/env"), None, None, None)
+    # A file named on the command line still goes with the directory (--ca from DIR).
+    args = parse_args(["serve", "--config", str(config), "--certs=/srv/pki", "--ca", "/srv/ca.pem"], {})
+    assert (args.cert, args.key, args.ca) == (
+        Path("/etc/x/server.pem"),
+        Path("/etc/x/server.key"),
+        Path("/srv/ca.pem"),
+    )
+    # Without --certs the file's files stand.
+    args = parse_args(["serve", "--config", str(config)], {})
+    assert args.cert == Path("/etc/x/server.pem")
 
 
 def test_log_level_after_the_command_in_any_case(tmp_path: Path, certs: Path) -> None:

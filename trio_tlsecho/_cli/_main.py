@@ -333,7 +333,9 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> argpar
         config = args.config or Path(environ.get(ENV_PREFIX + "CONFIG") or "")
         if config != Path():
             layered |= read_file(config, {**top, **own})
-        layered |= read_environment(own, environ)
+        layered = _one_certificate_source(layered, read_environment(own, environ))
+        if _given(argv, "--certs") and not any(getattr(args, f) for f in _FILES):
+            layered = _one_certificate_source(layered, {"certs": args.certs})
     if not layered:
         return args
     # The top-level parser holds --log-level's default; a command's own copy has none.
@@ -342,6 +344,23 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> argpar
     args = parser.parse_args(argv)
     apply(args, layered)
     return args
+
+
+_FILES = ("cert", "key", "ca")
+
+
+def _one_certificate_source(lower: dict[str, object], upper: Mapping[str, object]) -> dict[str, object]:
+    """*upper* over *lower*, where a directory (``certs``) in *upper* without files of its
+    own replaces the files *lower* named: ``--certs DIR`` on the command line means that
+    directory's certificates, not the config file's ``cert``/``key``/``ca``."""
+    if "certs" in upper and not any(f in upper for f in _FILES):
+        lower = {dest: v for dest, v in lower.items() if dest not in _FILES}
+    return lower | dict(upper)
+
+
+def _given(argv: Sequence[str] | None, flag: str) -> bool:
+    words = sys.argv[1:] if argv is None else argv
+    return any(w == flag or w.startswith(flag + "=") for w in words)
 
 
 def _dests(actions: Mapping[str, argparse.Action]) -> set[str]:

@@ -137,10 +137,15 @@ def _from_toml(action: argparse.Action, raw: object, where: str) -> object:
 
 
 def _option_value(raw: object, where: str) -> str:
-    # Options stay text to the handler, which parses them: "8080", not 8080.
+    # Options stay text to the handler, which parses them: 5 reaches it as "5", as
+    # --handler-option connect_timeout=5 would; true as "true".
     if isinstance(raw, str):
         return raw
-    raise ConfigError(f"{where}: expected a string (the handler parses it), not {_kind(raw)}")
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if isinstance(raw, (int, float)):
+        return str(raw)
+    raise ConfigError(f"{where}: expected a string, number or true/false, not {_kind(raw)}")
 
 
 def _from_toml_scalar(action: argparse.Action, raw: object, where: str) -> object:
