@@ -16,7 +16,7 @@ def help_text(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", [[], ["certs"], ["serve"], ["loadgen"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["certs"], ["serve"], ["client"], ["loadgen"], ["demo"]])
 def test_every_command_has_a_description_and_examples(
     capsys: pytest.CaptureFixture[str], command: list[str]
 ) -> None:

@@ -303,7 +303,7 @@ def _add_demo_parser(sub: SubParsers) -> None:
         "Serve on a free port of 127.0.0.1 and show, in one terminal, a verified echo and the\n"
         "clients a mutual-TLS server refuses: one without a certificate, one from another CA.",
         f"{PROG} demo",
-        f"{PROG} demo --certs /tmp/demo-certs",
+        f"{PROG} certs --out /tmp/demo-certs && {PROG} demo --certs /tmp/demo-certs",
     )
     p.add_argument("--certs", metavar="DIR", type=Path, default=DEFAULT_CERTS_DIR, help="default: ./certs")
     p.set_defaults(func=_cmd_demo)
