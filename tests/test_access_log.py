@@ -130,7 +130,14 @@ def test_setup_logging_writes_json_to_stderr(capsys: pytest.CaptureFixture[str])
 def test_serve_logs_json_with_log_format_json(tmp_path: Path, certs: Path, workers: int) -> None:
     program = (*PY, "--log-format", "json")
     with ServeProcess(
-        "--listen", "127.0.0.1:0", "--workers", str(workers), cwd=tmp_path, program=program
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        str(workers),
+        "--metrics",
+        "127.0.0.1:0",
+        cwd=tmp_path,
+        program=program,
     ) as server:
         ok = run_cli("client", "--connect", str(server.address), cwd=tmp_path)
         assert ok.returncode == 0, ok.stderr
@@ -141,6 +148,9 @@ def test_serve_logs_json_with_log_format_json(tmp_path: Path, certs: Path, worke
     events = [line["event"] for line in lines]
     for event in ("listening", "connection_opened", "connection_closed", "shutting_down", "stopped"):
         assert event in events, events
+    # A log pipeline learns the metrics port too, not only stdout.
+    [metrics] = [line for line in lines if line["event"] == "metrics_listening"]
+    assert server.metrics_url == f"http://{metrics['address']}/metrics"
     [closed] = [line for line in lines if line["event"] == "connection_closed"]
     assert closed["outcome"] == "ok"
     assert closed["bytes_in"] == closed["bytes_out"] > 0

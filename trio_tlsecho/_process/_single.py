@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -22,6 +23,8 @@ from .._net import Address, ListenAddress
 from .._server import ServerMetrics, serve, serve_metrics
 from ._notify import Notifier, connections_status
 from ._signals import STOP_SIGNALS, Action, SignalState, log_action
+
+log = logging.getLogger("trio_tlsecho")
 
 _MESSAGES = {
     Action.RELOAD: "%s received, reloading certificates",
@@ -58,7 +61,7 @@ async def serve_until_signalled(
             outer.start_soon(dispatch)
             if metrics_address is not None:
                 bound = await outer.start(serve_metrics, metrics, metrics_address)
-                print(f"metrics on http://{bound}/metrics", flush=True)
+                announce_metrics(bound)
             serving = functools.partial(
                 serve,
                 config,
@@ -123,3 +126,10 @@ def _notifying_reloads(
         pending = True
 
     return reload_trigger
+
+
+def announce_metrics(bound: Address) -> None:
+    """Where the metrics are: on stdout as the listeners are, and in the log (JSON too)."""
+    url = f"http://{bound}/metrics"
+    print(f"metrics on {url}", flush=True)
+    log.info("metrics on %s", url, extra={"event": "metrics_listening", "address": str(bound)})

@@ -108,7 +108,7 @@ from .._server import METRIC_SLOTS, ServerMetrics, serve_metrics
 from .._tls import server_context
 from ._notify import Notifier, connections_status
 from ._signals import Action, SignalState, log_action
-from ._single import serve_until_signalled
+from ._single import announce_metrics, serve_until_signalled
 
 log = logging.getLogger("trio_tlsecho")
 
@@ -311,7 +311,7 @@ class _Supervisor:
                     # Signals that came while the workers started have waited in the receiver.
                     nursery.start_soon(self.relay, signals)
                     if bound is not None:
-                        print(f"metrics on http://{bound}/metrics", flush=True)
+                        announce_metrics(bound)
                     self.summed.serving = not self.state.stopping
                     on_started(addresses)
                     pids = ", ".join(str(w.process.pid) for w in self.workers)
