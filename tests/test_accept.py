@@ -102,3 +102,17 @@ async def test_a_long_burst_reports_its_count_every_minute(
     assert still.startswith("here: accept still failing: EMFILE, 60")  # 600 or 601, as floats add up
     for s in sock.accepted:
         s.close()
+
+
+async def test_a_burst_cut_short_by_a_stop_is_counted(
+    autojump_clock: trio.testing.MockClock, log: ServerLog
+) -> None:
+    # Out of descriptors until the server stops: no accept succeeds to close the burst,
+    # so the stop itself says how many failed.
+    sock = _Socket(*[errno.EMFILE] * 1000)
+    with trio.move_on_after(2.05):
+        await accept(listener(sock), "127.0.0.1:4433")
+    assert log.messages("accept")[-1] == "127.0.0.1:4433: stopped accepting after 21 failed accepts over 2.0s"
+    [record] = log.find("stopped accepting")
+    assert record.levelno == logging.WARNING
+    assert record.event == "accept_stopped"  # type: ignore[attr-defined]

@@ -43,7 +43,8 @@ class CapacityBurst:
     log itself a cost when resources are short).  So: one ERROR line when a burst
     starts, a WARNING with the count every :data:`REPORT_EVERY` seconds while it lasts,
     and one when an accept succeeds :data:`BURST_GAP` after the last failure, with the
-    total.  Sans-io: the caller passes the time.
+    total, or when the listener stops accepting in the middle of one.  Sans-io: the
+    caller passes the time.
     """
 
     def __init__(self, where: object) -> None:
@@ -89,6 +90,19 @@ class CapacityBurst:
             )
             self.count = self.unreported = 0
 
+    def stopped(self) -> None:
+        """Accepting stopped (the server is stopping) with a burst still going: its count."""
+        if self.count:
+            log.warning(
+                "%s: stopped accepting after %d failed accept%s over %.1fs",
+                self.where,
+                self.count,
+                "" if self.count == 1 else "s",
+                self.last_failure - self.started,
+                extra={"event": "accept_stopped", "address": str(self.where), "count": self.count},
+            )
+            self.count = self.unreported = 0
+
 
 _bursts: weakref.WeakKeyDictionary[trio.SocketListener, CapacityBurst] = weakref.WeakKeyDictionary()
 
@@ -100,6 +114,17 @@ async def accept(listener: trio.SocketListener, where: object) -> tuple[trio.Soc
     reset still has one, and it saves a system call per connection.
     """
     burst = _bursts.get(listener)
+    try:
+        return await _accept(listener, where, burst)
+    except trio.Cancelled:  # the listener stops: a burst still going is counted now
+        if (burst := _bursts.get(listener)) is not None:
+            burst.stopped()
+        raise
+
+
+async def _accept(
+    listener: trio.SocketListener, where: object, burst: CapacityBurst | None
+) -> tuple[trio.SocketStream, tuple[str, int]]:
     while True:
         try:
             sock, address = await listener.socket.accept()
