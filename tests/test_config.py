@@ -227,7 +227,9 @@ def test_a_flag_and_its_field_say_the_same(
     # The flag's line words it without the field name, argparse having named the flag.
     words = expected if isinstance(value, int) else f"{value!r} is not {expected.removeprefix('must be ')}"
     # (argparse names a flag with a short form by both: "-c/--clients".)
-    assert re.search(rf"argument (-\w/)?{flags[1]}: {re.escape(words)} \(see --help\)$", flag_line), flag_line
+    assert re.search(
+        rf"argument (-\w/)?{flags[1]}: {re.escape(words)} \(see trio-tlsecho \w+ --help\)$", flag_line
+    ), flag_line
 
 
 # -- rules between fields: the config refuses, the CLI only says so ------------------------------

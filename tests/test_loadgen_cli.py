@@ -55,7 +55,8 @@ def test_bad_flags_are_one_line(argv: list[str], message: str, capsys: pytest.Ca
         parse_cli(argv)
     assert info.value.code == 2
     [line] = capsys.readouterr().err.splitlines()
-    assert line.startswith(f"trio-tlsecho loadgen: error: {message}")
+    assert line.startswith(f"trio-tlsecho: error: {message}")
+    assert line.endswith("(see trio-tlsecho loadgen --help)")
 
 
 def test_start_at_in_the_past_is_one_error(pki: Path) -> None:

@@ -24,7 +24,9 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line (``prog: error: ...``), not usage + error."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        # One prefix for every mistake, a flag's or a file's (run_program's): the
+        # command's name goes into the pointer to its help instead.
+        self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
 
 
 if TYPE_CHECKING:
