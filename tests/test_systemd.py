@@ -207,6 +207,12 @@ def test_systemd_without_sockets_is_one_line(
         "trio-tlsecho: error: cannot listen on systemd:echo: systemd passed no socket of that name"
         " (names: https)"
     )
+    # Sockets without names: say where a name comes from.
+    monkeypatch.delenv("LISTEN_FDNAMES")
+    assert main(["serve", "--listen", "systemd:echo"]) == 2
+    assert error_line(capsys.readouterr().err).endswith(
+        "systemd passed no socket of that name (name one with FileDescriptorName=echo in the .socket unit)"
+    )
 
 
 def test_a_descriptor_that_is_no_listening_socket_is_one_line(

@@ -127,8 +127,9 @@ def systemd_fds(name: str | None) -> list[int]:
     names = os.environ.get("LISTEN_FDNAMES", "").split(":")
     named = [fd for fd, fd_name in zip(fds, names, strict=False) if fd_name == name]
     if not named:
-        known = ", ".join(sorted(set(names) - {""})) or "none"
-        raise ListenError(f"cannot listen on {where}: systemd passed no socket of that name (names: {known})")
+        known = ", ".join(sorted(set(names) - {""}))
+        hint = f"names: {known}" if known else f"name one with FileDescriptorName={name} in the .socket unit"
+        raise ListenError(f"cannot listen on {where}: systemd passed no socket of that name ({hint})")
     return named
 
 
