@@ -24,7 +24,7 @@ from trio_tlsecho._load import LoadConfig, Progress, RunResult, parameters, run_
 from trio_tlsecho._load._stats import ErrorKind, ExchangeIO, Recorder
 
 from .conftest import start_server
-from .processes import PY
+from .processes import PY, ServeProcess
 from .processes import run_cli as run_program_cli
 from .test_loadgen import parse_cli, run_cli
 from .test_stats import JSON_KEYS, PARAMETER_KEYS
@@ -89,6 +89,32 @@ def test_a_refused_target_is_one_line_and_exit_1(pki: Path, refusing_port: int) 
         " connection refused (is the server running?)\n"
     )
     assert done.stdout == ""  # no table of zeros
+
+
+@pytest.mark.parametrize(
+    ("mistake", "reason"),
+    [
+        ("other CA", "certificate verify failed: not issued by a trusted CA"),
+        ("server name", "certificate verify failed: hostname mismatch"),
+    ],
+)
+def test_a_tls_mistake_is_one_line_and_exit_1_after_a_few_handshakes(
+    tmp_path: Path, pki: Path, other_pki: Path, mistake: str, reason: str
+) -> None:
+    wrong = (
+        ["--certs", str(other_pki)]
+        if mistake == "other CA"
+        else ["--certs", str(pki), "--server-name", "wrong.example"]
+    )
+    with ServeProcess("--certs", str(pki), "--listen", "127.0.0.1:0", cwd=tmp_path) as server:
+        done = run_program_cli("loadgen", "--connect", str(server.address), *wrong, "-c", "4", "-d", "30s")
+        _status, log = server.stop()
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"trio-tlsecho: error: TLS handshake with {server.address} failed: {reason}")
+    assert done.stdout == ""  # no table of zeros
+    # A handshake or so per client, not thousands of them flooding the server's log.
+    assert 1 <= log.count("handshake failed") <= 8
 
 
 # -- progress -----------------------------------------------------------------------
