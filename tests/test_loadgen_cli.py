@@ -285,9 +285,42 @@ def test_report_merges_runs_of_several_machines_exactly(
     assert data["parameters"]["start_time"] == "2026-12-03T12:00:02.000Z"  # the earlier one
     assert (data["parameters"]["runs"], data["parameters"]["rate"]) == (2, 200.0)
     # A merged result merges again, as one.
+    c = _write(tmp_path / "c.json", _result(latencies=(600,), clients=1))
     again = tmp_path / "again.json"
-    assert main(["report", str(merged), a, "--json", str(again)]) == 0
-    assert json.loads(again.read_text())["round_trips"] == 7
+    assert main(["report", str(merged), c, "--json", str(again)]) == 0
+    assert json.loads(again.read_text())["round_trips"] == 6
+
+
+def test_report_refuses_the_same_run_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _write(tmp_path / "a.json", _result(latencies=(100, 200)))
+    copy = _write(tmp_path / "copy.json", _result(latencies=(100, 200)))
+    for twice in ([a, a], [a, copy]):
+        assert main(["report", *twice]) == 2
+        [line] = capsys.readouterr().err.splitlines()
+        assert line == (
+            f"trio-tlsecho: error: cannot merge {twice[1]} with {a}: the same run"
+            " (same parameters, started 2026-12-03T12:00:02.000Z)"
+        )
+
+
+def test_report_refuses_runs_made_one_after_the_other(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = _result(latencies=(100,))
+    later = dict(first.parameters, start_time="2026-12-03T12:00:11.000Z")  # 10 s run, began at :01
+    a = _write(tmp_path / "a.json", first)
+    b = _write(tmp_path / "b.json", RunResult(later, first.report))
+    assert main(["report", a, b]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"trio-tlsecho: error: cannot merge {b} with {a}: their measured windows do not overlap"
+        " (2026-12-03T12:00:11.000Z to 2026-12-03T12:00:21.000Z vs 2026-12-03T12:00:01.000Z to"
+        " 2026-12-03T12:00:11.000Z); merged rates add runs that ran together (start them with"
+        " loadgen --start-at)"
+    )
+    # A second sooner, they overlap by a second: merged.
+    overlapping = dict(later, start_time="2026-12-03T12:00:10.000Z")
+    assert main(["report", a, _write(tmp_path / "c.json", RunResult(overlapping, first.report))]) == 0
 
 
 @pytest.mark.parametrize(
