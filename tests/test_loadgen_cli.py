@@ -44,9 +44,16 @@ def test_wrk2_short_flags_and_duration_units(pki: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["-d", "soon"], "argument -d/--duration: 'soon' is not a number of seconds"),
+        (
+            ["-d", "5x"],
+            "argument -d/--duration: '5x' is not a duration (seconds, or with a unit: 500ms, 30s, 2m, 1h)",
+        ),
         (["-d", "0s"], "argument -d/--duration: must be a positive number of seconds"),
-        (["--warmup", "5 parsecs"], "argument --warmup: '5 parsecs' is not a number of seconds"),
+        (
+            ["--warmup", "5 parsecs"],
+            "argument --warmup: '5 parsecs' is not a duration (seconds, or with a unit:",
+        ),
+        (["--ramp", "1d"], "argument --ramp: '1d' is not a duration (seconds, or with a unit:"),
         (["--start-at", "tomorrow"], "argument --start-at: 'tomorrow' is not a time"),
     ],
 )
