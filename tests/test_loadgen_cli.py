@@ -151,6 +151,23 @@ def test_progress_on_a_terminal_is_one_line_rewritten_with_the_last_seconds_rate
     assert parts[-1] == ""  # the line is cleared for the report
 
 
+def test_progress_shows_no_rate_until_half_a_second_of_the_window_has_passed() -> None:
+    out = io.StringIO()
+    display = ProgressDisplay(total=3.0, stream=out, tty=True)
+    display(Progress(-0.998, 0, 0, 0))
+    display(Progress(0.002, 7, 0, 0))  # 2 ms into the window: not 3,500/s
+    display(Progress(0.4, 300, 0, 0))  # still too short to say
+    display(Progress(1.002, 1000, 0, 0))  # the rate since the window opened
+    display(Progress(2.002, 3000, 0, 0))
+    parts = [part.rstrip() for part in out.getvalue().split("\r")]
+    assert parts[2:] == [
+        "  0.0s/3s  7 round trips  —/s  errors 0",
+        "  0.4s/3s  300 round trips  —/s  errors 0",
+        "  1.0s/3s  1,000 round trips  998/s  errors 0",
+        "  2.0s/3s  3,000 round trips  2,000/s  errors 0",
+    ]
+
+
 async def test_resume_warns_when_the_server_issued_no_ticket(
     nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig
 ) -> None:
