@@ -99,14 +99,15 @@ def test_a_refused_target_is_one_line_and_exit_1(pki: Path, refusing_port: int) 
 
 
 @pytest.mark.parametrize(
-    ("mistake", "reason"),
+    ("mistake", "reason", "workers"),
     [
-        ("other CA", "certificate verify failed: not issued by a trusted CA"),
-        ("server name", "certificate verify failed: hostname mismatch"),
+        ("other CA", "certificate verify failed: not issued by a trusted CA", "1"),
+        ("server name", "certificate verify failed: hostname mismatch", "1"),
+        ("other CA", "certificate verify failed: not issued by a trusted CA", "2"),
     ],
 )
 def test_a_tls_mistake_is_one_line_and_exit_1_after_a_few_handshakes(
-    tmp_path: Path, pki: Path, other_pki: Path, mistake: str, reason: str
+    tmp_path: Path, pki: Path, other_pki: Path, mistake: str, reason: str, workers: str
 ) -> None:
     wrong = (
         ["--certs", str(other_pki)]
@@ -114,7 +115,9 @@ def test_a_tls_mistake_is_one_line_and_exit_1_after_a_few_handshakes(
         else ["--certs", str(pki), "--server-name", "wrong.example"]
     )
     with ServeProcess("--certs", str(pki), "--listen", "127.0.0.1:0", cwd=tmp_path) as server:
-        done = run_program_cli("loadgen", "--connect", str(server.address), *wrong, "-c", "4", "-d", "30s")
+        done = run_program_cli(
+            "loadgen", "--connect", str(server.address), *wrong, "-c", "4", "-d", "30s", "--workers", workers
+        )
         _status, log = server.stop()
     assert done.returncode == 1
     [line] = done.stderr.splitlines()
