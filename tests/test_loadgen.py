@@ -493,23 +493,31 @@ async def test_progress_is_reported_over_the_measured_window(
     assert 0 < seen[1].round_trips < seen[2].round_trips
 
 
-async def test_rejected_certificate_is_counted_by_kind(server: Address, pki: Path, other_pki: Path) -> None:
+async def test_a_rejected_certificate_ends_the_run_in_the_servers_words(
+    server: Address, pki: Path, other_pki: Path
+) -> None:
+    # TLS 1.3: our handshake completes, and the server's alert comes with the first echo.
     stranger = ClientConfig(
         tls=TLSFiles(cert=other_pki / "client.pem", key=other_pki / "client.key", ca=pki / "ca.pem")
     )
-    report = await run_load(load_config(server, stranger, clients=2, requests=6))
-    assert report.round_trips == 0
-    assert report.errors["tls_rejected"] >= 1
-    assert report.error_count >= 6
+    with pytest.raises(
+        ClientError,
+        match=rf"^TLS handshake with {server} failed: peer rejected our certificate: unknown CA",
+    ):
+        await run_load(load_config(server, stranger, clients=2, duration=30.0))
 
 
-async def test_untrusted_server_is_tls_rejected(server: Address, pki: Path, other_pki: Path) -> None:
+async def test_an_untrusted_server_ends_the_run_in_the_verifiers_words(
+    server: Address, pki: Path, other_pki: Path
+) -> None:
     suspicious = ClientConfig(
         tls=TLSFiles(cert=pki / "client.pem", key=pki / "client.key", ca=other_pki / "ca.pem")
     )
-    report = await run_load(load_config(server, suspicious, clients=1, requests=3))
-    # Three measured attempts, and the connection the client made before the start.
-    assert report.errors == dict.fromkeys(ERROR_KINDS, 0) | {"tls_rejected": 4}
+    with pytest.raises(
+        ClientError,
+        match=rf"^TLS handshake with {server} failed: certificate verify failed: not issued by a trusted CA",
+    ):
+        await run_load(load_config(server, suspicious, clients=1, duration=30.0))
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -536,12 +544,20 @@ async def test_a_refusing_target_is_one_error_at_once(
     assert attempts <= (4 if workers == 1 else 0)
 
 
+@pytest.mark.parametrize(
+    ("kind", "failure"),
+    [
+        ("refused", ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")),
+        ("tls_rejected", ssl.SSLCertVerificationError(1, "certificate verify failed")),
+    ],
+)
 async def test_connection_errors_back_off_while_the_server_answers_others(
-    server: Address, client_config: ClientConfig, monkeypatch: pytest.MonkeyPatch
+    server: Address, client_config: ClientConfig, monkeypatch: pytest.MonkeyPatch, kind: str, failure: OSError
 ) -> None:
-    # A new connection per request; client 1 is refused after its first connection,
-    # while client 0 goes on connecting, so the run goes on, and client 1 retries with a
-    # back-off doubling from 10 ms (not thousands of times).
+    # A new connection per request; client 1 fails to connect after its first connection
+    # (refused, or its handshake rejected), while client 0 goes on connecting, so the run
+    # goes on, and client 1 retries with a back-off doubling from 10 ms (not thousands of
+    # times).
     refused = 0
     open_connection = ClientConnection.open
     seen: set[str] = set()
@@ -551,7 +567,7 @@ async def test_connection_errors_back_off_while_the_server_answers_others(
         name = trio.lowlevel.current_task().name
         if name == "loadgen client 1" and name in seen:
             refused += 1
-            raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+            raise failure
         seen.add(name)
         return await open_connection(target, *args)  # type: ignore[arg-type]
 
@@ -561,7 +577,7 @@ async def test_connection_errors_back_off_while_the_server_answers_others(
     assert report.round_trips > 0
     # 10 + 20 + 40 + ... ms: at most 7 fit in a second.
     assert 2 <= refused <= 8
-    assert report.errors["refused"] == refused
+    assert report.errors[kind] == refused
 
 
 async def test_duration_bounds_the_whole_run_connecting_included(

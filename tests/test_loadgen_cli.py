@@ -24,7 +24,7 @@ from trio_tlsecho._load import LoadConfig, Progress, RunResult, parameters, run_
 from trio_tlsecho._load._stats import ErrorKind, ExchangeIO, Recorder
 
 from .conftest import start_server
-from .processes import PY
+from .processes import PY, ServeProcess
 from .processes import run_cli as run_program_cli
 from .test_loadgen import parse_cli, run_cli
 from .test_stats import JSON_KEYS, PARAMETER_KEYS
@@ -44,9 +44,16 @@ def test_wrk2_short_flags_and_duration_units(pki: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["-d", "soon"], "argument -d/--duration: 'soon' is not a number of seconds"),
+        (
+            ["-d", "5x"],
+            "argument -d/--duration: '5x' is not a duration (seconds, or with a unit: 500ms, 30s, 2m, 1h)",
+        ),
         (["-d", "0s"], "argument -d/--duration: must be a positive number of seconds"),
-        (["--warmup", "5 parsecs"], "argument --warmup: '5 parsecs' is not a number of seconds"),
+        (
+            ["--warmup", "5 parsecs"],
+            "argument --warmup: '5 parsecs' is not a duration (seconds, or with a unit:",
+        ),
+        (["--ramp", "1d"], "argument --ramp: '1d' is not a duration (seconds, or with a unit:"),
         (["--start-at", "tomorrow"], "argument --start-at: 'tomorrow' is not a time"),
     ],
 )
@@ -92,6 +99,35 @@ def test_a_refused_target_is_one_line_and_exit_1(pki: Path, refusing_port: int) 
     assert done.stdout == ""  # no table of zeros
 
 
+@pytest.mark.parametrize(
+    ("mistake", "reason", "workers"),
+    [
+        ("other CA", "certificate verify failed: not issued by a trusted CA", "1"),
+        ("server name", "certificate verify failed: hostname mismatch", "1"),
+        ("other CA", "certificate verify failed: not issued by a trusted CA", "2"),
+    ],
+)
+def test_a_tls_mistake_is_one_line_and_exit_1_after_a_few_handshakes(
+    tmp_path: Path, pki: Path, other_pki: Path, mistake: str, reason: str, workers: str
+) -> None:
+    wrong = (
+        ["--certs", str(other_pki)]
+        if mistake == "other CA"
+        else ["--certs", str(pki), "--server-name", "wrong.example"]
+    )
+    with ServeProcess("--certs", str(pki), "--listen", "127.0.0.1:0", cwd=tmp_path) as server:
+        done = run_program_cli(
+            "loadgen", "--connect", str(server.address), *wrong, "-c", "4", "-d", "30s", "--workers", workers
+        )
+        _status, log = server.stop()
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"trio-tlsecho: error: TLS handshake with {server.address} failed: {reason}")
+    assert done.stdout == ""  # no table of zeros
+    # A handshake or so per client, not thousands of them flooding the server's log.
+    assert 1 <= log.count("handshake failed") <= 8
+
+
 # -- progress -----------------------------------------------------------------------
 
 
@@ -117,6 +153,23 @@ def test_progress_on_a_terminal_is_one_line_rewritten_with_the_last_seconds_rate
     assert parts[2].rstrip() == "  0.5s  100 round trips  200/s  errors 2"
     assert parts[3].rstrip() == "  1.5s  1,100 round trips  1,000/s  errors 3"
     assert parts[-1] == ""  # the line is cleared for the report
+
+
+def test_progress_shows_no_rate_until_half_a_second_of_the_window_has_passed() -> None:
+    out = io.StringIO()
+    display = ProgressDisplay(total=3.0, stream=out, tty=True)
+    display(Progress(-0.998, 0, 0, 0))
+    display(Progress(0.002, 7, 0, 0))  # 2 ms into the window: not 3,500/s
+    display(Progress(0.4, 300, 0, 0))  # still too short to say
+    display(Progress(1.002, 1000, 0, 0))  # the rate since the window opened
+    display(Progress(2.002, 3000, 0, 0))
+    parts = [part.rstrip() for part in out.getvalue().split("\r")]
+    assert parts[2:] == [
+        "  0.0s/3s  7 round trips  —/s  errors 0",
+        "  0.4s/3s  300 round trips  —/s  errors 0",
+        "  1.0s/3s  1,000 round trips  998/s  errors 0",
+        "  2.0s/3s  3,000 round trips  2,000/s  errors 0",
+    ]
 
 
 async def test_resume_warns_when_the_server_issued_no_ticket(
@@ -260,9 +313,42 @@ def test_report_merges_runs_of_several_machines_exactly(
     assert data["parameters"]["start_time"] == "2026-12-03T12:00:02.000Z"  # the earlier one
     assert (data["parameters"]["runs"], data["parameters"]["rate"]) == (2, 200.0)
     # A merged result merges again, as one.
+    c = _write(tmp_path / "c.json", _result(latencies=(600,), clients=1))
     again = tmp_path / "again.json"
-    assert main(["report", str(merged), a, "--json", str(again)]) == 0
-    assert json.loads(again.read_text())["round_trips"] == 7
+    assert main(["report", str(merged), c, "--json", str(again)]) == 0
+    assert json.loads(again.read_text())["round_trips"] == 6
+
+
+def test_report_refuses_the_same_run_twice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _write(tmp_path / "a.json", _result(latencies=(100, 200)))
+    copy = _write(tmp_path / "copy.json", _result(latencies=(100, 200)))
+    for twice in ([a, a], [a, copy]):
+        assert main(["report", *twice]) == 2
+        [line] = capsys.readouterr().err.splitlines()
+        assert line == (
+            f"trio-tlsecho: error: cannot merge {twice[1]} with {a}: the same run"
+            " (same parameters, started 2026-12-03T12:00:02.000Z)"
+        )
+
+
+def test_report_refuses_runs_made_one_after_the_other(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = _result(latencies=(100,))
+    later = dict(first.parameters, start_time="2026-12-03T12:00:11.000Z")  # 10 s run, began at :01
+    a = _write(tmp_path / "a.json", first)
+    b = _write(tmp_path / "b.json", RunResult(later, first.report))
+    assert main(["report", a, b]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"trio-tlsecho: error: cannot merge {b} with {a}: their measured windows do not overlap"
+        " (2026-12-03T12:00:11.000Z to 2026-12-03T12:00:21.000Z vs 2026-12-03T12:00:01.000Z to"
+        " 2026-12-03T12:00:11.000Z); merged rates add runs that ran together (start them with"
+        " loadgen --start-at)"
+    )
+    # A second sooner, they overlap by a second: merged.
+    overlapping = dict(later, start_time="2026-12-03T12:00:10.000Z")
+    assert main(["report", a, _write(tmp_path / "c.json", RunResult(overlapping, first.report))]) == 0
 
 
 @pytest.mark.parametrize(

@@ -54,6 +54,10 @@ DEFAULT_CLIENTS = 64
 DEFAULT_SIZES = "1-100"
 #: When stderr is not a terminal (a CI log), one progress line this often.
 LOG_PROGRESS_EVERY = 5
+#: Seconds of window a rate is shown over, at least: the first report after the warm-up
+#: (or the barrier) may come a few ms into the window, and 7 round trips in 2 ms read
+#: as thousands a second.
+MIN_RATE_SPAN = 0.5
 
 _sizes = flag_type(SizeRange.parse)
 _rate = flag_type(from_text(round_trip_rate, float))
@@ -212,20 +216,25 @@ def _wall(timestamp: float) -> str:
 @attrs.define
 class ProgressDisplay:
     """Progress on stderr: a line rewritten in place on a terminal, a plain line every
-    :data:`LOG_PROGRESS_EVERY` reports (seconds) otherwise; the rate is over the last report."""
+    :data:`LOG_PROGRESS_EVERY` reports (seconds) otherwise; the rate is since the last
+    report that showed one, once that is :data:`MIN_RATE_SPAN` of the window or more."""
 
     total: float | None
     stream: TextIO = attrs.field(factory=lambda: sys.stderr)
     tty: bool = attrs.field(default=attrs.Factory(lambda self: self.stream.isatty(), takes_self=True))
     width: int = 0
     calls: int = 0
+    #: Where the rate is counted from: the last report that showed one.
     previous: Progress = attrs.Factory(lambda: Progress(0.0, 0, 0, 0))
 
     def __call__(self, progress: Progress) -> None:
-        prev, self.previous = self.previous, progress
+        prev = self.previous
         self.calls += 1
         span = progress.elapsed - max(prev.elapsed, 0.0)
-        rate = (progress.round_trips - prev.round_trips) / span if span > 0 else 0.0
+        rate = None
+        if span >= MIN_RATE_SPAN:
+            rate = (progress.round_trips - prev.round_trips) / span
+            self.previous = progress
         line = format_progress(
             elapsed=progress.elapsed,
             total=self.total,

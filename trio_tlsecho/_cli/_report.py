@@ -22,7 +22,8 @@ def add_report_parser(subparsers: SubParsers) -> None:
         "report",
         help="merge 'loadgen --json' results (e.g. one per load machine) and print them as one run",
         description="Read results written by 'loadgen --json', merge them exactly (counters and"
-        " HdrHistograms add; runs that differ in target, mode, sizes or window are refused) and"
+        " HdrHistograms add; runs that differ in target, mode, sizes or window, the same run given"
+        " twice, and runs whose measured windows do not overlap are refused) and"
         " print the report one loader with all their clients would have printed.",
     )
     p.add_argument("files", metavar="FILE.json", type=Path, nargs="+", help="loadgen --json results")

@@ -56,10 +56,12 @@ def count(value: object, name: str | None = None) -> int:
     return value
 
 
-def _positive(value: object, name: str | None, unit: str, *, or_zero: bool = False) -> float:
+def _positive(
+    value: object, name: str | None, unit: str, *, or_zero: bool = False, kind: str | None = None
+) -> float:
     # bool is an int to Python but never a number to a user: timeout=True is a mistake.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _not_a(value, name, f"a number of {unit}")
+        raise _not_a(value, name, kind or f"a number of {unit}")
     try:
         number = float(value)
     except OverflowError:  # an int beyond any float: as good as infinite
@@ -82,6 +84,9 @@ def seconds_or_zero(value: object, name: str | None = None) -> float:
 
 #: Units a duration may be given in (``loadgen -d 30s``, as wrk, wrk2 and h2load spell them).
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+#: What a duration that is no number is not: the forms it could have had, which
+#: "a number of seconds" would hide from someone who typed ``5x``.
+_A_DURATION = "a duration (seconds, or with a unit: 500ms, 30s, 2m, 1h)"
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)\s*$")
 
 
@@ -102,13 +107,14 @@ def _read_duration(value: object) -> object:
 
 def duration(value: object, name: str | None = None) -> float:
     """:func:`seconds`, also as text with a unit: ``"500ms"``, ``"30s"``, ``"2m"``, ``"1h"``
-    (a bare number is seconds).  Its refusals are :func:`seconds`' word for word."""
-    return _positive(_read_duration(value), name, "seconds")
+    (a bare number is seconds).  A number out of bounds is refused in :func:`seconds`'
+    words; text that is none, listing the forms: ``'5x' is not a duration (...)``."""
+    return _positive(_read_duration(value), name, "seconds", kind=_A_DURATION)
 
 
 def duration_or_zero(value: object, name: str | None = None) -> float:
     """:func:`duration`, or zero (no warm-up): :func:`seconds_or_zero` with units."""
-    return _positive(_read_duration(value), name, "seconds", or_zero=True)
+    return _positive(_read_duration(value), name, "seconds", or_zero=True, kind=_A_DURATION)
 
 
 def round_trip_rate(value: object, name: str | None = None) -> float:

@@ -20,7 +20,9 @@ import attrs
 import trio
 
 from .._exceptions import ClientError, causes
+from .._tls import describe_tls_error
 from ._config import (
+    EOF_REASONS,
     PROGRESS_INTERVAL,
     LoadConfig,
     OpenLoopSchedule,
@@ -123,6 +125,10 @@ class _Run:
     #: the server answers, a connection error ends the run (:meth:`reachable`).
     live: int = 0
     last_handshake: float = -math.inf
+    #: Connections open now that completed an echo, and when one last did: while neither
+    #: says the server accepts us, a TLS rejection ends the run (:meth:`accepting`).
+    accepted: int = 0
+    last_accepted: float = -math.inf
     #: What ended the run early (the target cannot be reached), raised by :func:`run_here`.
     failure: ClientError | None = None
     #: Cancelled when the run fails; set by :func:`run_here`.
@@ -170,6 +176,12 @@ class _Run:
         """Whether the server answers: a connection is open, or one was made within the last
         :data:`REACHABLE_GRACE` seconds (a new connection per request is seldom open)."""
         return self.live > 0 or _now() - self.last_handshake < REACHABLE_GRACE
+
+    def accepting(self) -> bool:
+        """Whether the server accepts our TLS sessions: an open connection completed an echo,
+        or one did within the last :data:`REACHABLE_GRACE` seconds.  (A completed handshake
+        is not enough: with TLS 1.3 the server judges our certificate after ours is done.)"""
+        return self.accepted > 0 or _now() - self.last_accepted < REACHABLE_GRACE
 
     def fail(self, error: ClientError) -> None:
         if self.failure is None:
@@ -224,6 +236,8 @@ class _Client:
         #: Connecting before the start: if the run ends first, that is a timeout.
         self.connecting = False
         self.backoff = 0.0
+        #: Whether the open connection completed an echo (the server accepted it).
+        self.accepted = False
 
     async def main(self) -> None:
         run, cfg = self.run, self.run.config
@@ -316,6 +330,9 @@ class _Client:
         conn, self.conn = self.conn, None
         if conn is not None:
             self.run.live -= 1
+        if self.accepted:
+            self.accepted = False
+            self.run.accepted -= 1
         return conn
 
     async def _connect(self, began: float) -> ClientConnection:
@@ -363,18 +380,26 @@ class _Client:
             if self.counting:
                 self.run.recorder.exchange(io, int((ended - began) * 1e6), int((ended - sent) * 1e6))
                 self.counting = False
+            if not self.accepted:
+                self._accepted(ended)
             if self._finished_with(io):
                 await self._close()
             elif conn.waits == waits_before:
                 # Every exchange yields at least once, even against an instant server.
                 await trio.lowlevel.checkpoint()
             return
+        fresh = not self.accepted  # no connection, or one the server had not yet accepted
         kind = self._failed(failure, during_handshake=conn is None)
         await self._drop()
-        if conn is None and kind is ErrorKind.REFUSED:
+        if fresh and kind in _BACKED_OFF:
             # The server answers others (or the run has failed already): retry, but slower.
             self.backoff = min(max(2 * self.backoff, BACKOFF_FIRST), BACKOFF_MAX)
             await trio.sleep(self.backoff)
+
+    def _accepted(self, when: float) -> None:
+        self.accepted = True
+        self.run.accepted += 1
+        self.run.last_accepted = when
 
     def _next_payload(self) -> memoryview:
         k = self.next_message = (self.next_message + 1) % MESSAGES
@@ -389,7 +414,9 @@ class _Client:
     def _failed(self, exc: BaseException, *, during_handshake: bool) -> ErrorKind:
         """Commit a failure, by its kind (see :meth:`_exchange`); a bug is raised again.
 
-        A connection that could not be made while the server answers nobody ends the run.
+        A connection that could not be made while the server answers nobody ends the run,
+        and so does a TLS session the server or we refused while it accepts nobody: a
+        wrong certificate or server name fails every handshake alike.
         """
         kind = classify_error(exc, during_handshake=during_handshake)
         if kind is None:
@@ -397,8 +424,13 @@ class _Client:
         if self.counting:
             self.run.recorder.failed(self.io, kind)
             self.counting = False
-        if during_handshake and kind in _UNREACHABLE and not self.run.reachable():
-            self.run.fail(ClientError(f"cannot connect to {self.run.config.address}: {_reason(exc, kind)}"))
+        run = self.run
+        if during_handshake and kind in _UNREACHABLE and not run.reachable():
+            run.fail(ClientError(f"cannot connect to {run.config.address}: {_reason(exc, kind)}"))
+        elif kind is ErrorKind.TLS_REJECTED and not self.accepted and _refusal(exc) and not run.accepting():
+            run.fail(
+                ClientError(f"TLS handshake with {run.config.address} failed: {describe_tls_error(exc)}")
+            )
         return kind
 
     def _finished_with(self, io: ExchangeIO) -> bool:
@@ -422,6 +454,19 @@ class _Client:
 
 #: Connection failures that say the server cannot be reached (not that it said no).
 _UNREACHABLE = frozenset({ErrorKind.REFUSED, ErrorKind.TIMEOUT})
+#: Failures of a new connection retried after a back-off (:meth:`_Client._exchange`).
+_BACKED_OFF = frozenset({ErrorKind.REFUSED, ErrorKind.TLS_REJECTED})
+
+
+def _refusal(exc: BaseException) -> bool:
+    """Whether a TLS failure is a verdict (a certificate that does not verify, an alert),
+    not a hang-up: a server at its connection limit may close a handshake, and that says
+    nothing of the next one."""
+    for cur in causes(exc):
+        if isinstance(cur, ssl.SSLError):
+            hang_up = isinstance(cur, (ssl.SSLEOFError, ssl.SSLZeroReturnError))
+            return not hang_up and (getattr(cur, "reason", None) or "") not in EOF_REASONS
+    return False
 
 
 def _reason(exc: BaseException, kind: ErrorKind) -> str:

@@ -158,7 +158,7 @@ class OpenLoopSchedule:
         return self.start + self.phase + k * self.interval
 
 
-_EOF_REASONS = frozenset({"UNEXPECTED_EOF_WHILE_READING", "EOF", "ZERO_RETURN"})
+EOF_REASONS = frozenset({"UNEXPECTED_EOF_WHILE_READING", "EOF", "ZERO_RETURN"})
 
 
 def classify_error(exc: BaseException, *, during_handshake: bool = False) -> ErrorKind | None:
@@ -176,7 +176,7 @@ def classify_error(exc: BaseException, *, during_handshake: bool = False) -> Err
         if isinstance(cur, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
             return ErrorKind.RESET
         if isinstance(cur, (ssl.SSLEOFError, ssl.SSLZeroReturnError)) or (
-            isinstance(cur, ssl.SSLError) and (getattr(cur, "reason", None) or "") in _EOF_REASONS
+            isinstance(cur, ssl.SSLError) and (getattr(cur, "reason", None) or "") in EOF_REASONS
         ):
             # A server that hangs up mid-handshake is refusing the session; after it,
             # the echo was cut short.

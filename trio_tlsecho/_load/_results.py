@@ -10,7 +10,10 @@ window is the longest of theirs, as with worker processes (:func:`._stats.merge`
 Runs merge only if they measured the same thing: :data:`MUST_MATCH` are the
 parameters that change what a number means (the target, the loop, the message
 sizes, the window...).  Clients, workers, the rate (each loader's share of it), the
-start time and the version may differ.
+start time and the version may differ.  They must also have run together: the same
+run given twice (same parameters, same start time) is refused, and so are runs whose
+measured windows (:func:`window`) do not overlap, whose clients and rates would add
+as if they had loaded the server at once.
 """
 
 from __future__ import annotations
@@ -131,6 +134,7 @@ def merge_results(results: Sequence[RunResult], *, sources: Sequence[str]) -> Ru
                     f"cannot merge {source} with {sources[0]}: {key} differs"
                     f" ({result.parameters.get(key)!r} vs {first.get(key)!r})"
                 )
+    _check_side_by_side(results, sources)
     merged = dict(first)
     for key in ADDED:
         values = [r.parameters.get(key) for r in results]
@@ -139,3 +143,49 @@ def merge_results(results: Sequence[RunResult], *, sources: Sequence[str]) -> Ru
     versions = sorted({str(r.parameters.get("version")) for r in results})
     merged["version"] = versions[0] if len(versions) == 1 else ", ".join(versions)
     return RunResult(merged, merge([r.report for r in results]))
+
+
+def _check_side_by_side(results: Sequence[RunResult], sources: Sequence[str]) -> None:
+    """Refuse the same run given twice, and runs that did not run together: clients and
+    rates add only for runs whose measured windows overlap (``loadgen --start-at``)."""
+    for j, later in enumerate(results):
+        for i, earlier in enumerate(results[:j]):
+            if later.parameters == earlier.parameters:
+                raise ConfigError(
+                    f"cannot merge {sources[j]} with {sources[i]}: the same run"
+                    f" (same parameters, started {later.parameters.get('start_time')})"
+                )
+            a, b = window(earlier), window(later)
+            if a is not None and b is not None and _apart(a, b):
+                raise ConfigError(
+                    f"cannot merge {sources[j]} with {sources[i]}: their measured windows do not"
+                    f" overlap ({_span(b)} vs {_span(a)}); merged rates add runs that ran together"
+                    " (start them with loadgen --start-at)"
+                )
+
+
+def window(result: RunResult) -> tuple[float, float] | None:
+    """When *result*'s measured window ran (Unix seconds), from its start time, or ``None``
+    if it has none.  A run with a duration ends ``warmup + duration`` after its start and
+    measured its last ``seconds``; one of a number of requests measured ``seconds`` from
+    the end of its warm-up (its connecting, not recorded, is taken as nothing)."""
+    params = result.parameters
+    try:
+        start = datetime.datetime.fromisoformat(str(params["start_time"])).timestamp()
+        warmup = float(params.get("warmup") or 0.0)
+    except (KeyError, TypeError, ValueError):
+        return None
+    seconds = result.report.seconds
+    duration = params.get("duration")
+    end = start + warmup + (float(duration) if isinstance(duration, int | float) else seconds)
+    return end - seconds, end
+
+
+def _apart(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Whether two windows do not overlap (one that measured nothing overlaps any)."""
+    return a[0] < a[1] and b[0] < b[1] and (b[0] >= a[1] or a[0] >= b[1])
+
+
+def _span(window: tuple[float, float]) -> str:
+    begin, end = (datetime.datetime.fromtimestamp(t, datetime.UTC) for t in window)
+    return f"{rfc3339(begin)} to {rfc3339(end)}"

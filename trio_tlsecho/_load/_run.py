@@ -29,8 +29,12 @@ stop after its echo).
 Failing fast.  A connection error (refused, unreachable, no answer in time) while
 no connection is open and none was made in the last second ends the run with a
 :class:`ClientError`: the target cannot be reached, and retrying would only count
-errors.  While the server answers other clients, the client retries after a back-off
-that doubles from 10 ms to 1 s.
+errors.  So does a TLS handshake refused (a certificate that does not verify, an
+alert; not a hang-up) while no connection open now, nor one in the last second,
+completed an echo: with TLS 1.3 the server judges our certificate after our side of
+the handshake is done, so only an echo says it accepted us.  While the server answers
+(or accepts) other clients, the client retries after a back-off that doubles from
+10 ms to 1 s.
 
 Closed loop (no ``rate``): each client sends as soon as its previous echo is back;
 latency is measured from the send.  Open loop (``rate`` round trips/s in total): each

@@ -485,14 +485,16 @@ def format_report(
 
 
 def format_progress(
-    *, elapsed: float, total: float | None, round_trips: int, rate: float, errors: int, mismatches: int
+    *, elapsed: float, total: float | None, round_trips: int, rate: float | None, errors: int, mismatches: int
 ) -> str:
     """The live line: elapsed of total (measured time: negative while warming up, when
-    nothing is counted), the totals, and *rate*, round trips/s over the last interval."""
+    nothing is counted), the totals, and *rate*, round trips/s over the last interval
+    (``None``: too short an interval to say, shown as ``—``)."""
     if elapsed < 0:
         return f"warming up, {-elapsed:.1f}s to go  errors {errors:,}"
     of = f"/{total:g}s" if total is not None else ""
-    line = f"{elapsed:5.1f}s{of}  {round_trips:,} round trips  {rate:,.0f}/s  errors {errors:,}"
+    per_second = f"{rate:,.0f}" if rate is not None else "—"
+    line = f"{elapsed:5.1f}s{of}  {round_trips:,} round trips  {per_second}/s  errors {errors:,}"
     if mismatches:
         line += f"  MISMATCHES {mismatches:,}"
     return line
