@@ -3,10 +3,12 @@ every certificate flag in one group."""
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from trio_tlsecho import handler_names
-from trio_tlsecho._cli import main
+from trio_tlsecho._cli import build_parser, main
 
 
 def help_text(capsys: pytest.CaptureFixture[str], *args: str) -> str:
@@ -16,7 +18,13 @@ def help_text(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     return capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", [[], ["certs"], ["serve"], ["client"], ["loadgen"], ["demo"]])
+def _commands() -> list[list[str]]:
+    parser = build_parser()
+    [sub] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return [[], *([name] for name in sub.choices)]
+
+
+@pytest.mark.parametrize("command", _commands(), ids=lambda c: " ".join(c) or "top")
 def test_every_command_has_a_description_and_examples(
     capsys: pytest.CaptureFixture[str], command: list[str]
 ) -> None:

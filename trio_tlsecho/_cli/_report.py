@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from .._exceptions import ConfigError
 from .._load import RunResult, merge_results
+from ._common import PROG, describe_command
 from ._results import add_output_flags, check_output_flags, show
 
 if TYPE_CHECKING:
@@ -21,10 +22,16 @@ def add_report_parser(subparsers: SubParsers) -> None:
     p = subparsers.add_parser(
         "report",
         help="merge 'loadgen --json' results (e.g. one per load machine) and print them as one run",
-        description="Read results written by 'loadgen --json', merge them exactly (counters and"
-        " HdrHistograms add; runs that differ in target, mode, sizes or window, the same run given"
-        " twice, and runs whose measured windows do not overlap are refused) and"
-        " print the report one loader with all their clients would have printed.",
+    )
+    describe_command(
+        p,
+        "Read results written by 'loadgen --json', merge them exactly (counters and\n"
+        "HdrHistograms add; runs that differ in target, mode, sizes or window, the same run\n"
+        "given twice, and runs whose measured windows do not overlap are refused) and print\n"
+        "the report one loader with all their clients would have printed.",
+        f"{PROG} loadgen --connect HOST:8443 -c 64 -d 30s --start-at 2026-12-03T12:00:00Z --json a.json",
+        f"{PROG} report a.json b.json",
+        f"{PROG} report --latency --json merged.json a.json b.json",
     )
     p.add_argument("files", metavar="FILE.json", type=Path, nargs="+", help="loadgen --json results")
     add_output_flags(p)
