@@ -152,7 +152,8 @@ async def echo_once(
                 f"{address}: echo longer than what was sent: {len(received)} bytes for {len(payload)}"
                 + _NOT_AN_ECHO
             )
-        raise EchoMismatchError(f"{address}: echo differs from what was sent at byte {at}")
+        hint = _NOT_AN_ECHO if at == 0 else ""  # later: it began as an echo, a faulty one
+        raise EchoMismatchError(f"{address}: echo differs from what was sent at byte {at}{hint}")
     return EchoResult(
         address=address,
         tls_version=version,
