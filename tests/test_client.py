@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pytest
+import trio.testing
 
-from trio_tlsecho import ClientConfig, ClientError, Connection, EchoMismatchError, echo_once
+from trio_tlsecho import ClientConfig, ClientError, Connection, EchoMismatchError, discard, echo_once
 
 from .conftest import Start
+
+#: What an error says when the reply suggests a server that is not an echo at all.
+NOT_AN_ECHO = re.escape(" (not an echo server? client --expect any shows any reply)") + "$"
 
 
 def answering(reply: Callable[[bytes], bytes]) -> Callable[[Connection], object]:
@@ -27,10 +32,19 @@ def answering(reply: Callable[[bytes], bytes]) -> Callable[[Connection], object]
 @pytest.mark.parametrize(
     ("reply", "error", "message"),
     [
-        (lambda m: m[:3] + b"X" + m[4:], EchoMismatchError, "echo differs from what was sent at byte 3"),
-        (lambda m: m + b"!", EchoMismatchError, "echo longer than what was sent: 11 bytes for 10"),
+        (lambda m: m[:3] + b"X" + m[4:], EchoMismatchError, "echo differs from what was sent at byte 3$"),
+        (
+            lambda m: b"hello " + m,
+            EchoMismatchError,
+            "echo differs from what was sent at byte 0" + NOT_AN_ECHO,
+        ),
+        (
+            lambda m: m + b"!",
+            EchoMismatchError,
+            "echo longer than what was sent: 11 bytes for 10" + NOT_AN_ECHO,
+        ),
     ],
-    ids=["different", "longer"],
+    ids=["different", "another-reply", "longer"],
 )
 async def test_a_wrong_echo_is_one_error(
     start: Start,
@@ -53,3 +67,11 @@ async def test_a_short_echo_is_one_error(start: Start, client_config: ClientConf
     [address] = await start(handler=short)
     with pytest.raises(ClientError, match="short echo: server closed after 3 of 10 bytes"):
         await echo_once(address, client_config, b"0123456789")
+
+
+async def test_no_reply_at_all_suggests_another_kind_of_server(
+    start: Start, client_config: ClientConfig, autojump_clock: trio.testing.MockClock
+) -> None:
+    [address] = await start(handler=discard)
+    with pytest.raises(ClientError, match=r"no complete echo within 5s \(0 of 10 bytes back\)" + NOT_AN_ECHO):
+        await echo_once(address, client_config, b"0123456789", timeout=5)

@@ -1,5 +1,9 @@
 """``client`` beyond echo: ``--expect any`` shows a reply, ``--stdin`` relays a terminal.
 
+The end of what is sent is TLS 1.3's half-close (our close_notify, reading on), so
+both end by themselves against a server that answers and then closes; ``--ignore-eof``
+(and TLS 1.2, for ``--stdin``) are the exceptions.
+
 The library calls in-process against both engines; the command as a child process
 (stdin, stdout, Ctrl-C).
 """
@@ -7,18 +11,20 @@ The library calls in-process against both engines; the command as a child proces
 from __future__ import annotations
 
 import signal
+import ssl
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
-from trio_tlsecho import ClientConfig, ClientError, Connection, TLSFiles, discard, echo
-from trio_tlsecho._client import request_once, talk
+from trio_tlsecho import ClientConfig, ClientError, Connection, TLSFiles, client_context, discard, echo
+from trio_tlsecho._client import Source, request_once, talk
 
 from .conftest import Start
-from .logs import error_line
+from .logs import ServerLog, error_line
 from .processes import PY, Lines, ServeProcess, run_cli
 
 GREETER = (
@@ -33,6 +39,26 @@ async def greeter(conn: Connection) -> None:
     await conn.stream.send_all(b"hello " + data)
 
 
+async def mute(conn: Connection) -> None:
+    """Reads nothing, says nothing, never closes."""
+    await trio.sleep_forever()
+
+
+def typing(*chunks: bytes) -> Source:
+    """Input that gives *chunks*, then ends."""
+    left: Iterator[bytes] = iter(chunks)
+
+    async def source() -> bytes:
+        await trio.lowlevel.checkpoint()
+        return next(left, b"")
+
+    return source
+
+
+#: Long enough never to be what ends a test (it would fail it); short enough to fail soon.
+HANG = 30
+
+
 async def test_request_once_returns_the_reply_and_the_servers_close(
     start: Start, client_config: ClientConfig
 ) -> None:
@@ -45,10 +71,38 @@ async def test_request_once_returns_the_reply_and_the_servers_close(
     assert reply.server.common_name == "localhost"
 
 
-async def test_request_once_stops_waiting_at_its_timeout(
+async def test_request_once_half_closes_so_an_echo_ends_at_once(
+    start: Start, client_config: ClientConfig
+) -> None:
+    [address] = await start(handler=echo)
+    reply = await request_once(address, client_config, b"bob", timeout=HANG)
+    # echo returned at our close_notify and the server closed: not the timeout.
+    assert reply.reply == b"bob"
+    assert reply.server_closed
+
+
+async def test_request_once_half_closes_so_discard_ends_at_once(
+    start: Start, client_config: ClientConfig
+) -> None:
+    [address] = await start(handler=discard)
+    reply = await request_once(address, client_config, b"into the void", timeout=HANG)
+    assert reply.reply == b""
+    assert reply.server_closed
+
+
+async def test_request_once_without_half_close_waits_for_the_timeout(
     start: Start, client_config: ClientConfig, autojump_clock: trio.testing.MockClock
 ) -> None:
     [address] = await start(handler=discard)
+    reply = await request_once(address, client_config, b"into the void", timeout=5, half_close=False)
+    assert reply.reply == b""
+    assert not reply.server_closed
+
+
+async def test_request_once_stops_waiting_at_its_timeout(
+    start: Start, client_config: ClientConfig, autojump_clock: trio.testing.MockClock
+) -> None:
+    [address] = await start(handler=mute)
     reply = await request_once(address, client_config, b"into the void", timeout=5)
     assert reply.reply == b""
     assert not reply.server_closed
@@ -70,6 +124,50 @@ async def test_talk_relays_both_ways_until_the_server_closes(
 
     await talk(address, client_config, keyboard, out.extend)
     assert out == b"hello alice"
+
+
+async def test_talk_ends_at_the_end_of_its_input_once_the_echo_is_back(
+    start: Start, client_config: ClientConfig, log: ServerLog
+) -> None:
+    [address] = await start(handler=echo)
+    out = bytearray()
+    with trio.fail_after(HANG):  # before the half-close: until the server's idle timeout
+        await talk(address, client_config, typing(b"one\n", b"two\n"), out.extend)
+    assert out == b"one\ntwo\n"
+    assert "ended ok " in await log.wait_for("ended ")  # echo returned: our end reached it
+
+
+async def test_talk_ignore_eof_reads_on_until_the_server_closes(
+    start: Start, client_config: ClientConfig, log: ServerLog
+) -> None:
+    [address] = await start(handler=echo, idle_timeout=0.5)
+    out = bytearray()
+    with trio.fail_after(HANG):
+        await talk(address, client_config, typing(b"one\n"), out.extend, ignore_eof=True)
+    assert out == b"one\n"
+    # No close_notify from us: the echo went on until the server's idle timeout closed it.
+    assert log.messages("closed: idle for 0.5s")
+
+
+async def test_talk_under_tls_1_2_ends_at_the_end_of_its_input(
+    start: Start, client_config: ClientConfig
+) -> None:
+    [address] = await start(handler=mute)
+    tls_1_2 = client_context(client_config)
+    tls_1_2.maximum_version = ssl.TLSVersion.TLSv1_2
+    versions: list[str | None] = []
+    out = bytearray()
+    with trio.fail_after(HANG):  # mute never closes: only the end of the input can end this
+        await talk(
+            address,
+            client_config,
+            typing(b"one\n"),
+            out.extend,
+            connected=lambda stream: versions.append(stream.version()),
+            ssl_context=tls_1_2,
+        )
+    assert versions == ["TLSv1.2"]
+    assert out == b""
 
 
 async def test_talk_reports_a_refused_certificate_in_one_line(
@@ -97,25 +195,68 @@ def _serve_greeter(tmp_path: Path) -> ServeProcess:
     return ServeProcess("--listen", "127.0.0.1:0", "--handler", "greet:handler", cwd=tmp_path)
 
 
-def test_expect_any_prints_the_reply(tmp_path: Path, certs: Path) -> None:
+def test_expect_any_writes_the_reply_to_stdout_and_the_report_to_stderr(tmp_path: Path, certs: Path) -> None:
     with _serve_greeter(tmp_path) as server:
         done = run_cli(
             "client", "--connect", str(server.address), "--message", "bob", "--expect", "any", cwd=tmp_path
         )
     assert done.returncode == 0, done.stderr
-    assert "mutual authentication: yes" in done.stdout
-    assert "reply:                 3 bytes sent, 9 received in " in done.stdout
-    assert "then the server closed" in done.stdout
-    assert "verdict:               OK, reply below as received (not compared: --expect any)" in done.stdout
-    assert done.stdout.endswith("\n\nhello bob\n")
-    assert done.stderr == ""
+    assert done.stdout == "hello bob"  # the reply's bytes, exactly: no report, no newline added
+    assert "mutual authentication: yes" in done.stderr
+    assert "reply:                 3 bytes sent, 9 received in " in done.stderr
+    assert "then the server closed" in done.stderr
+    assert (
+        "verdict:               OK, reply on stdout as received (not compared: --expect any)" in done.stderr
+    )
+
+
+def test_expect_any_against_echo_ends_at_the_servers_close(tmp_path: Path, certs: Path) -> None:
+    with ServeProcess("--listen", "127.0.0.1:0", cwd=tmp_path) as server:
+        done = run_cli(
+            "client", "--connect", str(server.address), "--message", "hi", "--expect", "any", cwd=tmp_path
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "hi"
+    assert "then the server closed the connection" in done.stderr  # not the 30 s --timeout
+
+
+def test_expect_any_with_ignore_eof_waits_for_the_timeout(tmp_path: Path, certs: Path) -> None:
+    with ServeProcess("--listen", "127.0.0.1:0", cwd=tmp_path) as server:
+        done = run_cli(
+            "client",
+            "--connect",
+            str(server.address),
+            "--message",
+            "hi",
+            "--expect",
+            "any",
+            "--ignore-eof",
+            "--timeout",
+            "0.5",
+            cwd=tmp_path,
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "hi"
+    assert "the server had not closed by --timeout" in done.stderr
 
 
 def test_expect_echo_against_a_greeter_is_still_a_mismatch(tmp_path: Path, certs: Path) -> None:
     with _serve_greeter(tmp_path) as server:
         done = run_cli("client", "--connect", str(server.address), "--message", "bob", cwd=tmp_path)
     assert done.returncode == 1
-    assert "echo" in error_line(done.stderr)
+    assert error_line(done.stderr).endswith(
+        ": echo differs from what was sent at byte 0"
+        " (not an echo server? client --expect any shows any reply)"
+    )
+
+
+def test_ignore_eof_does_not_go_with_an_echo_check(tmp_path: Path, certs: Path) -> None:
+    done = run_cli("client", "--message", "hi", "--ignore-eof", cwd=tmp_path)
+    assert done.returncode == 2
+    assert error_line(done.stderr) == (
+        "trio-tlsecho: error: --ignore-eof applies to --stdin and --expect any;"
+        " an echo check reads only the echo"
+    )
 
 
 def test_stdin_and_expect_do_not_go_together(tmp_path: Path, certs: Path) -> None:
@@ -126,9 +267,9 @@ def test_stdin_and_expect_do_not_go_together(tmp_path: Path, certs: Path) -> Non
     )
 
 
-def _client(tmp_path: Path, server: ServeProcess) -> subprocess.Popen[bytes]:
+def _client(tmp_path: Path, server: ServeProcess, *flags: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [*PY, "client", "--connect", str(server.address), "--stdin"],
+        [*PY, "client", "--connect", str(server.address), "--stdin", *flags],
         cwd=tmp_path,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -148,14 +289,26 @@ def test_stdin_ends_when_the_server_closes(tmp_path: Path, certs: Path) -> None:
     assert err.decode().startswith(f"connected to {server.address} (TLSv1.3, ")
 
 
-def test_stdin_end_leaves_the_session_open_until_the_server_closes(tmp_path: Path, certs: Path) -> None:
+def test_stdin_ends_at_its_end_once_the_echo_is_back(tmp_path: Path, certs: Path) -> None:
     with ServeProcess("--listen", "127.0.0.1:0", cwd=tmp_path) as server:
         client = _client(tmp_path, server)
+        # Before the half-close this waited for the server's idle timeout (5 min).
+        out, err = client.communicate(b"hello\n", timeout=HANG)
+        assert server.stderr.wait_for(": ended ok ")  # the echo returned at our close_notify
+    assert client.returncode == 0, err
+    assert out == b"hello\n"
+
+
+def test_stdin_end_with_ignore_eof_leaves_the_session_open_until_the_server_closes(
+    tmp_path: Path, certs: Path
+) -> None:
+    with ServeProcess("--listen", "127.0.0.1:0", cwd=tmp_path) as server:
+        client = _client(tmp_path, server, "--ignore-eof")
         assert client.stdin is not None
         assert client.stdout is not None
         out = Lines(client.stdout)
         client.stdin.write(b"one\ntwo\n")
-        client.stdin.close()  # the end of stdin: no half-close in TLS, the echo goes on
+        client.stdin.close()  # the end of stdin: no close_notify with --ignore-eof, the echo goes on
         assert out.next() == "one"
         assert out.next() == "two"
         assert client.poll() is None

@@ -34,6 +34,7 @@ examples:
   {PROG} client --message hello --expect any     send 'hello', print the reply as it is
   {PROG} client --stdin                          relay the terminal, as openssl s_client -quiet
   printf 'GET\\n' | {PROG} client --stdin         send a request, print the reply until the server closes
+  {PROG} client --message hi --expect any > reply.bin   keep the reply's bytes, exactly
   {PROG} client --connect [::1]:8443 --certs pki --cert pki/alice.pem --key pki/alice.key
 """
 
@@ -46,7 +47,9 @@ def add_client_parser(subparsers: SubParsers) -> None:
         description="Connect with a client certificate, show what was negotiated and who the server is,"
         " then: send a message and verify its echo byte for byte (--expect echo, the default); send"
         " it and print whatever comes back (--expect any, for handlers that are not an echo); or"
-        " send stdin and print what comes back until the server closes (--stdin). Exit status: 0"
+        " send stdin and print what comes back until the server closes (--stdin). The end of what is"
+        " sent is a TLS 1.3 half-close (close_notify, reading on), so an echo ends by itself."
+        " The reply goes to stdout as it came, everything else to stderr. Exit status: 0"
         " when it went as asked, 1 when the connection or the echo failed, 2 for a mistake in the"
         " flags or files, 130 after Ctrl-C.",
         epilog=_EXAMPLES,
@@ -57,6 +60,12 @@ def add_client_parser(subparsers: SubParsers) -> None:
         timeout=30.0,
         timeout_help="for the echo or the reply, once connected; with --expect any, how long to"
         " wait for the server to close (default: %(default)g; connecting and the handshake have 10 s)",
+    )
+    p.add_argument(
+        "--ignore-eof",
+        action="store_true",
+        help="with --stdin or --expect any: do not end our side (close_notify) at the end of what"
+        " is sent; read until the server closes (--expect any: or --timeout), or Ctrl-C",
     )
     what = p.add_mutually_exclusive_group()
     what.add_argument("--message", metavar="TEXT", help="send this text")
@@ -69,8 +78,9 @@ def add_client_parser(subparsers: SubParsers) -> None:
     what.add_argument(
         "--stdin",
         action="store_true",
-        help="send what stdin gives and print what comes back, until the server closes"
-        " (the end of stdin does not close: TLS has no half-close); Ctrl-C stops",
+        help="send what stdin gives and print what comes back, until the server closes; at the"
+        " end of stdin send close_notify and read on (TLS 1.3's half-close; under TLS 1.2,"
+        " which has none, the end of stdin ends the session); Ctrl-C stops",
     )
     p.add_argument(
         "--expect",
@@ -86,15 +96,20 @@ def cmd_client(args: argparse.Namespace) -> int:
     if args.stdin:
         if args.expect is not None:
             raise ConfigError("--expect applies to --message and --random; --stdin prints what comes back")
-        _run_talk(args.connect, config)
+        _run_talk(args.connect, config, ignore_eof=args.ignore_eof)
         return 0
+    if args.ignore_eof and args.expect != "any":
+        raise ConfigError(
+            "--ignore-eof applies to --stdin and --expect any; an echo check reads only the echo"
+        )
     payload = (
         args.message.encode() if args.message is not None else os.urandom(args.random or DEFAULT_RANDOM_SIZE)
     )
     if not payload:
         raise ConfigError("--message is empty: nothing to send")
     if args.expect == "any":
-        _print_reply(trio.run(_request, args.connect, config, payload, args.timeout))
+        request = functools.partial(request_once, timeout=args.timeout, half_close=not args.ignore_eof)
+        _print_reply(trio.run(request, args.connect, config, payload))
     else:
         _print_result(trio.run(_echo, args.connect, config, payload, args.timeout))
     return 0
@@ -104,15 +119,17 @@ async def _echo(address: Address, config: ClientConfig, payload: bytes, timeout:
     return await echo_once(address, config, payload, timeout=timeout)
 
 
-async def _request(address: Address, config: ClientConfig, payload: bytes, timeout: float) -> Reply:
-    return await request_once(address, config, payload, timeout=timeout)
-
-
-def _run_talk(address: Address, config: ClientConfig) -> None:
+def _run_talk(address: Address, config: ClientConfig, *, ignore_eof: bool) -> None:
     try:
         trio.run(
             functools.partial(
-                talk, address, config, _read_stdin, _write_stdout, connected=_say_connected(address)
+                talk,
+                address,
+                config,
+                _read_stdin,
+                _write_stdout,
+                connected=_say_connected(address),
+                ignore_eof=ignore_eof,
             )
         )
     except BaseExceptionGroup as group:
@@ -172,6 +189,7 @@ def _print_result(r: EchoResult) -> None:
 
 
 def _print_reply(r: Reply) -> None:
+    # The report to stderr, the reply's own bytes to stdout: `> reply.bin` keeps exactly them.
     how = (
         "then the server closed the connection"
         if r.server_closed
@@ -181,8 +199,7 @@ def _print_reply(r: Reply) -> None:
         *_connection_lines(r),
         f"reply:                 {r.sent} bytes sent, {len(r.reply)} received in"
         f" {r.reply_seconds * 1000:.1f} ms; {how}",
-        "verdict:               OK, reply below as received (not compared: --expect any)",
-        "",
+        "verdict:               OK, reply on stdout as received (not compared: --expect any)",
     ]
-    print("\n".join(lines), flush=True)
-    _write_stdout(r.reply if r.reply.endswith(b"\n") or not r.reply else r.reply + b"\n")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+    _write_stdout(r.reply)

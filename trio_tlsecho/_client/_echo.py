@@ -28,6 +28,8 @@ from .._tls import PeerIdentity, client_context, describe_tls_error, peer_identi
 _HANDSHAKE = 22
 _CERTIFICATE_REQUEST = 13
 _CLOSE_TIMEOUT = 1.0
+# Said where the reply suggests a server that is not an echo at all.
+_NOT_AN_ECHO = " (not an echo server? client --expect any shows any reply)"
 
 
 async def open_client(
@@ -127,7 +129,7 @@ async def echo_once(
         except trio.TooSlowError:
             raise ClientError(
                 f"{address}: no complete echo within {timeout:g}s"
-                f" ({len(received)} of {len(payload)} bytes back)"
+                f" ({len(received)} of {len(payload)} bytes back)" + ("" if received else _NOT_AN_ECHO)
             ) from None
         except trio.BrokenResourceError as exc:
             raise ClientError(f"{address}: TLS connection failed: {describe_tls_error(exc)}") from None
@@ -148,8 +150,10 @@ async def echo_once(
         if at is None:  # every byte we sent came back, and more after it
             raise EchoMismatchError(
                 f"{address}: echo longer than what was sent: {len(received)} bytes for {len(payload)}"
+                + _NOT_AN_ECHO
             )
-        raise EchoMismatchError(f"{address}: echo differs from what was sent at byte {at}")
+        hint = _NOT_AN_ECHO if at == 0 else ""  # later: it began as an echo, a faulty one
+        raise EchoMismatchError(f"{address}: echo differs from what was sent at byte {at}{hint}")
     return EchoResult(
         address=address,
         tls_version=version,
