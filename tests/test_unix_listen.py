@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import subprocess
 from pathlib import Path
 
 import attrs
@@ -16,7 +17,7 @@ from trio_tlsecho._net import UnixAddress
 
 from .conftest import Start, receive_until
 from .logs import ServerLog, error_line
-from .processes import ServeProcess, run_cli
+from .processes import PY, ServeProcess, run_cli
 
 
 async def echo_over_unix(path: Path, client_config: ClientConfig, message: bytes = b"hello") -> bytes:
@@ -107,3 +108,42 @@ async def test_workers_share_one_unix_socket(
     assert re.search(r"\[worker \d\] unix:pid=\d+,uid=\d+,gid=\d+: connected TLSv1\.3", err), err
     assert "Traceback" not in err
     assert not path.exists()  # the supervisor, which bound it, removed it
+
+
+def test_the_client_checks_a_unix_listener(tmp_path: Path, certs: Path) -> None:
+    # An operator checks a UNIX-socket deployment with the project's own client.
+    path = tmp_path / "echo.sock"
+    with ServeProcess("--listen", f"unix:{path}", cwd=tmp_path) as server:
+        echo = run_cli("client", "--connect", f"unix:{path}", cwd=tmp_path)
+        reply = run_cli(
+            "client", "--connect", f"unix:{path}", "--message", "hi", "--expect", "any", cwd=tmp_path
+        )
+        talk = subprocess.run(
+            [*PY, "client", "--connect", f"unix:{path}", "--stdin"],
+            input="hello\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+        code, err = server.stop()
+    assert echo.returncode == 0, echo.stderr
+    assert f"connected to unix:{path}" in echo.stdout
+    assert "verdict:               OK, echo verified byte for byte" in echo.stdout
+    assert (reply.returncode, reply.stdout) == (0, "hi"), reply.stderr
+    assert (talk.returncode, talk.stdout) == (0, "hello\n"), talk.stderr
+    assert code == 0, err
+
+
+def test_connecting_to_a_missing_unix_socket_is_one_line(tmp_path: Path, certs: Path) -> None:
+    done = run_cli("client", "--connect", f"unix:{tmp_path}/none.sock", cwd=tmp_path)
+    assert done.returncode == 1
+    assert error_line(done.stderr) == (
+        f"trio-tlsecho: error: cannot connect to unix:{tmp_path}/none.sock:"
+        " no such socket (is the server running?)"
+    )
+    loadgen = run_cli("loadgen", "--connect", f"unix:{tmp_path}/none.sock", cwd=tmp_path)
+    assert loadgen.returncode == 2
+    assert error_line(loadgen.stderr) == (
+        f"trio-tlsecho: error: loadgen connects over TCP only, not to unix:{tmp_path}/none.sock (client can)"
+    )

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from .._config import ClientConfig, count, from_text, handler_option, seconds, seconds_or_zero
 from .._exceptions import ConfigError
-from .._net import DEFAULT_HOST, DEFAULT_PORT, Address, parse_listen
+from .._net import DEFAULT_HOST, DEFAULT_PORT, Address, UnixAddress, parse_listen
 from .._program import LOG_FORMATS
 from .._tls import TLSFiles, has_certificates
 
@@ -52,6 +52,14 @@ seconds_arg = flag_type(from_text(seconds, float))
 #: Seconds or 0 (any spelling of zero): no grace, no warm-up, a timeout that is off.
 seconds_or_zero_arg = flag_type(from_text(seconds_or_zero, float))
 address_arg = flag_type(Address.parse)
+
+
+def _connect_address(text: str) -> Address | UnixAddress:
+    return UnixAddress(text[len("unix:") :]) if text.startswith("unix:") else Address.parse(text)
+
+
+#: Where a client connects: ``HOST:PORT`` or ``unix:PATH``.
+connect_arg = flag_type(_connect_address)
 #: ``KEY=VALUE`` for a handler factory, as a ``(key, value)`` pair.
 handler_option_arg = flag_type(handler_option)
 listen_arg = flag_type(parse_listen)
@@ -141,9 +149,10 @@ def add_client_flags(p: argparse.ArgumentParser, *, timeout: float, timeout_help
     p.add_argument(
         "--connect",
         metavar="HOST:PORT",
-        type=address_arg,
+        type=connect_arg,
         default=Address(DEFAULT_HOST, DEFAULT_PORT),
-        help=f"server address (default: {DEFAULT_HOST}:{DEFAULT_PORT})",
+        help="server address, or unix:PATH for a UNIX-socket listener"
+        f" (default: {DEFAULT_HOST}:{DEFAULT_PORT})",
     )
     p.add_argument(
         "--server-name", metavar="NAME", help="name to verify in the server certificate (default: the host)"

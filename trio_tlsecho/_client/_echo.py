@@ -20,7 +20,7 @@ import trio
 from .._config import ClientConfig
 from .._exceptions import ClientError, EchoMismatchError, causes
 from .._handlers import RECEIVE_SIZE
-from .._net import Address
+from .._net import Address, UnixAddress
 from .._tls import PeerIdentity, client_context, describe_tls_error, peer_identity
 
 # TLS handshake message type (RFC 8446 4.) and record content type: a server that
@@ -33,7 +33,7 @@ _NOT_AN_ECHO = " (not an echo server? client --expect any shows any reply)"
 
 
 async def open_client(
-    address: Address,
+    address: Address | UnixAddress,
     config: ClientConfig,
     *,
     ssl_context: ssl.SSLContext | None = None,
@@ -48,7 +48,10 @@ async def open_client(
     """
     ctx = ssl_context if ssl_context is not None else client_context(config)
     try:
-        tcp = await trio.open_tcp_stream(address.host, address.port)
+        if isinstance(address, UnixAddress):
+            tcp = await trio.open_unix_socket(address.path)
+        else:
+            tcp = await trio.open_tcp_stream(address.host, address.port)
     except OSError as exc:
         raise ClientError(f"cannot connect to {address}: {_os_reason(exc)}") from exc
     if proxy_header:
@@ -57,7 +60,9 @@ async def open_client(
         except trio.BrokenResourceError as exc:
             await tcp.aclose()
             raise ClientError(f"{address}: connection lost sending the PROXY header") from exc
-    stream = trio.SSLStream(tcp, ctx, server_hostname=config.server_hostname or address.host)
+    # A UNIX socket has no host name to check: the development server's is localhost.
+    host = "localhost" if isinstance(address, UnixAddress) else address.host
+    stream = trio.SSLStream(tcp, ctx, server_hostname=config.server_hostname or host)
     try:
         with trio.fail_after(config.handshake_timeout):
             await stream.do_handshake()
@@ -78,6 +83,8 @@ def _os_reason(exc: OSError) -> str:
     errnos = {e.errno for e in causes(exc) if isinstance(e, OSError)}
     if errno.ECONNREFUSED in errnos:
         return "connection refused (is the server running?)"
+    if errno.ENOENT in errnos:
+        return "no such socket (is the server running?)"
     if isinstance(exc, socket.gaierror):
         return f"unknown host ({exc.strerror})"
     return exc.strerror or str(exc)
@@ -87,7 +94,7 @@ def _os_reason(exc: OSError) -> str:
 class EchoResult:
     """What one verified echo exchange saw."""
 
-    address: Address
+    address: Address | UnixAddress
     tls_version: str
     cipher: str
     server: PeerIdentity
@@ -100,7 +107,7 @@ class EchoResult:
 
 
 async def echo_once(
-    address: Address,
+    address: Address | UnixAddress,
     config: ClientConfig,
     payload: bytes,
     *,

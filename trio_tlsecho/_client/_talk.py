@@ -28,7 +28,7 @@ import trio
 from .._config import ClientConfig
 from .._exceptions import ClientError
 from .._handlers import RECEIVE_SIZE
-from .._net import Address, format_address
+from .._net import Address, UnixAddress, format_address
 from .._tls import PeerIdentity, client_context, describe_tls_error, peer_identity
 from ._echo import _CAN_WATCH, _CLOSE_TIMEOUT, _watch_certificate_request, open_client
 from ._halfclose import is_peer_close, send_close_notify
@@ -54,7 +54,7 @@ class _AtEnd(enum.Enum):
 class Reply:
     """What one request saw: the connection, and the reply as it came."""
 
-    address: Address
+    address: Address | UnixAddress
     tls_version: str
     cipher: str
     server: PeerIdentity
@@ -69,7 +69,12 @@ class Reply:
 
 
 async def request_once(
-    address: Address, config: ClientConfig, payload: bytes, *, timeout: float, half_close: bool = True
+    address: Address | UnixAddress,
+    config: ClientConfig,
+    payload: bytes,
+    *,
+    timeout: float,
+    half_close: bool = True,
 ) -> Reply:
     """Send *payload*; return what the server sends until it closes, or until *timeout* passes.
 
@@ -113,7 +118,7 @@ async def request_once(
 
 
 async def talk(
-    address: Address,
+    address: Address | UnixAddress,
     config: ClientConfig,
     source: Source,
     sink: Sink,
@@ -156,7 +161,8 @@ async def _send_and_read(
                 failed = exc  # raised below, outside the nursery: one error, not a group
         nursery.cancel_scope.cancel()
     if failed is not None:
-        where = format_address(*stream.transport_stream.socket.getpeername()[:2])
+        peer = stream.transport_stream.socket.getpeername()
+        where = format_address(*peer[:2]) if isinstance(peer, tuple) else f"unix:{peer}"
         raise ClientError(f"{where}: TLS connection failed: {describe_tls_error(failed)}") from None
 
 
