@@ -11,6 +11,7 @@ May import: ``_exceptions`` only.
 from ._base import SEND_PIECE as SEND_PIECE
 from ._base import Engine as Engine
 from ._base import TLSStream as TLSStream
+from ._base import take_socket as take_socket
 from ._socket import DEFAULT_RECEIVE_SIZE as DEFAULT_RECEIVE_SIZE
 from ._socket import SSLSocketStream as SSLSocketStream
 from ._socket import open_ssl_socket_stream as open_ssl_socket_stream

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -97,3 +98,22 @@ async def linger(fd: int, shutdown_write: Callable[[], None]) -> None:
                 if not data:
                     break
                 drained += len(data)
+
+
+def take_socket(sock: trio.socket.SocketType | socket.socket) -> socket.socket:
+    """*sock*'s descriptor in a non-blocking stdlib socket of its own; *sock* is left detached.
+
+    At every moment exactly one object owns the descriptor: a failure here closes it.
+    A closed *sock* (``fileno() == -1``) is ``ClosedResourceError``.
+    """
+    family, type_, proto = sock.family, sock.type, sock.proto
+    fd = sock.detach()
+    if fd < 0:
+        raise trio.ClosedResourceError("the socket was already closed")
+    try:
+        raw = socket.socket(family, type_, proto, fileno=fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    raw.setblocking(False)
+    return raw

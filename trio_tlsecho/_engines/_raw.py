@@ -38,6 +38,8 @@ import socket
 
 import trio
 
+from ._base import take_socket
+
 # One receive buffer per trio run, as large as asyncio's reads.
 _SHARED_SIZE = 256 * 1024
 _SHARED = trio.lowlevel.RunVar[memoryview]("trio_tlsecho.receive_buffer")
@@ -58,18 +60,7 @@ class RawSocketStream(trio.abc.Stream):
     @classmethod
     def take(cls, transport: trio.SocketStream) -> RawSocketStream:
         """Take over *transport*'s socket; *transport* is left closed (its ``aclose`` a no-op)."""
-        tcp = transport.socket
-        family, type_, proto = tcp.family, tcp.type, tcp.proto
-        fd = tcp.detach()
-        if fd < 0:
-            raise trio.ClosedResourceError("the socket was already closed")
-        try:
-            sock = socket.socket(family, type_, proto, fileno=fd)
-        except BaseException:
-            socket.close(fd)
-            raise
-        sock.setblocking(False)
-        return cls(sock)
+        return cls(take_socket(transport.socket))
 
     async def receive_some(self, max_bytes: int | None = None) -> memoryview:  # type: ignore[override]
         # *max_bytes* is None from SSLStream; the shared buffer's size bounds the read.

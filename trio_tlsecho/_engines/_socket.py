@@ -103,7 +103,7 @@ from typing import Any, Protocol
 
 import trio
 
-from ._base import SEND_PIECE, TLSStream, linger
+from ._base import SEND_PIECE, TLSStream, linger, take_socket
 
 __all__ = [
     "DEFAULT_RECEIVE_SIZE",
@@ -276,17 +276,8 @@ class SSLSocketStream(TLSStream):
         """
         if server_side and server_hostname is not None:
             raise ValueError("server_hostname is for the client side only")
-        family, type_, proto = sock.family, sock.type, sock.proto
-        fd = sock.detach()
-        if fd < 0:
-            raise trio.ClosedResourceError("the socket was already closed")
+        raw = take_socket(sock)
         try:
-            raw = socket.socket(family, type_, proto, fileno=fd)
-        except BaseException:
-            socket.close(fd)
-            raise
-        try:
-            raw.setblocking(False)
             with contextlib.suppress(OSError):  # not TCP (a Unix socket, in tests)
                 raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # A peer that reset already: found here, while *raw* owns the fd.  CPython's

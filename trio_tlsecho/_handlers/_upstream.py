@@ -16,6 +16,8 @@ import socket
 
 import trio
 
+from .._engines import take_socket
+
 
 class Upstream(trio.abc.HalfCloseableStream):
     """A connected non-blocking socket (TCP, with TCP_NODELAY, or unix) as a trio stream."""
@@ -29,7 +31,7 @@ class Upstream(trio.abc.HalfCloseableStream):
     @classmethod
     def take(cls, stream: trio.SocketStream) -> Upstream:
         """Take over *stream*'s socket (trio connected it; it sets TCP_NODELAY for TCP)."""
-        return cls(socket.socket(fileno=stream.socket.detach()))
+        return cls(take_socket(stream.socket))
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         await trio.lowlevel.checkpoint_if_cancelled()
