@@ -1,5 +1,5 @@
 """Developer tasks: ``nox -s tests``, ``nox -s lint``, ``nox -s typecheck``, ``nox -s bench``,
-``nox -s terminator``, ``nox -s scaling``."""
+``nox -s terminator``, ``nox -s scaling``, ``nox -s workers``."""
 
 from __future__ import annotations
 
@@ -53,3 +53,10 @@ def scaling(session: nox.Session) -> None:
     """Round trips/s against serve --workers N (needs 2*N cores; slow)."""
     session.install("-e", ".[bench]")
     session.run("python", "benchmarks/scaling.py", *session.posargs)
+
+
+@nox.session(default=False)
+def workers(session: nox.Session) -> None:
+    """serve --workers 2 vs 1 per server CPU-second, and SO_REUSEPORT's spread (about 2 minutes)."""
+    session.install("-e", ".[bench]")
+    session.run("python", "benchmarks/workers.py", *session.posargs)
