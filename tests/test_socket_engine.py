@@ -26,8 +26,9 @@ import trio.testing
 
 from trio_tlsecho import ClientConfig, ServerConfig, TLSFiles, client_context, server_context
 from trio_tlsecho._engines import SEND_PIECE, SSLSocketStream, TrioTLSStream, open_ssl_socket_stream
-from trio_tlsecho._engines._socket import _READABLE, _PublicIO
+from trio_tlsecho._engines._socket import _READABLE
 from trio_tlsecho._tls import describe_tls_error
+from trio_tlsecho._tls._sslio import _PublicIO
 
 from .conftest import receive_until
 from .processes import Lines

@@ -5,7 +5,7 @@ connection one :class:`TLSStream`: the handshake, the stream handlers read and w
 (the same object as ``Connection.tls``), the refusal with an alert, and a clean or
 forceful close.  Nothing outside this package asks which engine it is.  A new engine
 is a module here with a ``TLSStream`` subclass, and one entry in ``ENGINES``.
-May import: ``_exceptions`` only.
+May import: ``_exceptions``, ``_tls``.
 """
 
 from ._base import SEND_PIECE as SEND_PIECE

@@ -99,10 +99,11 @@ import os
 import socket
 import ssl
 import threading
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
+from .._tls import SSLIO, ssl_io
 from ._base import SEND_PIECE, TLSStream, linger, take_socket
 
 __all__ = [
@@ -149,30 +150,8 @@ class _SharedBuffer(threading.local):
 _shared = _SharedBuffer()
 
 
-class _IO(Protocol):
-    """What the hot path calls: ``read(n, buffer)`` and ``write(data)``, as ``_sslobj`` has."""
-
-    def read(self, n: int, buffer: memoryview, /) -> int: ...
-    def write(self, data: Any, /) -> int: ...
-
-
-class _PublicIO:
-    """``_IO`` through ``ssl.SSLSocket``'s public methods, where ``_sslobj`` is missing."""
-
-    __slots__ = ("_sock",)
-
-    def __init__(self, sock: ssl.SSLSocket) -> None:
-        self._sock = sock
-
-    def read(self, n: int, buffer: memoryview, /) -> int:
-        return self._sock.recv_into(buffer, n)
-
-    def write(self, data: Any, /) -> int:
-        return self._sock.send(data)
-
-
 class _ClosedIO:
-    """``_IO`` of a closed stream: it holds no reference to the SSL object."""
+    """``SSLIO`` of a closed stream: it holds no reference to the SSL object."""
 
     __slots__ = ()
 
@@ -237,17 +216,11 @@ class SSLSocketStream(TLSStream):
         #: allows one waiter per direction per fd; other tasks of ours park on ``_lot``.
         self._waiting = 0
         self._lot: trio.lowlevel.ParkingLot | None = None
-        # What the hot path calls.  ssl.SSLSocket is a Python layer over the C object
-        # in ``_sslobj`` (recv_into -> read -> _sslobj.read; send -> _sslobj.write)
-        # that, with suppress_ragged_eofs off, only adds checks we make ourselves;
-        # calling the C object skips two Python frames per read and one per write: +4 %
-        # round trips/s against a load generator that saturates the server
-        # (benchmarks/README.md).  The object itself, not its two bound methods: those
-        # would cost 144 B per connection.  ``_sslobj`` is None for a socket that was no
-        # longer connected when wrapped (a peer that reset first; its handshake then
-        # fails and this is never called), and on a Python without it: the public methods.
-        sslobj = getattr(sock, "_sslobj", None)
-        self._io: _IO = sslobj if sslobj is not None else _PublicIO(sock)
+        # What the hot path calls: the C object (+4 % round trips/s against a load
+        # generator that saturates the server, benchmarks/README.md), with
+        # suppress_ragged_eofs off as the Python layer would have it.  The object
+        # itself, not its two bound methods: those would cost 144 B per connection.
+        self._io: SSLIO = ssl_io(sock)
         self.close_notify_timeout = close_notify_timeout
         #: Plaintext bytes received and sent so far (OpenSSL does the wire I/O, so
         #: wire bytes are not seen; these are what a meter can count instead).

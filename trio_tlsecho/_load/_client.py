@@ -31,6 +31,7 @@ from ._config import (
     classify_error,
     split,
 )
+from ._exchanger import ExchangeLoop, Handback
 from ._stats import ErrorKind, ExchangeIO, Histogram, LoadReport, Recorder
 from ._transport import ClientConnection, Target
 
@@ -134,6 +135,9 @@ class _Run:
     #: Cancelled when the run fails; set by :func:`run_here`.
     scope: trio.CancelScope | None = None
     stop_requested: bool = False
+    #: Drives the steady closed-loop exchanges of every client, where the run has one
+    #: (see :meth:`looped`).
+    exchanges: ExchangeLoop | None = None
 
     def __attrs_post_init__(self) -> None:
         self.config, self.tickets = self.share.config, self.share.tickets
@@ -147,6 +151,19 @@ class _Run:
             self.finished.set()
         if self.share.count == 0 or self.config.ramp or self.config.new_connection_per_request:
             self.connected.set()  # no barrier: nobody connects before the start
+
+    def looped(self) -> bool:
+        """Whether connected clients hand their exchanges to an :class:`ExchangeLoop`:
+        a closed loop over persistent connections, of messages sent whole before their
+        echo is read (an open loop sleeps between sends; a new connection per request
+        has no steady state to drive)."""
+        cfg = self.config
+        return (
+            cfg.rate is None
+            and not cfg.new_connection_per_request
+            and cfg.sizes.high <= _SEQUENTIAL_MAX
+            and ExchangeLoop.available()
+        )
 
     def messages(self, rng: random.Random) -> list[memoryview]:
         """:data:`MESSAGES` slices of the pool, of random sizes at random offsets: a client
@@ -276,7 +293,13 @@ class _Client:
     async def _exchanges(self, scope: trio.CancelScope) -> bool:
         """Exchange until done (``True``) or cancelled by an exchange's deadline."""
         run, timeout, schedule = self.run, self.run.config.timeout, self.schedule
+        loop = run.exchanges
         while True:
+            if loop is not None and self.conn is not None:
+                scope.deadline = math.inf  # the loop times its exchanges itself
+                if await self._looped(loop, self.conn):
+                    return True
+                continue
             if schedule is not None:
                 intended = schedule.due(self.k)
                 self.k += 1
@@ -298,6 +321,45 @@ class _Client:
                 # A closed loop sets the next one at once (each set costs trio a heap
                 # update, a tenth of the loadgen's Python time when it was done twice).
                 scope.deadline = math.inf
+
+    async def _looped(self, loop: ExchangeLoop, conn: ClientConnection) -> bool:
+        """Let *loop* drive the exchanges over *conn*, then do what its hand-back asks;
+        whether the client is done."""
+        handback, error = await loop.drive(self, conn)
+        if handback is Handback.FINISHED:
+            return True
+        if handback is Handback.CLOSE:
+            await self._close()
+        elif handback is Handback.TIMED_OUT:
+            self._timed_out()
+        else:
+            assert error is not None
+            await self._after_failure(error, during_handshake=False)
+        return False
+
+    def begin(self, now: float) -> memoryview | None:
+        """Start a closed-loop exchange at *now* (for :class:`ExchangeLoop`): its
+        message, or ``None`` when this process's tickets are spent."""
+        run = self.run
+        counting = not run.t0 <= now < run.measure_from  # run.counting(now), on the hot path
+        if counting and run.tickets is not None and not run.take_ticket():
+            return None
+        self.counting = counting
+        payload = self._next_payload()
+        self.io = ExchangeIO(len(payload))
+        return payload
+
+    def completed(self, began: float, ended: float, sent: float | None = None) -> bool:
+        """Commit the exchange that ended well at *ended* (latency from *began*, and from
+        *sent* uncorrected); whether its connection must be closed."""
+        io = self.io
+        if self.counting:
+            uncorrected = ended - began if sent is None else ended - sent
+            self.run.recorder.exchange(io, int((ended - began) * 1e6), int(uncorrected * 1e6))
+            self.counting = False
+        if not self.accepted:
+            self._accepted(ended)
+        return self._finished_with(io)
 
     def _timed_out(self) -> None:
         if (conn := self._release()) is not None:
@@ -377,19 +439,18 @@ class _Client:
         except BaseExceptionGroup as group:  # from the nursery of a large echo
             failure = _failure_in(group)
         else:
-            if self.counting:
-                self.run.recorder.exchange(io, int((ended - began) * 1e6), int((ended - sent) * 1e6))
-                self.counting = False
-            if not self.accepted:
-                self._accepted(ended)
-            if self._finished_with(io):
+            if self.completed(began, ended, sent):
                 await self._close()
             elif conn.waits == waits_before:
                 # Every exchange yields at least once, even against an instant server.
                 await trio.lowlevel.checkpoint()
             return
+        await self._after_failure(failure, during_handshake=conn is None)
+
+    async def _after_failure(self, failure: BaseException, *, during_handshake: bool) -> None:
+        """Commit *failure*, drop the connection, and back off if it was a fresh one."""
         fresh = not self.accepted  # no connection, or one the server had not yet accepted
-        kind = self._failed(failure, during_handshake=conn is None)
+        kind = self._failed(failure, during_handshake=during_handshake)
         await self._drop()
         if fresh and kind in _BACKED_OFF:
             # The server answers others (or the run has failed already): retry, but slower.
@@ -555,6 +616,9 @@ async def run_here(
     clients = [_Client(run, i) for i in range(share.count)]
     async with trio.open_nursery() as nursery:
         run.scope = nursery.cancel_scope
+        if run.looped():
+            run.exchanges = ExchangeLoop(share.config.timeout)
+            nursery.start_soon(run.exchanges.serve, name="loadgen exchange loop")
         for client in clients:
             nursery.start_soon(client.main, name=f"loadgen client {client.index}")
         if stop is not None:

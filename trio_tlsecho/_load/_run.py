@@ -55,11 +55,15 @@ connection, never a second count.
 Transport.  Clients drive a non-blocking ``ssl.SSLSocket`` with trio's
 ``wait_readable``/``wait_writable`` instead of ``trio.SSLStream``: half the CPU per
 round trip (see :class:`._transport.ClientConnection`), with the same
-``client_context`` policy.
+``client_context`` policy.  Once connected, a client in a closed loop of messages up
+to 64 KiB hands its connection to the process's :class:`._exchanger.ExchangeLoop`,
+which sends, reads and checks every such client's exchanges from one task and one
+``epoll`` set, and hands the connection back for anything else (a failure, a
+timeout, a close, the end of its requests).
 
 Workers: see :mod:`._workers`.  Modules: :mod:`._config` (sans-io),
 :mod:`._stats` (sans-io), :mod:`._transport` (the socket), :mod:`._client` (the
-clients), :mod:`._workers` (processes), and here the one entry point.
+clients), :mod:`._exchanger` (their steady closed loops), :mod:`._workers` (processes), and here the one entry point.
 """
 
 from __future__ import annotations

@@ -127,6 +127,12 @@ class ClientConnection:
             return False
 
     @property
+    def ssl_socket(self) -> ssl.SSLSocket:
+        """The socket itself, for :class:`._exchanger.ExchangeLoop`, which drives it from
+        its own ``epoll`` set."""
+        return self._sock
+
+    @property
     def session(self) -> ssl.SSLSession | None:
         """The TLS session to resume later (with TLS 1.3, known once a ticket was read)."""
         return self._sock.session

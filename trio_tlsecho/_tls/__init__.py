@@ -3,7 +3,8 @@
 Owns every ``ssl.SSLContext`` the project builds (from files, never mutated after),
 what a verified peer certificate says (:class:`PeerIdentity`), who may connect
 beyond "signed by our CA" (:class:`AllowList`), TLS errors in words and labels, and
-the ``certs`` PKI.  Nothing here does I/O on a connection.
+the ``certs`` PKI, and the C object under an ``ssl.SSLSocket`` for hot paths
+(:func:`ssl_io`).  Nothing else here does I/O on a connection.
 May import: ``_exceptions`` only.
 """
 
@@ -23,3 +24,5 @@ from ._pki import has_certificates as has_certificates
 from ._pki import make_dev_pki as make_dev_pki
 from ._pki import revoke as revoke
 from ._policy import AllowList as AllowList
+from ._sslio import SSLIO as SSLIO
+from ._sslio import ssl_io as ssl_io
