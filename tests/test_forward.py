@@ -487,6 +487,31 @@ async def test_a_client_that_goes_away_closes_the_targets_connection(
     assert log.problems() == []
 
 
+async def echo_plain(tcp: trio.SocketStream) -> None:
+    while data := await tcp.receive_some(65536):
+        await tcp.send_all(data)
+
+
+async def test_forwarded_bytes_are_counted_and_an_idle_client_is_closed(
+    nursery: trio.Nursery, server_config: ServerConfig, client_config: ClientConfig, log: ServerLog
+) -> None:
+    # The byte counts and the idle sweep read the TLS stream's counters, which the
+    # socket engine's splice moves without receive_some/send_all.
+    target = await start_target(nursery, echo_plain)
+    config = attrs.evolve(server_config, idle_timeout=0.5)
+    stream, metrics = await _through(nursery, config, client_config, target=target)
+    for size in (1, 100, 70000):
+        await stream.send_all(b"x" * size)
+        assert await receive_until(stream, size) == b"x" * size
+    # The sweep closes it between 0.5 and 0.55 s after the last byte.
+    assert await read_to_end(stream) == b""
+    await log.wait_for(" ended ")
+    [record] = log.ended()
+    assert (record.outcome, record.bytes_in, record.bytes_out) == ("idle_timeout", 70101, 70101)
+    assert (metrics.idle_closed, metrics.bytes_received, metrics.bytes_sent) == (1, 70101, 70101)
+    await trio.aclose_forcefully(stream)
+
+
 # -- options --------------------------------------------------------------------------
 
 

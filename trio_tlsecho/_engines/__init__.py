@@ -15,6 +15,10 @@ from ._base import take_socket as take_socket
 from ._socket import DEFAULT_RECEIVE_SIZE as DEFAULT_RECEIVE_SIZE
 from ._socket import SSLSocketStream as SSLSocketStream
 from ._socket import open_ssl_socket_stream as open_ssl_socket_stream
+from ._splice import Spliced as Spliced
+from ._splice import SpliceEnd as SpliceEnd
+from ._splice import can_splice as can_splice
+from ._splice import splice as splice
 from ._trio import TrioTLSStream as TrioTLSStream
 
 #: Every engine by the name ``ServerConfig.engine`` and ``serve --engine`` use.

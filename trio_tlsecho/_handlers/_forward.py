@@ -9,7 +9,11 @@ Theory of operation
 -------------------
 Copying: one task per direction, each a loop of one ``receive_some`` and one
 ``send_all``, so at most one read's worth of bytes is in flight per direction and a
-slow reader slows its writer (backpressure; TCP's buffers do the rest).
+slow reader slows its writer (backpressure; TCP's buffers do the rest).  With the
+socket engine, the bytes are first copied by ``splice`` (from ``_engines``): the same
+copying, backpressure included, from one task for every connection, which hands back
+at the first event that is not just bytes (an end, a failure) with what it had in
+hand, and the copy loops carry on from there.
 
 Ends:
 
@@ -41,7 +45,7 @@ import os
 import attrs
 import trio
 
-from .._engines import TLSStream
+from .._engines import Spliced, SpliceEnd, TLSStream, can_splice, splice
 from .._exceptions import UpstreamError, causes
 from .._net import encode_tlv, encode_v1, encode_v2, ssl_tlv
 from .._tls import PeerIdentity
@@ -137,13 +141,24 @@ class Forward:
         raise UpstreamError(f"target {self.target}: cannot connect: {why}")
 
     async def _splice(self, client: TLSStream, upstream: Upstream) -> None:
-        # Each direction returns (never raises) what ended it, so that the nursery
-        # closes without an exception group and the error is raised bare below.
+        carry = Spliced(SpliceEnd.ELSEWHERE, None, b"", b"")
+        if can_splice(client):
+            # The fast path (socket engine): no task per direction while only bytes move.
+            carry = await splice(client, upstream.socket)  # type: ignore[arg-type]
+            if carry.end is SpliceEnd.TARGET_EOF:
+                return  # the target is done: so is the conversation
+            if carry.end is SpliceEnd.TARGET_LOST:
+                assert carry.error is not None
+                await trio.aclose_forcefully(client)  # no close_notify: the answer was cut
+                raise UpstreamError(f"target {self.target}: connection lost: {_why(carry.error)}")
+            if carry.end is SpliceEnd.CLIENT_LOST:
+                assert carry.error is not None
+                raise carry.error
         lost: list[trio.BrokenResourceError] = []
         error: Exception | None = None  # stays None if the client's side cancels the copy
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._client_to_target, client, upstream, nursery.cancel_scope, lost)
-            error = await self._target_to_client(upstream, client)
+            nursery.start_soon(self._client_to_target, client, upstream, nursery.cancel_scope, lost, carry)
+            error = await self._target_to_client(upstream, client, carry.to_client)
             nursery.cancel_scope.cancel()  # the target is done: so is the conversation
         if isinstance(error, UpstreamError):
             await trio.aclose_forcefully(client)  # no close_notify: the answer was cut
@@ -158,21 +173,33 @@ class Forward:
         upstream: Upstream,
         done: trio.CancelScope,
         lost: list[trio.BrokenResourceError],
+        carry: Spliced,
     ) -> None:
+        """Copy the client's bytes to the target, after what *carry* holds for it; at
+        the client's close_notify (maybe already in *carry*), end the target's input."""
         try:
-            while data := await client.receive_some(COPY_SIZE):
-                if not await _send(upstream, data):
-                    return  # the target stopped reading: what it says next decides
+            if carry.to_target and not await _send(upstream, carry.to_target):
+                return
+            if carry.end is not SpliceEnd.CLIENT_EOF:
+                while data := await client.receive_some(COPY_SIZE):
+                    if not await _send(upstream, data):
+                        return  # the target stopped reading: what it says next decides
         except trio.BrokenResourceError as exc:  # the client is gone: so is the target's connection
             lost.append(exc)
             done.cancel()
             return
-        # The client's close_notify, passed on as a FIN.  A target already gone: its
-        # side of the copy says how.
         with contextlib.suppress(trio.BrokenResourceError, OSError):
             await upstream.send_eof()
 
-    async def _target_to_client(self, upstream: Upstream, client: TLSStream) -> Exception | None:
+    async def _target_to_client(
+        self, upstream: Upstream, client: TLSStream, first: bytes
+    ) -> Exception | None:
+        """Copy the target's bytes to the client, *first* first (see ``Spliced.to_client``)."""
+        if first:
+            try:
+                await client.send_all(first)
+            except trio.BrokenResourceError as exc:
+                return exc
         while True:
             try:
                 data = await upstream.receive_some(COPY_SIZE)

@@ -33,6 +33,11 @@ class Upstream(trio.abc.HalfCloseableStream):
         """Take over *stream*'s socket (trio connected it; it sets TCP_NODELAY for TCP)."""
         return cls(take_socket(stream.socket))
 
+    @property
+    def socket(self) -> socket.socket:
+        """The socket, for :func:`splice`, which drives it itself while it runs."""
+        return self._sock
+
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:

@@ -63,7 +63,8 @@ timeout, a close, the end of its requests).
 
 Workers: see :mod:`._workers`.  Modules: :mod:`._config` (sans-io),
 :mod:`._stats` (sans-io), :mod:`._transport` (the socket), :mod:`._client` (the
-clients), :mod:`._exchanger` (their steady closed loops), :mod:`._workers` (processes), and here the one entry point.
+clients), :mod:`._exchanger` (their steady closed loops), :mod:`._workers`
+(processes), and here the one entry point.
 """
 
 from __future__ import annotations
