@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 from typing import Any, cast
 
 import pytest
 import trio
 import trio.testing
 
-from trio_tlsecho._net import accept
+from trio_tlsecho._net import accept, accept_socket
 from trio_tlsecho._net._accept import BURST_GAP, REPORT_EVERY
 
 from .logs import ServerLog
@@ -116,3 +117,31 @@ async def test_a_burst_cut_short_by_a_stop_is_counted(
     [record] = log.find("stopped accepting")
     assert record.levelno == logging.WARNING
     assert record.event == "accept_stopped"  # type: ignore[attr-defined]
+
+
+async def test_accept_socket_sets_what_a_socket_stream_would() -> None:
+    # The server hands the engine the socket itself: it must carry the options
+    # trio.SocketStream would have set (no Nagle delay on a handshake flight).
+    [port] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with port, await trio.open_tcp_stream(*port.socket.getsockname()) as client:
+        sock, peer = await accept_socket(port, "test")
+        with sock:
+            assert peer == client.socket.getsockname()
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            expected = trio.SocketStream(trio.socket.socket()).socket
+            with expected:
+                for option in (socket.TCP_NODELAY, socket.TCP_NOTSENT_LOWAT):
+                    wanted = expected.getsockopt(socket.IPPROTO_TCP, option)
+                    assert sock.getsockopt(socket.IPPROTO_TCP, option) == wanted
+
+
+async def test_accept_socket_skips_peer_errors_and_logs_a_burst_once(
+    autojump_clock: trio.testing.MockClock, log: ServerLog
+) -> None:
+    sock = _Socket(errno.ECONNABORTED, errno.EMFILE, errno.EMFILE)
+    accepted, peer = await accept_socket(listener(sock), "here")
+    assert isinstance(accepted, trio.socket.SocketType)
+    assert peer == ("192.0.2.7", 40001)
+    assert len(log.messages("accept failed")) == 1
+    for s in sock.accepted:
+        s.close()

@@ -32,7 +32,7 @@ from trio_tlsecho import (
 from trio_tlsecho._net import bind_reuse_port
 from trio_tlsecho._tls import IdentityCache
 
-from .conftest import Start, ipv6_loopback_available, issue_client, start_server
+from .conftest import Start, assert_fds_settle, ipv6_loopback_available, issue_client, open_fds, start_server
 from .logs import ServerLog
 
 NOW = dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -427,3 +427,24 @@ async def test_keylog_writes_secrets_and_warns(
 
 def test_keylog_off_by_default(server_config: ServerConfig) -> None:
     assert server_config.keylog is None
+
+
+async def test_accepted_sockets_are_closed_whatever_the_connection_did(
+    server: Address, client_config: ClientConfig, log: ServerLog
+) -> None:
+    # Connections reach the engine as bare sockets (no trio.SocketStream): every way a
+    # connection ends (a probe, refused before the handshake, refused in it, served)
+    # still closes its descriptor, and each one is still one access line.
+    log.set_level(logging.DEBUG)  # a probe's access line is DEBUG
+    before = open_fds()
+    probe = await trio.open_tcp_stream(server.host, server.port)
+    await probe.aclose()
+    plain = await trio.open_tcp_stream(server.host, server.port)
+    await plain.send_all(b"GET / HTTP/1.0\r\n\r\n")
+    await plain.receive_some(100)
+    await plain.aclose()
+    result = await echo_once(server, client_config, b"hello")
+    assert result.received == 5
+    await assert_fds_settle(before)
+    ended = [record for record in log.find("ended") if getattr(record, "event", "") == "connection_closed"]
+    assert sorted(record.outcome for record in ended) == ["ok", "probe", "protocol"]  # type: ignore[attr-defined]

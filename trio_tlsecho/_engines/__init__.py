@@ -8,9 +8,14 @@ is a module here with a ``TLSStream`` subclass, and one entry in ``ENGINES``.
 May import: ``_exceptions``, ``_tls``.
 """
 
+import ssl
+
+import trio
+
 from ._base import SEND_PIECE as SEND_PIECE
 from ._base import Engine as Engine
 from ._base import TLSStream as TLSStream
+from ._base import Transport as Transport
 from ._base import take_socket as take_socket
 from ._socket import DEFAULT_RECEIVE_SIZE as DEFAULT_RECEIVE_SIZE
 from ._socket import SSLSocketStream as SSLSocketStream
@@ -21,10 +26,19 @@ from ._splice import can_splice as can_splice
 from ._splice import splice as splice
 from ._trio import TrioTLSStream as TrioTLSStream
 
+
+def _socket_engine(transport: Transport, context: ssl.SSLContext) -> SSLSocketStream:
+    # An accepted socket goes straight to from_socket: no trio.SocketStream is built
+    # around it only to be taken apart again.
+    if isinstance(transport, trio.socket.SocketType):
+        return SSLSocketStream.from_socket(transport, context, server_side=True)
+    return SSLSocketStream.server(transport, context)
+
+
 #: Every engine by the name ``ServerConfig.engine`` and ``serve --engine`` use.
 ENGINES: dict[str, Engine] = {
     # trio.SSLStream, the default: the TLS layer trio users know.
     "trio": TrioTLSStream.server,
     # OpenSSL on a non-blocking socket, trio only waits: less Python per operation.
-    "socket": SSLSocketStream.server,
+    "socket": _socket_engine,
 }

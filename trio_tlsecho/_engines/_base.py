@@ -70,10 +70,14 @@ class TLSStream(trio.abc.Stream):
     def session_reused(self) -> bool: ...
 
 
+#: What an engine is given: an accepted socket (the server's own path: the engine takes
+#: its descriptor over), or any trio stream (a ``trio.SocketStream``; memory, in tests).
+Transport = trio.abc.Stream | trio.socket.SocketType
+
 #: An engine: makes a server-side :class:`TLSStream` (handshake not yet done) of an
 #: accepted transport, with the server's context.  Raises ``OSError``/``ValueError``
 #: when the transport is already unusable (a peer that reset before the wrap).
-Engine = Callable[[trio.abc.Stream, ssl.SSLContext], TLSStream]
+Engine = Callable[[Transport, ssl.SSLContext], TLSStream]
 
 
 async def linger(fd: int, shutdown_write: Callable[[], None]) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from ._base import SEND_PIECE, TLSStream, linger
+from ._base import SEND_PIECE, TLSStream, Transport, linger, take_socket
 from ._raw import RawSocketStream
 
 # How long we try to deliver a TLS alert to a peer we are refusing.  The peer may be
@@ -49,15 +49,19 @@ class TrioTLSStream(TLSStream):
         self.broken = False
 
     @classmethod
-    def server(cls, transport: trio.abc.Stream, context: ssl.SSLContext) -> TrioTLSStream:
-        """The engine: server-side TLS over any trio stream (a socket, or memory in tests).
+    def server(cls, transport: Transport, context: ssl.SSLContext) -> TrioTLSStream:
+        """The engine: server-side TLS over an accepted socket or any trio stream (memory in tests).
 
-        An accepted ``trio.SocketStream`` gives its socket to a :class:`RawSocketStream`
-        first: the same bytes, with a fraction of the Python per call (see there).
+        A socket, or a ``trio.SocketStream``'s, goes to a :class:`RawSocketStream`: the
+        same bytes, with a fraction of the Python per call (see there).
         """
-        if isinstance(transport, trio.SocketStream):
-            transport = RawSocketStream.take(transport)
-        return cls(trio.SSLStream(transport, context, server_side=True))
+        if isinstance(transport, trio.socket.SocketType):
+            stream: trio.abc.Stream = RawSocketStream(take_socket(transport))
+        elif isinstance(transport, trio.SocketStream):
+            stream = RawSocketStream.take(transport)
+        else:
+            stream = transport
+        return cls(trio.SSLStream(stream, context, server_side=True))
 
     async def do_handshake(self) -> None:
         await self.transport.do_handshake()

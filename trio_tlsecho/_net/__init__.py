@@ -6,6 +6,7 @@ May import: ``_exceptions`` only.
 
 from ._accept import CAPACITY_ERRNOS as CAPACITY_ERRNOS
 from ._accept import accept as accept
+from ._accept import accept_socket as accept_socket
 from ._address import DEFAULT_HOST as DEFAULT_HOST
 from ._address import DEFAULT_PORT as DEFAULT_PORT
 from ._address import Address as Address

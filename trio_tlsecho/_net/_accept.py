@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
@@ -108,11 +109,55 @@ _bursts: weakref.WeakKeyDictionary[trio.SocketListener, CapacityBurst] = weakref
 
 
 async def accept(listener: trio.SocketListener, where: object) -> tuple[trio.SocketStream, tuple[str, int]]:
-    """The next connection and its peer's (host, port); retries while out of descriptors.
+    """The next connection as a ``trio.SocketStream``, and its peer's (host, port).
 
-    The address is accept()'s own, not a later getpeername(): a peer that has already
-    reset still has one, and it saves a system call per connection.
+    As :func:`accept_socket`, with trio's stream around the socket (which sets
+    ``TCP_NODELAY`` and ``TCP_NOTSENT_LOWAT`` itself).
     """
+    sock, peer = await _accept_retrying(listener, where)
+    return trio.SocketStream(sock), peer
+
+
+async def accept_socket(
+    listener: trio.SocketListener, where: object
+) -> tuple[trio.socket.SocketType, tuple[str, int]]:
+    """The next connection's socket and its peer's (host, port); retries while out of descriptors.
+
+    For a caller that takes the descriptor over (every TLS engine does): the socket
+    gets the options a ``trio.SocketStream`` would set (:func:`tune`), without the
+    stream object that would only be thrown away.  The address is accept()'s own, not a
+    later getpeername(): a peer that has already reset still has one, and it saves a
+    system call per connection.
+    """
+    sock, peer = await _accept_retrying(listener, where)
+    tune(sock)
+    return sock, peer
+
+
+def tune(sock: trio.socket.SocketType) -> None:
+    """What ``trio.SocketStream.__init__`` sets on a TCP socket, in the same words.
+
+    ``TCP_NODELAY``: a handshake flight or an echo must not wait for Nagle.
+    ``TCP_NOTSENT_LOWAT`` (16 KiB): "writable" means the peer is near to needing more,
+    not that the kernel can buffer another megabyte.
+    """
+    if sock.family not in _TCP_FAMILIES:  # trio tries and ignores the failure; we skip it
+        return
+    # As trio: ignored if refused (a peer that reset already; a kernel without LOWAT).
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+    if _NOTSENT_LOWAT is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, _NOTSENT_LOWAT, 2**14)
+
+
+_NOTSENT_LOWAT: int | None = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+_TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+
+async def _accept_retrying(
+    listener: trio.SocketListener, where: object
+) -> tuple[trio.socket.SocketType, tuple[str, int]]:
     burst = _bursts.get(listener)
     try:
         return await _accept(listener, where, burst)
@@ -124,7 +169,7 @@ async def accept(listener: trio.SocketListener, where: object) -> tuple[trio.Soc
 
 async def _accept(
     listener: trio.SocketListener, where: object, burst: CapacityBurst | None
-) -> tuple[trio.SocketStream, tuple[str, int]]:
+) -> tuple[trio.socket.SocketType, tuple[str, int]]:
     while True:
         try:
             sock, address = await listener.socket.accept()
@@ -143,8 +188,8 @@ async def _accept(
             if burst is not None:
                 burst.succeeded(trio.current_time())
             if not isinstance(address, tuple):  # AF_UNIX: a path, usually empty
-                return trio.SocketStream(sock), (_unix_peer(sock), 0)
-            return trio.SocketStream(sock), (str(address[0]), int(address[1]))
+                return sock, (_unix_peer(sock), 0)
+            return sock, (str(address[0]), int(address[1]))
 
 
 _UCRED = struct.Struct("3i")

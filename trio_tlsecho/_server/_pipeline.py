@@ -36,7 +36,7 @@ import socket
 
 import trio
 
-from .._engines import TLSStream
+from .._engines import TLSStream, Transport
 from .._exceptions import UpstreamError, leaves
 from .._handlers import Connection
 from .._net import ProxyProtocolError, address_in, format_address, read_proxy_header
@@ -82,17 +82,18 @@ class Refusal(Exception):
         self.event = event
 
 
-async def run_connection(transport: trio.abc.Stream, peer: Peer, server: ServerState) -> None:
+async def run_connection(transport: Transport, peer: Peer, server: ServerState) -> None:
     """Serve one connection from *peer*; returns (never raises) when it is over.
 
-    *transport* is an accepted ``trio.SocketStream``; any other stream (memory, in
-    tests) has no TCP below it to probe or to carry a PROXY header, and starts at the
-    handshake.  This is the connection task's outermost frame, and it holds only what
-    the handler still needs: everything an idle connection keeps alive counts once per
-    connection.
+    *transport* is an accepted socket (the server's path: the engine takes it over, no
+    ``trio.SocketStream`` is built only to be detached) or ``trio.SocketStream``; any
+    other stream (memory, in tests) has no TCP below it to probe or to carry a PROXY
+    header, and starts at the handshake.  This is the connection task's outermost
+    frame, and it holds only what the handler still needs: everything an idle
+    connection keeps alive counts once per connection.
     """
     where = format_address(*peer)
-    closing: trio.abc.AsyncResource = transport
+    closing: trio.abc.AsyncResource | trio.socket.SocketType = transport
     stream: TLSStream | None = None
     conn: Connection | None = None
     ended: str = ENDED_CANCELLED  # unless something else is known by the end
@@ -100,8 +101,9 @@ async def run_connection(transport: trio.abc.Stream, peer: Peer, server: ServerS
     started = trio.current_time()
     try:
         with trio.move_on_after(server.config.handshake_timeout) as deadline:
-            if isinstance(transport, trio.SocketStream):
-                peer, where = await preamble(transport, peer, where, server)
+            if (tcp := _socket_of(transport)) is not None:
+                peer, where = await preamble(tcp, peer, where, server)
+                del tcp
             closing = stream = wrap(transport, server)
             del transport  # the stream owns it now: an idle connection keeps no shell of it
             await handshake(stream)
@@ -127,13 +129,24 @@ async def run_connection(transport: trio.abc.Stream, peer: Peer, server: ServerS
             _log_ended(level, where, peer, stream, conn, ended, trio.current_time() - started, server)
 
 
+def _socket_of(transport: Transport) -> trio.socket.SocketType | None:
+    """The TCP (or UNIX) socket below *transport*, if it has one."""
+    if isinstance(transport, trio.socket.SocketType):
+        return transport
+    if isinstance(transport, trio.SocketStream):
+        return transport.socket
+    return None
+
+
 def _check_in_time(deadline: trio.CancelScope, server: ServerState) -> None:
     if deadline.cancelled_caught:
         what = "PROXY header and handshake" if server.config.proxy_protocol else "handshake"
         raise Refusal(Outcome.TIMEOUT, f"{what} timed out after {server.config.handshake_timeout:g}s")
 
 
-async def preamble(tcp: trio.SocketStream, peer: Peer, where: str, server: ServerState) -> tuple[Peer, str]:
+async def preamble(
+    tcp: trio.socket.SocketType, peer: Peer, where: str, server: ServerState
+) -> tuple[Peer, str]:
     """What comes before TLS: the PROXY header when configured, and the probe check.
 
     Returns the client's address (the balancer's report of it, after a PROXY header)
@@ -156,7 +169,7 @@ async def preamble(tcp: trio.SocketStream, peer: Peer, where: str, server: Serve
     return peer, where
 
 
-async def _require_first_byte(tcp: trio.SocketStream) -> None:
+async def _require_first_byte(tcp: trio.socket.SocketType) -> None:
     """Wait until the peer sends something (without consuming it); a close first is a probe.
 
     A connect-and-close is a balancer's health check or a port scan: worth a count of
@@ -164,7 +177,7 @@ async def _require_first_byte(tcp: trio.SocketStream) -> None:
     a warning.
     """
     try:
-        sent = bool(await tcp.socket.recv(1, socket.MSG_PEEK))
+        sent = bool(await tcp.recv(1, socket.MSG_PEEK))
     except OSError:
         sent = False
     if not sent:
@@ -176,10 +189,10 @@ async def _require_first_byte(tcp: trio.SocketStream) -> None:
         )
 
 
-async def _read_proxy_header(tcp: trio.SocketStream) -> Peer | None:
+async def _read_proxy_header(tcp: trio.socket.SocketType) -> Peer | None:
     """The client address the balancer reports (``None``: a LOCAL header, no address)."""
     try:
-        header = await read_proxy_header(tcp.socket)
+        header = await read_proxy_header(tcp)
     except ProxyProtocolError as exc:
         raise Refusal(Outcome.PROXY_HEADER, f"refused: {exc}", event="refused") from None
     except OSError as exc:
@@ -188,7 +201,7 @@ async def _read_proxy_header(tcp: trio.SocketStream) -> Peer | None:
     return header.source
 
 
-def wrap(transport: trio.abc.Stream, server: ServerState) -> TLSStream:
+def wrap(transport: Transport, server: ServerState) -> TLSStream:
     """The engine's TLS stream over *transport*, which it owns from now on."""
     try:
         return server.engine(transport, server.ssl_context)
@@ -297,6 +310,8 @@ async def run_handler(conn: Connection, server: ServerState, where: str) -> str:
 
 
 def _log_connected(conn: Connection, server: ServerState, where: str) -> None:
+    if not log.isEnabledFor(logging.INFO):  # --log-level warning: build no fields either
+        return
     count = server.metrics.connections_open
     resumed = conn.tls.session_reused
     log.info(
@@ -345,6 +360,8 @@ def _log_ended(
     Bytes are application bytes (TLS plaintext), as in the metrics; a refused
     connection has none.  The count is of verified connections still open.
     """
+    if not log.isEnabledFor(level):  # filtered out: build no fields either
+        return
     received, sent = (stream.received, stream.sent) if stream is not None else (0, 0)
     count = server.metrics.connections_open
     who = (
@@ -376,9 +393,15 @@ def _log_ended(
     )
 
 
-async def close(resource: trio.abc.AsyncResource, *, completed: bool) -> None:
-    """Close with close_notify after a completed handler (bounded by the engine), else at once."""
-    if completed:
+async def close(resource: trio.abc.AsyncResource | trio.socket.SocketType, *, completed: bool) -> None:
+    """Close with close_notify after a completed handler (bounded by the engine), else at once.
+
+    A bare socket (refused before the wrap) is closed at once, as ``aclose_forcefully``
+    would close its stream.
+    """
+    if isinstance(resource, trio.socket.SocketType):
+        resource.close()
+    elif completed:
         await resource.aclose()
     else:
         await trio.aclose_forcefully(resource)

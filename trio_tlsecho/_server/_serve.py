@@ -46,7 +46,14 @@ import trio
 
 from .._config import ServerConfig
 from .._exceptions import CertificateError
-from .._net import ListenAddress, UnixAddress, accept, bound_address, open_listeners, remove_unix_socket
+from .._net import (
+    ListenAddress,
+    UnixAddress,
+    accept_socket,
+    bound_address,
+    open_listeners,
+    remove_unix_socket,
+)
 from .._tls import server_context
 from ._metrics import ServerMetrics
 from ._pipeline import run_connection
@@ -140,12 +147,12 @@ class _Listener:
         # Until started() this task runs under the caller's cancel scope (trio's
         # nursery.start), so stopping the listener cancels a pending accept here.
         async with self.slot:
-            tcp, peer = await accept(self.socket_listener, self.address)
+            sock, peer = await accept_socket(self.socket_listener, self.address)
             task_status.started()
             # The status holds the nursery that start() ran us in: an idle connection
             # must not keep it (about a kilobyte each).
             del task_status
-            await run_connection(tcp, peer, self.state)
+            await run_connection(sock, peer, self.state)
 
     def stop(self, grace_deadline: float) -> None:
         self.accepting.cancel()
