@@ -8,10 +8,6 @@ is a module here with a ``TLSStream`` subclass, and one entry in ``ENGINES``.
 May import: ``_exceptions``, ``_tls``.
 """
 
-import ssl
-
-import trio
-
 from ._base import SEND_PIECE as SEND_PIECE
 from ._base import Engine as Engine
 from ._base import TLSStream as TLSStream
@@ -26,19 +22,10 @@ from ._splice import can_splice as can_splice
 from ._splice import splice as splice
 from ._trio import TrioTLSStream as TrioTLSStream
 
-
-def _socket_engine(transport: Transport, context: ssl.SSLContext) -> SSLSocketStream:
-    # An accepted socket goes straight to from_socket: no trio.SocketStream is built
-    # around it only to be taken apart again.
-    if isinstance(transport, trio.socket.SocketType):
-        return SSLSocketStream.from_socket(transport, context, server_side=True)
-    return SSLSocketStream.server(transport, context)
-
-
 #: Every engine by the name ``ServerConfig.engine`` and ``serve --engine`` use.
 ENGINES: dict[str, Engine] = {
     # trio.SSLStream, the default: the TLS layer trio users know.
     "trio": TrioTLSStream.server,
     # OpenSSL on a non-blocking socket, trio only waits: less Python per operation.
-    "socket": _socket_engine,
+    "socket": SSLSocketStream.server,
 }

@@ -104,7 +104,7 @@ from typing import Any
 import trio
 
 from .._tls import SSLIO, ssl_io
-from ._base import SEND_PIECE, TLSStream, linger, take_socket
+from ._base import SEND_PIECE, TLSStream, Transport, linger, take_socket
 
 __all__ = [
     "DEFAULT_RECEIVE_SIZE",
@@ -276,10 +276,14 @@ class SSLSocketStream(TLSStream):
             raise
 
     @classmethod
-    def server(cls, transport: trio.abc.Stream, context: ssl.SSLContext) -> SSLSocketStream:
-        """The engine: takes over an accepted ``trio.SocketStream``'s socket (see :meth:`from_socket`)."""
+    def server(cls, transport: Transport, context: ssl.SSLContext) -> SSLSocketStream:
+        """The engine: takes over an accepted socket, bare (as ``serve`` accepts them: no
+        ``trio.SocketStream`` built only to be taken apart) or in a ``trio.SocketStream``
+        (see :meth:`from_socket`)."""
+        if isinstance(transport, trio.socket.SocketType):
+            return cls.from_socket(transport, context, server_side=True)
         if not isinstance(transport, trio.SocketStream):
-            raise TypeError(f"the socket engine needs a trio.SocketStream, not {type(transport).__name__}")
+            raise TypeError(f"the socket engine needs a socket, not {type(transport).__name__}")
         return cls.from_socket_stream(transport, context, server_side=True)
 
     @classmethod
