@@ -509,6 +509,37 @@ def build_tlsload(out_dir: Path, log: Callable[..., None]) -> Path | None:
     return binary
 
 
+@dataclass
+class Sampled:
+    """A load generator's run: its output, the server's CPU samples, and when it exited."""
+
+    out: bytes
+    err: bytes
+    returncode: int
+    samples: list[tuple[float, float]]
+    end: float
+
+
+def run_sampling(command: list[str], server: Server, deadline: float) -> Sampled:
+    """Run *command* (killed at *deadline*, ``time.monotonic()``), sampling the server's
+    CPU every ``CPU_SAMPLE_INTERVAL`` while it runs."""
+    samples: list[tuple[float, float]] = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        while time.monotonic() < deadline:
+            samples.append((time.monotonic(), server.cpu_seconds()))
+            # Waiting on the process, not sleeping: *end* below is then its exit to
+            # within a millisecond, and the window placed from it is not late.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=CPU_SAMPLE_INTERVAL)
+                break
+        if proc.poll() is None:
+            proc.kill()
+        end = time.monotonic()
+        samples.append((end, server.cpu_seconds()))
+        out, err = proc.communicate()
+    return Sampled(out, err, proc.returncode, samples, end)
+
+
 def run_c_workload(
     load: LoadGenerators, server: Server, workload: Workload, rate: float | None = None
 ) -> dict[str, Any]:
@@ -522,21 +553,8 @@ def run_c_workload(
         *(("--rate", str(rate)) if rate is not None else ()),
     )  # fmt: skip
     cost = RunCost(server)
-    samples: list[tuple[float, float]] = []
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
-        deadline = cost.start + args.warmup + args.duration + START_TIMEOUT
-        while time.monotonic() < deadline:
-            samples.append((time.monotonic(), server.cpu_seconds()))
-            # Waiting on the process, not sleeping: *end* below is then its exit to
-            # within a millisecond, and the window placed from it is not late.
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=CPU_SAMPLE_INTERVAL)
-                break
-        if proc.poll() is None:
-            proc.kill()
-        end = time.monotonic()
-        samples.append((end, server.cpu_seconds()))
-        out, err = proc.communicate()
+    timed = run_sampling(command, server, cost.start + args.warmup + args.duration + START_TIMEOUT)
+    out, err, samples, end = timed.out, timed.err, timed.samples, timed.end
     shares = cost.shares(end)  # the load generator's share is tlsload's, reaped: in RUSAGE_CHILDREN
     try:
         summary: dict[str, Any] = json.loads(out)

@@ -46,14 +46,12 @@ import ssl
 import statistics
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from run import (
-    CPU_SAMPLE_INTERVAL,
     HERE,
     IDLE_TIMEOUT,
     MIN_EFFICIENCY_CPU,
@@ -63,6 +61,7 @@ from run import (
     Server,
     build_tlsload,
     interpolate,
+    run_sampling,
     tlsload_command,
     wait_for_quiet,
 )
@@ -183,26 +182,14 @@ def efficiency_run(n: int, setup: Setup) -> dict[str, Any]:
             "--duration", str(args.duration), "--warmup", str(args.warmup),
         )  # fmt: skip
         cost = RunCost(server)
-        samples: list[tuple[float, float]] = []
-        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
-            deadline = cost.start + args.warmup + args.duration + START_TIMEOUT
-            while time.monotonic() < deadline:
-                samples.append((time.monotonic(), server.cpu_seconds()))
-                # Waiting on the process, not sleeping: the window's end is then its exit.
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=CPU_SAMPLE_INTERVAL)
-                    break
-            if proc.poll() is None:
-                proc.kill()
-            end = time.monotonic()
-            samples.append((end, server.cpu_seconds()))
-            out, err = proc.communicate()
+        timed = run_sampling(command, server, cost.start + args.warmup + args.duration + START_TIMEOUT)
+        out, err, samples, end = timed.out, timed.err, timed.samples, timed.end
         shares = cost.shares(end)  # checks the server: still up, the same processes
     finally:
         stop_workers(started.process)
-    if proc.returncode != 0:
+    if timed.returncode != 0:
         said = (err or out).decode(errors="replace").strip().splitlines() or ["no message"]
-        raise RuntimeError(f"tlsload against {n} workers failed (exit {proc.returncode}): {said[-1]}")
+        raise RuntimeError(f"tlsload against {n} workers failed (exit {timed.returncode}): {said[-1]}")
     report: dict[str, Any] = json.loads(out)
     seconds = report["seconds"]
     # The window ends when tlsload stops measuring, just before it exits.

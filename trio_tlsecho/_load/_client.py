@@ -557,14 +557,8 @@ async def read_echo(conn: ClientConnection, payload: memoryview, buffer: memoryv
     while io.received < n:
         into = buffer[: min(n - io.received, len(buffer))]
         got = await conn.receive_into(into, reply=not io.received)
-        if not got:
+        if not got or not io.take(buffer, got, payload):
             return
-        io.reads += 1
-        if buffer[:got] != payload[io.received : io.received + got]:
-            io.mismatched = True
-            io.received += got
-            return
-        io.received += got
     if conn.pending():
         io.mismatched = io.over_long = True
 

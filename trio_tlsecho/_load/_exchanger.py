@@ -213,14 +213,8 @@ class ExchangeLoop:
             except OSError as exc:
                 self._hand_back(slot, Handback.FAILED, exc)
                 return
-            if not got:
+            if not got or not io.take(buffer, got, payload):
                 break
-            io.reads += 1
-            if buffer[:got] != payload[io.received : io.received + got]:
-                io.mismatched = True
-                io.received += got
-                break
-            io.received += got
         else:
             if slot.sock.pending():
                 io.mismatched = io.over_long = True

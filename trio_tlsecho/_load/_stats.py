@@ -353,6 +353,17 @@ class ExchangeIO:
     mismatched: bool = False
     over_long: bool = False
 
+    def take(self, buffer: memoryview, got: int, payload: memoryview) -> bool:
+        """Count a read of *got* bytes of the echo into *buffer*; whether they are the
+        bytes of *payload* due there (if not, the exchange is a mismatch, and ends)."""
+        self.reads += 1
+        start = self.received
+        self.received += got
+        if buffer[:got] != payload[start : self.received]:
+            self.mismatched = True
+            return False
+        return True
+
 
 @attrs.define
 class Recorder(_Counters):
