@@ -103,3 +103,38 @@ def test_the_plot_shows_capacity_and_latency_at_the_same_rate(bench: ModuleType)
     title, lines = bench.latency_lines([ours], 5000.0, None)
     assert title == "(e) open loop at 5,000 round trips/s: latency"
     assert lines["trio_naive"][50.0] == 200
+
+
+@pytest.fixture(scope="module")
+def profiler() -> ModuleType:
+    sys.path.insert(0, str(SCRIPT.parent))  # it imports run.py beside it
+    try:
+        spec = importlib.util.spec_from_file_location("profile_server", SCRIPT.parent / "profile_server.py")
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    return module
+
+
+def test_profile_server_reads_perf_and_py_spy(profiler: ModuleType) -> None:
+    perf = "    44.50%  libpython3.11.so.1.0\n    41.70%  [kernel.kallsyms]\n     5.80%  libcrypto.so.3\n"
+    assert profiler.parse_perf_dso(perf) == [
+        ("libpython3.11.so.1.0", 44.5),
+        ("[kernel.kallsyms]", 41.7),
+        ("libcrypto.so.3", 5.8),
+    ]
+    stacks = (
+        "main (x.py:1);receive_some (trio_tlsecho/_engines/_socket.py:445);read (libc.so.6) 6\n"
+        "main (x.py:1);receive_some (trio_tlsecho/_engines/_socket.py:445) 2\n"
+        "main (x.py:1);unrolled_run (trio/_core/_run.py:2928) 1\n"
+        "main (x.py:1);read (ssl.py:1167);SSL_read (libssl.so.3) 1\n"
+    )
+    assert profiler.split_by_layer(stacks) == [
+        ("system calls (read, write, epoll_wait) and libc", 60.0),
+        ("our engine", 20.0),
+        ("trio's run loop, epoll and scheduling", 10.0),
+        ("OpenSSL", 10.0),
+    ]

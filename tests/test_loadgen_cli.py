@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from trio_tlsecho import Address, ClientConfig, ConfigError, Connection, ServerConfig, TLSFiles
-from trio_tlsecho._cli import main
+from trio_tlsecho._cli import build_parser, main
 from trio_tlsecho._cli._loadgen import ProgressDisplay, config_from_args, warnings
 from trio_tlsecho._load import LoadConfig, Progress, RunResult, parameters, run_load
 from trio_tlsecho._load._stats import ErrorKind, ExchangeIO, Recorder
@@ -33,10 +33,11 @@ from .test_stats import JSON_KEYS, PARAMETER_KEYS
 
 
 def test_wrk2_short_flags_and_duration_units(pki: Path) -> None:
-    args = ["--certs", str(pki), "-c", "8", "-d", "500ms", "-R", "100", "--warmup", "2m", "--ramp", "1.5s"]
+    args = ["--certs", str(pki), "-c", "8", "-d", "500ms", "-R", "100", "--warmup", "2m", "--ramp", "1.5s",
+            "--timeout", "250ms"]  # fmt: skip
     config = config_from_args(parse_cli(args))
     assert (config.clients, config.duration, config.rate) == (8, 0.5, 100.0)
-    assert (config.warmup, config.ramp) == (120.0, 1.5)
+    assert (config.warmup, config.ramp, config.timeout) == (120.0, 1.5, 0.25)
     # A bare number is seconds, as before.
     assert config_from_args(parse_cli(["--certs", str(pki), "--duration", "30"])).duration == 30.0
 
@@ -54,6 +55,7 @@ def test_wrk2_short_flags_and_duration_units(pki: Path) -> None:
             "argument --warmup: '5 parsecs' is not a duration (seconds, or with a unit:",
         ),
         (["--ramp", "1d"], "argument --ramp: '1d' is not a duration (seconds, or with a unit:"),
+        (["--timeout", "soon"], "argument --timeout: 'soon' is not a duration (seconds, or with a unit:"),
         (["--start-at", "tomorrow"], "argument --start-at: 'tomorrow' is not a time"),
     ],
 )
@@ -385,3 +387,8 @@ def test_readme_lists_every_json_key() -> None:
     nested = {"low", "high", "p50", "p90", "p99", "p999", "min", "max", "mean", "stdev"}
     missing = (JSON_KEYS | PARAMETER_KEYS | nested | {"parameters", "histograms"}) - documented
     assert not missing
+
+
+def test_the_clients_timeout_takes_units_too() -> None:
+    assert build_parser().parse_args(["client", "--timeout", "1.5s"]).timeout == 1.5
+    assert build_parser().parse_args(["client", "--timeout", "2"]).timeout == 2.0

@@ -8,7 +8,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from .._config import ClientConfig, count, from_text, handler_option, seconds, seconds_or_zero
+from .._config import (
+    ClientConfig,
+    count,
+    duration,
+    duration_or_zero,
+    from_text,
+    handler_option,
+    seconds,
+    seconds_or_zero,
+)
 from .._exceptions import ConfigError
 from .._net import DEFAULT_HOST, DEFAULT_PORT, Address, UnixAddress, parse_listen
 from .._program import LOG_FORMATS
@@ -51,6 +60,9 @@ count_arg = flag_type(from_text(count, int))
 seconds_arg = flag_type(from_text(seconds, float))
 #: Seconds or 0 (any spelling of zero): no grace, no warm-up, a timeout that is off.
 seconds_or_zero_arg = flag_type(from_text(seconds_or_zero, float))
+#: Seconds with a unit or none, as wrk2 and h2load take them: ``500ms``, ``30s``, ``2m``.
+duration_arg = flag_type(from_text(duration, str))
+duration_or_zero_arg = flag_type(from_text(duration_or_zero, str))
 address_arg = flag_type(Address.parse)
 
 
@@ -157,7 +169,7 @@ def add_client_flags(p: argparse.ArgumentParser, *, timeout: float, timeout_help
     p.add_argument(
         "--server-name", metavar="NAME", help="name to verify in the server certificate (default: the host)"
     )
-    p.add_argument("--timeout", metavar="SECONDS", type=seconds_arg, default=timeout, help=timeout_help)
+    p.add_argument("--timeout", metavar="TIME", type=duration_arg, default=timeout, help=timeout_help)
 
 
 def client_config(args: argparse.Namespace) -> ClientConfig:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, TextIO
 import attrs
 import trio
 
-from .._config import duration, duration_or_zero, from_text, round_trip_rate
+from .._config import from_text, round_trip_rate
 from .._exceptions import ConfigError
 from .._load import (
     DEFAULT_DURATION,
@@ -43,6 +43,8 @@ from ._common import (
     client_config,
     count_arg,
     describe_command,
+    duration_arg,
+    duration_or_zero_arg,
     flag_type,
     given,
 )
@@ -62,8 +64,6 @@ MIN_RATE_SPAN = 0.5
 
 _sizes = flag_type(SizeRange.parse)
 _rate = flag_type(from_text(round_trip_rate, float))
-_duration = flag_type(from_text(duration, str))
-_duration_or_zero = flag_type(from_text(duration_or_zero, str))
 
 
 def _start_time(text: str) -> float:
@@ -116,7 +116,7 @@ def add_loadgen_parser(subparsers: SubParsers) -> None:
         "-d",
         "--duration",
         metavar="TIME",
-        type=_duration,
+        type=duration_arg,
         help="run this long, connecting included (after --warmup): seconds or 500ms, 30s, 2m"
         f" (default: {DEFAULT_DURATION:g}s)",
     )
@@ -144,14 +144,14 @@ def add_loadgen_parser(subparsers: SubParsers) -> None:
     p.add_argument(
         "--warmup",
         metavar="TIME",
-        type=_duration_or_zero,
+        type=duration_or_zero_arg,
         default=0.0,
         help="run this long before measuring (default: 0)",
     )
     p.add_argument(
         "--ramp",
         metavar="TIME",
-        type=_duration_or_zero,
+        type=duration_or_zero_arg,
         default=0.0,
         help="start the clients evenly over this time instead of together (default: 0)",
     )
