@@ -161,7 +161,10 @@ def test_certs_command(tmp_path: Path) -> None:
         (["client", "--message", "a", "--random", "3"], "not allowed with argument"),
         (["certs", "--days", "many"], "'many' is not a whole number"),
         (["serve", "--max-connections", "0"], "must be at least 1"),
-        (["serve", "--idle-timeout", "soon"], "'soon' is not a number of seconds"),
+        (
+            ["serve", "--idle-timeout", "soon"],
+            "argument --idle-timeout: 'soon' is not a duration (seconds, or with a unit:",
+        ),
         (["serve", "--shutdown-grace", "-3"], "must be a positive number of seconds"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],

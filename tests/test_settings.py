@@ -52,6 +52,18 @@ def test_file_then_environment_then_flags(tmp_path: Path) -> None:
     assert parse_args(["--log-level", "debug", "serve", "--config", str(config)], env).log_level == "debug"
 
 
+def test_times_take_units_in_the_file_and_on_the_command_line(tmp_path: Path) -> None:
+    config = write(tmp_path, 'idle-timeout = "2m"\nshutdown-grace = 30\nhandshake-timeout = "1500ms"\n')
+    from_file = parse_args(["serve", "--config", str(config)], {})
+    assert (from_file.idle_timeout, from_file.shutdown_grace, from_file.handshake_timeout) == (
+        120.0,
+        30.0,
+        1.5,
+    )
+    from_flags = parse_args(["serve", "--idle-timeout", "0", "--shutdown-grace", "500ms"], {})
+    assert (from_flags.idle_timeout, from_flags.shutdown_grace) == (0.0, 0.5)
+
+
 def test_the_file_can_come_from_the_environment_and_switches_go_both_ways(tmp_path: Path) -> None:
     config = write(tmp_path, "proxy-protocol = true\nsession-tickets = true\nallow-cn = 'alice'\n")
     args = parse_args(["serve", "--no-proxy-protocol"], {"TRIO_TLSECHO_CONFIG": str(config)})
@@ -79,6 +91,8 @@ def test_handler_options_from_a_table_merge_with_the_flags(tmp_path: Path) -> No
         ('workers = "4"', "key 'workers': expected a number, not a string"),
         ("workers = 0", "key 'workers': must be at least 1"),
         ("handshake-timeout = -1", "key 'handshake-timeout': must be a positive number of seconds"),
+        ('idle-timeout = "soon"', "key 'idle-timeout': 'soon' is not a duration (seconds, or with a unit:"),
+        ("shutdown-grace = true", "key 'shutdown-grace': expected a number of seconds or a time"),
         ("listen = 8443", "key 'listen': expected a string, not a number"),
         ('listen = ["localhost"]', "key 'listen': bad address 'localhost': expected HOST:PORT"),
         ('proxy-protocol = "yes"', "key 'proxy-protocol': expected true or false, not a string"),

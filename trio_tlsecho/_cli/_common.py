@@ -15,8 +15,6 @@ from .._config import (
     duration_or_zero,
     from_text,
     handler_option,
-    seconds,
-    seconds_or_zero,
 )
 from .._exceptions import ConfigError
 from .._net import DEFAULT_HOST, DEFAULT_PORT, Address, UnixAddress, parse_listen
@@ -57,11 +55,9 @@ def flag_type(read: Callable[[str], T]) -> Callable[[str], T]:
 
 # The checks of the config fields these flags fill, reading the flags' text.
 count_arg = flag_type(from_text(count, int))
-seconds_arg = flag_type(from_text(seconds, float))
-#: Seconds or 0 (any spelling of zero): no grace, no warm-up, a timeout that is off.
-seconds_or_zero_arg = flag_type(from_text(seconds_or_zero, float))
 #: Seconds with a unit or none, as wrk2 and h2load take them: ``500ms``, ``30s``, ``2m``.
 duration_arg = flag_type(from_text(duration, str))
+#: The same, or 0 (any spelling of zero): no grace, no warm-up, a timeout that is off.
 duration_or_zero_arg = flag_type(from_text(duration_or_zero, str))
 address_arg = flag_type(Address.parse)
 

@@ -51,12 +51,12 @@ from ._common import (
     address_arg,
     count_arg,
     describe_command,
+    duration_arg,
+    duration_or_zero_arg,
     explicit_files,
     given,
     handler_option_arg,
     listen_arg,
-    seconds_arg,
-    seconds_or_zero_arg,
     tls_files,
 )
 from ._loadgen import add_loadgen_parser
@@ -198,8 +198,8 @@ def _add_serve_parser(sub: SubParsers) -> None:
     )
     p.add_argument(
         "--handshake-timeout",
-        metavar="SECONDS",
-        type=seconds_arg,
+        metavar="TIME",
+        type=duration_arg,
         default=DEFAULT_HANDSHAKE_TIMEOUT,
         help=f"drop peers that have not finished TLS by then (default: {DEFAULT_HANDSHAKE_TIMEOUT:g})",
     )
@@ -208,8 +208,8 @@ def _add_serve_parser(sub: SubParsers) -> None:
     )
     p.add_argument(
         "--idle-timeout",
-        metavar="SECONDS",
-        type=seconds_or_zero_arg,
+        metavar="TIME",
+        type=duration_or_zero_arg,
         default=DEFAULT_IDLE_TIMEOUT,
         help="close connections that move no bytes for this long; 0: never"
         f" (default: {DEFAULT_IDLE_TIMEOUT:g})",
@@ -222,8 +222,8 @@ def _add_serve_parser(sub: SubParsers) -> None:
     )
     p.add_argument(
         "--shutdown-grace",
-        metavar="SECONDS",
-        type=seconds_or_zero_arg,
+        metavar="TIME",
+        type=duration_or_zero_arg,
         default=DEFAULT_SHUTDOWN_GRACE,
         help="on SIGTERM/SIGINT, how long open connections may finish"
         f" (default: {DEFAULT_SHUTDOWN_GRACE:g}; a second signal stops at once)",

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import cast
 
 from .._exceptions import ConfigError
-from ._common import count_arg, seconds_arg, seconds_or_zero_arg
+from ._common import count_arg, duration_arg, duration_or_zero_arg
 
 ENV_PREFIX = "TRIO_TLSECHO_"
 #: The flags read from the environment (what a container sets), by argparse dest.
@@ -49,7 +49,9 @@ ENV_FLAGS = (
 _NOT_SETTINGS = frozenset({"config", "help", "version"})
 _REPEATABLE = (argparse._AppendAction, argparse._ExtendAction)
 #: The flag types that read a number: a TOML number for them, a string for the others.
-NUMERIC_TYPES = (count_arg, seconds_arg, seconds_or_zero_arg)
+NUMERIC_TYPES = (count_arg,)
+#: The flag types that read a time: a TOML number (seconds) or a string with a unit ("30s").
+DURATION_TYPES = (duration_arg, duration_or_zero_arg)
 
 
 def settable(parsers: Iterable[argparse.ArgumentParser]) -> dict[str, argparse.Action]:
@@ -149,6 +151,10 @@ def _option_value(raw: object, where: str) -> str:
 
 
 def _from_toml_scalar(action: argparse.Action, raw: object, where: str) -> object:
+    if action.type in DURATION_TYPES:
+        if isinstance(raw, (int, float, str)) and not isinstance(raw, bool):
+            return _convert(action, str(raw), where)
+        raise ConfigError(f'{where}: expected a number of seconds or a time such as "30s", not {_kind(raw)}')
     numeric = action.type in NUMERIC_TYPES
     if numeric and isinstance(raw, (int, float)) and not isinstance(raw, bool):
         return _convert(action, str(raw), where)
