@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -142,8 +143,30 @@ def test_connecting_to_a_missing_unix_socket_is_one_line(tmp_path: Path, certs: 
         f"trio-tlsecho: error: cannot connect to unix:{tmp_path}/none.sock:"
         " no such socket (is the server running?)"
     )
-    loadgen = run_cli("loadgen", "--connect", f"unix:{tmp_path}/none.sock", cwd=tmp_path)
-    assert loadgen.returncode == 2
+    loadgen = run_cli("loadgen", "--connect", f"unix:{tmp_path}/none.sock", "-d", "2s", cwd=tmp_path)
+    assert loadgen.returncode == 1
     assert error_line(loadgen.stderr) == (
-        f"trio-tlsecho: error: loadgen connects over TCP only, not to unix:{tmp_path}/none.sock (client can)"
+        f"trio-tlsecho: error: cannot connect to unix:{tmp_path}/none.sock:"
+        " no such socket (is the server running?)"
+    )
+
+
+def test_loadgen_drives_a_unix_listener(tmp_path: Path, certs: Path) -> None:
+    path = tmp_path / "echo.sock"
+    with ServeProcess("--listen", f"unix:{path}", cwd=tmp_path) as server:
+        done = run_cli("loadgen", "--connect", f"unix:{path}", "-c", "4", "--requests", "200", "-q",
+                       "--json", str(tmp_path / "run.json"), cwd=tmp_path)  # fmt: skip
+        code, err = server.stop()
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "run.json").read_text())
+    assert (result["round_trips"], result["mismatches"], sum(result["errors"].values())) == (200, 0, 0)
+    assert result["parameters"]["target"] == f"unix:{path}"
+    assert code == 0, err
+
+
+def test_loadgen_refuses_a_proxy_header_over_a_unix_socket(tmp_path: Path, certs: Path) -> None:
+    done = run_cli("loadgen", "--connect", f"unix:{tmp_path}/x.sock", "--proxy-protocol", "v2", cwd=tmp_path)
+    assert done.returncode == 2
+    assert error_line(done.stderr) == (
+        f"trio-tlsecho: error: a PROXY header names TCP addresses: not with unix:{tmp_path}/x.sock"
     )

@@ -34,7 +34,6 @@ from .._load import (
     parameters,
     run_load,
 )
-from .._net import UnixAddress
 from .._version import __version__
 from ._common import (
     PROG,
@@ -189,8 +188,6 @@ def config_from_args(args: argparse.Namespace) -> LoadConfig:
     """The :class:`LoadConfig` the parsed flags describe (``ConfigError`` if they do not fit)."""
     client = client_config(args)
     check_output_flags(args)
-    if isinstance(args.connect, UnixAddress):
-        raise ConfigError(f"loadgen connects over TCP only, not to {args.connect} (client can)")
     if args.start_at is not None and args.start_at <= time.time():
         raise ConfigError(f"--start-at is in the past ({_wall(args.start_at)})")
     return LoadConfig(

@@ -536,6 +536,8 @@ def _reason(exc: BaseException, kind: ErrorKind) -> str:
     errnos = {e.errno for e in causes(exc) if isinstance(e, OSError)}
     if errno.ECONNREFUSED in errnos:
         return "connection refused (is the server running?)"
+    if errno.ENOENT in errnos:  # a UNIX socket's path, as the client says it
+        return "no such socket (is the server running?)"
     reasons = [e.strerror for e in causes(exc) if isinstance(e, OSError) and e.strerror]
     return reasons[0] if reasons else str(exc)
 

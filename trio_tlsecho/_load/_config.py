@@ -21,7 +21,7 @@ from .._config import (
     validator,
 )
 from .._exceptions import ClientError, ConfigError, causes
-from .._net import Address
+from .._net import Address, UnixAddress
 from ._stats import ErrorKind
 
 #: Largest message ``--size`` accepts.
@@ -70,6 +70,15 @@ class SizeRange:
         return str(self.low) if self.low == self.high else f"{self.low}-{self.high}"
 
 
+def _to_target(value: Address | UnixAddress | str) -> Address | UnixAddress:
+    """An :class:`Address` or :class:`UnixAddress`, or text for one (``unix:/path``)."""
+    if isinstance(value, UnixAddress):
+        return value
+    if isinstance(value, str) and value.startswith("unix:"):
+        return UnixAddress(value[len("unix:") :])
+    return to_address(value)
+
+
 def _to_sizes(value: SizeRange | str | int) -> SizeRange:
     if isinstance(value, SizeRange):
         return value
@@ -92,7 +101,8 @@ def _default_duration(config: LoadConfig) -> float | None:
 class LoadConfig:
     """One load run.  Build with keywords; change with :func:`attrs.evolve`."""
 
-    address: Address = attrs.field(converter=to_address)
+    #: Where to connect: ``HOST:PORT``, or a UNIX socket's path (``unix:/run/echo.sock``).
+    address: Address | UnixAddress = attrs.field(converter=_to_target)
     client: ClientConfig = attrs.field(validator=attrs.validators.instance_of(ClientConfig))
     clients: int = attrs.field(default=64, validator=validator(count))
     #: Stop after this many measured exchanges in total (successful or not)...
@@ -126,6 +136,8 @@ class LoadConfig:
             raise ConfigError("give a duration or a number of requests")
         if self.workers > self.clients:
             raise ConfigError(f"{self.workers} workers need at least as many clients, not {self.clients}")
+        if self.proxy_protocol is not None and isinstance(self.address, UnixAddress):
+            raise ConfigError(f"a PROXY header names TCP addresses: not with {self.address}")
 
 
 # -- sans-io pieces ---------------------------------------------------------------

@@ -14,7 +14,7 @@ import attrs
 import trio
 
 from .._exceptions import ClientError
-from .._net import Address, encode_v1, encode_v2
+from .._net import Address, UnixAddress, encode_v1, encode_v2
 from ._config import LoadConfig
 
 #: What a non-blocking OpenSSL call raises when it must wait for the socket.
@@ -164,7 +164,8 @@ def _send_proxy_header(raw: socket.socket, version: int) -> None:
 
 async def _connect(raw: socket.socket, target: Target) -> None:
     raw.setblocking(False)
-    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if target.family != socket.AF_UNIX:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     err = raw.connect_ex(target.sockaddr)
     if err == errno.EINPROGRESS:
         await trio.lowlevel.wait_writable(raw)
@@ -178,15 +179,20 @@ async def _connect(raw: socket.socket, target: Target) -> None:
 class Target:
     """Where the clients connect, resolved once (a load generator has no use for happy eyeballs)."""
 
-    address: Address
+    address: Address | UnixAddress
     family: socket.AddressFamily
-    sockaddr: tuple[Any, ...]
+    #: What ``connect`` takes: ``(host, port, ...)``, or a UNIX socket's path.
+    sockaddr: tuple[Any, ...] | str
     server_hostname: str
     proxy_protocol: int | None = None
 
     @classmethod
     async def resolve(cls, config: LoadConfig) -> Target:
         address = config.address
+        if isinstance(address, UnixAddress):
+            # No host name to check: the development server's certificate names localhost.
+            hostname = config.client.server_hostname or "localhost"
+            return cls(address, socket.AF_UNIX, address.path, hostname)
         try:
             infos = await trio.socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
