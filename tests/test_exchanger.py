@@ -370,3 +370,35 @@ async def test_a_connection_the_server_ends_is_counted_and_the_client_goes_on(
         "reset": report.errors["reset"],
     }
     assert len(task_exchanges) == 2  # the first exchange of the second and third connections
+
+
+async def test_a_stalled_exchange_does_not_make_the_deadlines_pile_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # One connection waits for an echo that never comes while another does 200
+    # exchanges: the deadlines held stay one per connection, not one per exchange.
+    stalled_tls, busy_tls = ScriptedTLS(), ScriptedTLS()
+    stalled_tls.echo = False
+    loop = ExchangeLoop(10.0)
+    held: list[int] = []
+    busy = Client(*[b"x"] * 200)
+    completed = busy.completed
+
+    def counting(began: float, ended: float) -> bool:
+        held.append(len(loop._deadlines))
+        return completed(began, ended)
+
+    busy.completed = counting  # type: ignore[method-assign]
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(loop.serve)
+            nursery.start_soon(loop.drive, Client(b"never"), Conn(stalled_tls))
+            await trio.testing.wait_all_tasks_blocked()
+            handback, _error = await loop.drive(busy, Conn(busy_tls))  # type: ignore[arg-type]
+            assert handback is Handback.FINISHED
+            nursery.cancel_scope.cancel()
+    finally:
+        stalled_tls.close()
+        busy_tls.close()
+    assert len(held) == 200
+    assert max(held) == 2

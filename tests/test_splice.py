@@ -22,6 +22,7 @@ import trio.testing
 
 from trio_tlsecho import ClientConfig, ServerConfig, TLSFiles, client_context, server_context
 from trio_tlsecho._engines import Spliced, SpliceEnd, SSLSocketStream, can_splice, splice, take_socket
+from trio_tlsecho._engines import _socket as socket_engine
 from trio_tlsecho._engines import _splice as splice_module
 
 from .conftest import receive_until
@@ -219,3 +220,56 @@ async def test_only_socket_engine_streams_can_be_spliced(contexts: Contexts) -> 
 async def _cancel_when_blocked(scope: trio.CancelScope) -> None:
     await trio.testing.wait_all_tasks_blocked()
     scope.cancel()
+
+
+class RefusingUp:
+    """The plain socket, but every send fails as one to a peer that stopped reading."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def recv_into(self, buffer: memoryview, n: int) -> int:
+        return self.sock.recv_into(buffer, n)
+
+    def send(self, data: memoryview) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+async def test_a_target_that_stops_reading_ends_it_for_the_copy_loops_to_decide(contexts: Contexts) -> None:
+    async with rig(contexts, start=False) as r:
+        await r.client.send_all(b"unwanted")
+        spliced = await splice(r.server, RefusingUp(r.up))  # type: ignore[arg-type]
+        assert spliced.end is SpliceEnd.TARGET_STOPPED
+        assert isinstance(spliced.error, BrokenPipeError)
+        assert spliced.to_target == b""  # nothing more goes to a target that stopped reading
+
+
+async def test_a_bug_half_way_through_a_record_breaks_the_stream(
+    contexts: Contexts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(splice_module._Pair, "_flush_client", broken)
+    data = bytes(32 * MiB)
+    async with rig(contexts, start=False) as r:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(r.target.send_all, data)
+            nursery.start_soon(_drain_when_blocked, r.client)
+            with pytest.raises(RuntimeError, match="a bug"):
+                await splice(r.server, r.up)
+            nursery.cancel_scope.cancel()
+        # Broken, so that closing it sends no close_notify after a cut record.
+        assert r.server._state is socket_engine._BROKEN
+
+
+async def _drain_when_blocked(stream: SSLSocketStream) -> None:
+    # Once the splice holds a record OpenSSL could not finish writing, the client reads
+    # (all it can: a small read would not reopen the TCP window), the socket becomes
+    # writable and the (broken) flush runs.
+    await trio.testing.wait_all_tasks_blocked()
+    while await stream.receive_some(262144):
+        pass

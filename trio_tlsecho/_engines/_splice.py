@@ -26,6 +26,7 @@ traffic; the stream is claimed for both directions while spliced.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import select
 import socket
@@ -53,8 +54,12 @@ class SpliceEnd(enum.Enum):
     TARGET_EOF = "target eof"
     #: The TLS stream broke: :attr:`Spliced.error` is the ``BrokenResourceError``.
     CLIENT_LOST = "client lost"
-    #: The plain socket failed: :attr:`Spliced.error` is the ``OSError``.
+    #: Reading the plain socket failed: :attr:`Spliced.error` is the ``OSError``.
     TARGET_LOST = "target lost"
+    #: Writing to the plain socket failed (its peer stopped reading): what the socket
+    #: says next decides, and nothing more is copied to it.  :attr:`Spliced.error` is
+    #: the ``OSError``.
+    TARGET_STOPPED = "target stopped reading"
     #: Something the fast path leaves to the caller's copy loops (see the module docstring).
     ELSEWHERE = "elsewhere"
 
@@ -164,8 +169,7 @@ class _Pair:
         except BlockingIOError:
             sent = 0
         except OSError as exc:
-            self.to_target = memoryview(bytes(data))
-            self.finish(SpliceEnd.TARGET_LOST, exc)
+            self.finish(SpliceEnd.TARGET_STOPPED, exc)
             return
         if sent < len(data):
             self.to_target = memoryview(bytes(data[sent:]))
@@ -177,7 +181,8 @@ class _Pair:
         except BlockingIOError:
             return
         except OSError as exc:
-            self.finish(SpliceEnd.TARGET_LOST, exc)
+            self.to_target = None
+            self.finish(SpliceEnd.TARGET_STOPPED, exc)
             return
         rest = self.to_target[sent:]
         self.to_target = rest if rest else None
@@ -222,8 +227,10 @@ class _Pair:
 
     def finish(self, end: SpliceEnd, error: BaseException | None = None) -> None:
         self.end, self.error = end, error
-        self.loop.remove(self)
-        self.done.set()
+        try:
+            self.loop.remove(self)
+        finally:
+            self.done.set()  # whatever happens, the caller is not left waiting
 
     def spliced(self) -> Spliced:
         assert self.end is not None
@@ -252,8 +259,12 @@ class _Loop:
 
     def remove(self, pair: _Pair) -> None:
         for fd in (pair.cfd, pair.ufd):
-            if self.pairs.pop(fd, None) is not None and not self.epoll.closed:
-                self.epoll.unregister(fd)
+            if self.pairs.get(fd) is pair:
+                del self.pairs[fd]
+                if not self.epoll.closed:
+                    # A descriptor closed while spliced left the set with it: nothing to undo.
+                    with contextlib.suppress(OSError):
+                        self.epoll.unregister(fd)
 
     async def _serve(self) -> None:
         epoll, pairs = self.epoll, self.pairs
@@ -314,5 +325,7 @@ async def splice(stream: SSLSocketStream, up: socket.socket) -> Spliced:
                 stream._state = _BROKEN  # OpenSSL is half way through a record
         stream._receiving = stream._sending = False
     if isinstance(pair.error, Exception) and pair.end is SpliceEnd.ELSEWHERE:
+        if pair.to_client is not None:
+            stream._state = _BROKEN  # a bug stopped OpenSSL half way through a record
         raise pair.error
     return pair.spliced()

@@ -177,6 +177,8 @@ class Forward:
     ) -> None:
         """Copy the client's bytes to the target, after what *carry* holds for it; at
         the client's close_notify (maybe already in *carry*), end the target's input."""
+        if carry.end is SpliceEnd.TARGET_STOPPED:
+            return  # the target stopped reading: what it says next decides
         try:
             if carry.to_target and not await _send(upstream, carry.to_target):
                 return

@@ -19,10 +19,11 @@ with what happened (:class:`Handback`), and the task does what it always did.  T
 bookkeeping of an exchange (counting, tickets, the recorder) is the client's too: the
 loop only moves bytes, through :class:`Exchanger`.
 
-Timeouts: each exchange's deadline goes into a queue in the order they were set
-(the same timeout for all, so the queue is sorted); a watchdog task sleeps until the
-oldest one and hands back, as timed out, an exchange still waiting then.  Entries of
-exchanges that ended are dropped as new ones are added.
+Timeouts: each driven connection has one deadline, that of its exchange in progress,
+in an ordered dict that a new exchange moves to the end (the same timeout for all, so
+the dict is sorted, and it never holds more entries than connections); a watchdog
+task sleeps until the oldest and hands back, as timed out, an exchange still waiting
+then.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from __future__ import annotations
 import enum
 import select
 import ssl
-from collections import deque
+from collections import OrderedDict
 from typing import Protocol
 
 import trio
@@ -73,7 +74,7 @@ class _Slot:
     """One connection while the loop drives it."""
 
     __slots__ = (
-        "began", "client", "done", "error", "events", "fd", "handback", "payload", "sent", "serial",
+        "began", "client", "done", "error", "events", "fd", "handback", "payload", "sent",
         "sock", "tls",
     )  # fmt: skip
 
@@ -90,9 +91,6 @@ class _Slot:
         #: What the ``epoll`` set waits for on this socket now: readable, but writable
         #: while OpenSSL needs to write to go on (a full send buffer, a key update).
         self.events = select.EPOLLIN
-        #: Bumped whenever the exchange in progress ends: a deadline queued with an
-        #: older serial is stale.
-        self.serial = 0
         self.done = trio.Event()
         self.handback = Handback.FINISHED
         self.error: BaseException | None = None
@@ -108,7 +106,9 @@ class ExchangeLoop:
         self._timeout = timeout
         self._epoll = select.epoll()
         self._slots: dict[int, _Slot] = {}
-        self._deadlines: deque[tuple[float, _Slot, int]] = deque()
+        #: Each driven slot's deadline, oldest first (one timeout for all: the order they
+        #: were set in is the order they fall due in).
+        self._deadlines: OrderedDict[_Slot, float] = OrderedDict()
         self._deadline_added = trio.Event()
 
     @staticmethod
@@ -157,11 +157,9 @@ class ExchangeLoop:
             self._hand_back(slot, Handback.FINISHED)
             return
         slot.payload, slot.sent, slot.began = payload, 0, now
-        slot.serial += 1
         deadlines = self._deadlines
-        while deadlines and deadlines[0][1].serial != deadlines[0][2]:
-            deadlines.popleft()
-        deadlines.append((now + self._timeout, slot, slot.serial))
+        deadlines[slot] = now + self._timeout
+        deadlines.move_to_end(slot)
         if len(deadlines) == 1:
             self._deadline_added.set()
         self._send(slot)
@@ -231,7 +229,7 @@ class ExchangeLoop:
 
     def _remove(self, slot: _Slot) -> None:
         del self._slots[slot.fd]
-        slot.serial += 1
+        self._deadlines.pop(slot, None)
         if not self._epoll.closed:  # at the end of a run, the loop may have ended first
             self._epoll.unregister(slot.fd)
 
@@ -239,15 +237,12 @@ class ExchangeLoop:
         """Hand back, as timed out, each exchange still in progress at its deadline."""
         deadlines = self._deadlines
         while True:
-            while deadlines and deadlines[0][1].serial != deadlines[0][2]:
-                deadlines.popleft()
             if not deadlines:
                 self._deadline_added = trio.Event()
                 await self._deadline_added.wait()
                 continue
-            deadline, slot, _serial = deadlines[0]
+            slot, deadline = next(iter(deadlines.items()))
             if _now() < deadline:
-                await trio.sleep_until(deadline)
+                await trio.sleep_until(deadline)  # then look again: it may have moved
                 continue
-            deadlines.popleft()
             self._hand_back(slot, Handback.TIMED_OUT)
