@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,17 @@ def test_serve_logs_json_with_log_format_json(tmp_path: Path, certs: Path, worke
     assert closed["bytes_in"] == closed["bytes_out"] > 0
     if workers > 1:
         assert {line["worker"] for line in lines if line["event"] == "listening"} == {0, 1}
+
+
+def test_a_fatal_error_is_a_json_line_too(tmp_path: Path, certs: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_cli("--log-format", "json", "serve", "--listen", f"127.0.0.1:{port}", cwd=tmp_path)
+    assert done.returncode == 2
+    last = json.loads(done.stderr.strip().splitlines()[-1])
+    assert (last["level"], last["event"]) == ("error", "error")
+    assert (
+        last["message"] == f"trio-tlsecho: error: cannot listen on 127.0.0.1:{port}: address already in use"
+    )

@@ -122,8 +122,17 @@ def run_program(body: Callable[[], int], *, who: str = PROG) -> int:
         error = user_error(exc)
         if error is None:
             raise
-        print(f"{who}: error: {error}", file=sys.stderr, flush=True)
+        _say_error(f"{who}: error: {error}")
         return 1 if isinstance(error, ClientError) else 2
+
+
+def _say_error(line: str) -> None:
+    """*line* on stderr: as one JSON object (event ``error``) where the logs are JSON, so
+    that a log pipeline reads why the program stopped too; else as it is."""
+    if any(isinstance(h.formatter, JSONFormatter) for h in log.handlers):
+        log.error(line, extra={"event": "error"})
+    else:
+        print(line, file=sys.stderr, flush=True)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
