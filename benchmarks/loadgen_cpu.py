@@ -18,21 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import build_tlsload, read_listening  # noqa: E402
-
-from trio_tlsecho import make_dev_pki  # noqa: E402
+from run import read_listening, scratch, two_cpus  # noqa: E402
 
 
 def _children_cpu() -> float:
@@ -61,15 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--clients", type=int, default=64)
     args = parser.parse_args(argv)
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        raise SystemExit("needs 2 CPUs: one for the server, one for the load generator")
-    with tempfile.TemporaryDirectory(prefix="loadgen-cpu-") as tmp:
-        pki = Path(tmp) / "pki"
-        make_dev_pki(pki)
-        tlsload = build_tlsload(Path(tmp), print)
-        if tlsload is None:
-            return 1
+    cpus = two_cpus()
+    with scratch("loadgen-cpu-") as (tmp, pki, tlsload):
         server = subprocess.Popen(
             ["taskset", "-c", str(cpus[0]), sys.executable, "-m", "trio_tlsecho", "--log-level", "warning",
              "serve", "--engine", "socket", "--listen", "127.0.0.1:0", "--certs", str(pki)],

@@ -15,20 +15,16 @@ the trio engine's figure over the socket engine's.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import read_listening  # noqa: E402
-
-from trio_tlsecho import make_dev_pki  # noqa: E402
+from run import read_listening, scratch, two_cpus  # noqa: E402
 
 ENGINES = ("trio", "socket")
 
@@ -75,13 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=10000)
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args(argv)
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        raise SystemExit("needs 2 CPUs: one for the server, one for the load generator")
+    cpus = two_cpus()
     results: dict[str, list[dict[str, float]]] = {engine: [] for engine in ENGINES}
-    with tempfile.TemporaryDirectory(prefix="memory-after-load-") as tmp:
-        pki = Path(tmp) / "pki"
-        make_dev_pki(pki)
+    with scratch("memory-after-load-", tlsload=False) as (_tmp, pki, _tlsload):
         for rep in range(args.repeat):
             for engine in ENGINES if rep % 2 == 0 else ENGINES[::-1]:
                 sizes = one_run(engine, pki, args.connections, cpus)

@@ -15,18 +15,14 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import build_tlsload, read_listening  # noqa: E402
-
-from trio_tlsecho import make_dev_pki  # noqa: E402
+from run import read_listening, scratch, two_cpus  # noqa: E402
 
 WORKLOADS = {"a*": ("64", "1-100"), "b*": ("4", "262144")}
 #: How py-spy's innermost frames are grouped: the first (file part, layer) that matches.
@@ -153,15 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workload", default="a*", choices=sorted(WORKLOADS))
     parser.add_argument("--duration", type=float, default=4.0)
     args = parser.parse_args(argv)
-    if len(os.sched_getaffinity(0)) < 2:
-        raise SystemExit("needs 2 CPUs: one for the server, one for the load generator")
-    with tempfile.TemporaryDirectory(prefix="profile-server-") as name:
-        tmp = Path(name)
-        pki = tmp / "pki"
-        make_dev_pki(pki)
-        tlsload = build_tlsload(tmp, print)
-        if tlsload is None:
-            return 1
+    two_cpus()
+    with scratch("profile-server-") as (tmp, pki, tlsload):
         print(f"{args.engine} server, ({args.workload}), {args.duration:g} s")
         print("\nby library (perf, share of the server's samples):")
         for dso, pct in _perf_split(_profile(args, tlsload, pki, tmp, "perf")):

@@ -492,6 +492,28 @@ def hold_idle_c(server: Server, binary: Path, pki: Path, count: int) -> dict[str
 # -- reporting -------------------------------------------------------------------------
 
 
+def two_cpus() -> list[int]:
+    """This process's CPUs, sorted: at least two (the server's and the load's), or exit saying so."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("needs 2 CPUs: one for the server, one for the load generator")
+    return cpus
+
+
+@contextmanager
+def scratch(prefix: str, *, tlsload: bool = True) -> Iterator[tuple[Path, Path, Path]]:
+    """A temporary directory with a development PKI in it and, unless told not to, a
+    built ``tlsload``: ``(directory, pki, tlsload)``.  Exit status 1 when ``tlsload``
+    cannot be built (``build_tlsload`` has said why)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as name:
+        tmp = Path(name)
+        make_dev_pki(tmp / "pki")
+        binary = build_tlsload(tmp, print) if tlsload else tmp / "no-tlsload"
+        if binary is None:
+            raise SystemExit(1)
+        yield tmp, tmp / "pki", binary
+
+
 def build_tlsload(out_dir: Path, log: Callable[..., None]) -> Path | None:
     """Compile ``tlsload.c`` (needs a C compiler and libssl-dev); ``None``, said why, if it can't."""
     binary = out_dir / "tlsload"

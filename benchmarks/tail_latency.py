@@ -19,7 +19,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,14 @@ from run import (  # noqa: E402
     OPEN_LOOP_C,
     SERVERS,
     LoadGenerators,
-    build_tlsload,
     run_c_workload,
     running_servers,
+    scratch,
+    two_cpus,
     wait_for_quiet,
 )
 
-from trio_tlsecho import ClientConfig, TLSFiles, make_dev_pki  # noqa: E402
+from trio_tlsecho import ClientConfig, TLSFiles  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,21 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.rate <= 0 or args.duration <= 0 or args.repeat < 1:
         parser.error("--rate, --duration and --repeat must be positive")
     args.workers = 1  # what run.py's LoadGenerators reads of its command line
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        raise SystemExit("needs 2 CPUs: one for the servers, one for the load generator")
+    cpus = two_cpus()
     server_cpus = {cpus[0]}
     os.sched_setaffinity(0, set(cpus[1:]))
     p99: dict[str, list[int]] = {name: [] for name in SERVERS}
     runs: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="tlsecho-tail-") as tmp:
-        pki = Path(tmp) / "pki"
-        make_dev_pki(pki)
-        tlsload = build_tlsload(Path(tmp), print)
-        if tlsload is None:
-            return 1
+    with scratch("tlsecho-tail-") as (tmp, pki, tlsload):
         load = LoadGenerators(args, pki, ClientConfig(tls=TLSFiles.from_dir(pki, "client")), tlsload)
-        with running_servers(pki, Path(tmp), server_cpus) as servers:
+        with running_servers(pki, tmp, server_cpus) as servers:
             for rep in range(args.repeat):
                 k = rep % len(SERVERS)
                 for name in SERVERS[k:] + SERVERS[:k]:

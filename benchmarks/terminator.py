@@ -34,7 +34,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,14 +46,14 @@ from run import (
     LoadGenerators,
     Server,
     Workload,
-    build_tlsload,
     read_listening,
     run_c_workload,
     run_workload,
+    scratch,
     stop,
 )
 
-from trio_tlsecho import Address, ClientConfig, TLSFiles, make_dev_pki
+from trio_tlsecho import Address, ClientConfig, TLSFiles
 
 TERMINATORS = ("ours_trio", "ours_socket", "stunnel", "haproxy")
 LABELS = {
@@ -230,13 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     if server_cpus:
         os.sched_setaffinity(0, set(cpus[1:]))
     runs: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="tlsecho-terminator-") as name:
-        tmp = Path(name)
-        pki = tmp / "pki"
-        make_dev_pki(pki)
-        tlsload = build_tlsload(tmp, print)
-        if tlsload is None:
-            return 1
+    with scratch("tlsecho-terminator-") as (tmp, pki, tlsload):
         load = LoadGenerators(args, pki, ClientConfig(tls=TLSFiles.from_dir(pki, "client")), tlsload)
         with echo_target(tmp, set(cpus[1:]) if server_cpus else None) as (target, target_pid):
             servers: dict[str, Server] = {}

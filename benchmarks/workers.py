@@ -45,7 +45,6 @@ import platform
 import ssl
 import statistics
 import subprocess
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,15 +58,13 @@ from run import (
     START_TIMEOUT,
     RunCost,
     Server,
-    build_tlsload,
     interpolate,
     run_sampling,
+    scratch,
     tlsload_command,
     wait_for_quiet,
 )
 from scaling import CLIENTS_PER_LOAD, cpu_order, start_workers, stop_workers
-
-from trio_tlsecho import make_dev_pki
 
 #: /proc/net/tcp's states (include/net/tcp_states.h).
 ESTABLISHED = "01"
@@ -394,12 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:
         path.write_text(json.dumps(result, indent=2) + "\n")
 
-    with tempfile.TemporaryDirectory(prefix="tlsecho-workers-") as tmp:
-        pki = Path(tmp) / "pki"
-        make_dev_pki(pki)
-        binary = build_tlsload(Path(tmp), print)
-        if binary is None:
-            return 1
+    with scratch("tlsecho-workers-") as (_tmp, pki, binary):
         setup = Setup(binary, pki, server_cpus, load_cpus, args)
         for rep in range(args.repeat):
             for n in (1, 2):

@@ -82,7 +82,7 @@ async def test_running_out_of_descriptors_is_logged_once_per_burst(
     [record] = log.find("accept failed")
     assert record.levelno == logging.ERROR
     # Another connection, well after the last failure: the burst is over, and counted.
-    await trio.sleep(BURST_GAP)
+    autojump_clock.jump(BURST_GAP)
     await accept(port, "127.0.0.1:4433")
     assert log.messages("accept")[1:] == ["127.0.0.1:4433: accepting again after 30 failed accepts over 2.9s"]
     # A new burst is a new line.

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import re
+import socket
 from collections.abc import Callable
 
 import pytest
 import trio.testing
 
 from trio_tlsecho import ClientConfig, ClientError, Connection, EchoMismatchError, discard, echo_once
+from trio_tlsecho._exceptions import connect_failure
 
 from .conftest import Start
 
@@ -75,3 +78,28 @@ async def test_no_reply_at_all_suggests_another_kind_of_server(
     [address] = await start(handler=discard)
     with pytest.raises(ClientError, match=r"no complete echo within 5s \(0 of 10 bytes back\)" + NOT_AN_ECHO):
         await echo_once(address, client_config, b"0123456789", timeout=5)
+
+
+def _summary(*inner: OSError) -> OSError:
+    """As ``open_tcp_stream`` raises: a summary whose cause is a group of the real ones."""
+    summary = OSError("all attempts to connect to h:1 failed")
+    summary.__cause__ = ExceptionGroup("attempts", list(inner))
+    return summary
+
+
+@pytest.mark.parametrize(
+    ("exc", "words"),
+    [
+        (_summary(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")),
+         "connection refused (is the server running?)"),
+        (FileNotFoundError(errno.ENOENT, "No such file or directory"),
+         "no such socket (is the server running?)"),
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+         "unknown host (Name or service not known)"),
+        (_summary(OSError(errno.ENETUNREACH, "Network is unreachable")), "Network is unreachable"),
+        (OSError("no errno at all"), "no errno at all"),
+    ],
+)  # fmt: skip
+def test_a_failed_connection_is_said_in_one_wording(exc: OSError, words: str) -> None:
+    # The client and the load generator both say it this way.
+    assert connect_failure(exc) == words

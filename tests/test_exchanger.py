@@ -276,7 +276,8 @@ async def test_each_exchange_has_its_own_deadline(
         nursery.start_soon(loop.serve)
         start = trio.current_time()
         nursery.start_soon(driven)
-        await trio.sleep(2.0)  # mock time: the echo is late, not this test
+        await trio.testing.wait_all_tasks_blocked()  # the first exchange waits for its echo
+        autojump_clock.jump(2.0)
         tls.deliver(b"one")
         await done.wait()
         nursery.cancel_scope.cancel()

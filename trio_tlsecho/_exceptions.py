@@ -7,6 +7,9 @@ the CLI prints that line and exits 2.  Programming errors keep their own types.
 
 from __future__ import annotations
 
+import errno
+import socket
+
 
 class TLSEchoError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -79,6 +82,22 @@ def causes(exc: BaseException, *, limit: int = 64) -> list[BaseException]:
             todo.extend(cur.exceptions)
         todo.extend(e for e in (cur.__cause__, cur.__context__) if e is not None)
     return found
+
+
+def connect_failure(exc: BaseException) -> str:
+    """Why a connection could not be made, in a user's words, from the ``OSError`` under
+    *exc* (``open_tcp_stream`` raises a summary whose causes hold the real ones): the
+    one wording of the client and the load generator."""
+    errors = [e for e in causes(exc) if isinstance(e, OSError)]
+    errnos = {e.errno for e in errors}
+    if errno.ECONNREFUSED in errnos:
+        return "connection refused (is the server running?)"
+    if errno.ENOENT in errnos:  # a UNIX socket's path
+        return "no such socket (is the server running?)"
+    unknown = next((e for e in errors if isinstance(e, socket.gaierror)), None)
+    if unknown is not None:
+        return f"unknown host ({unknown.strerror})"
+    return next((e.strerror for e in errors if e.strerror), None) or str(exc)
 
 
 def leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

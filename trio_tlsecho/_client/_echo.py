@@ -8,8 +8,6 @@ the exchange the same as one during the handshake: one line saying who objected.
 
 from __future__ import annotations
 
-import errno
-import socket
 import ssl
 import time
 from typing import Any
@@ -18,7 +16,7 @@ import attrs
 import trio
 
 from .._config import ClientConfig
-from .._exceptions import ClientError, EchoMismatchError, causes
+from .._exceptions import ClientError, EchoMismatchError, connect_failure
 from .._handlers import RECEIVE_SIZE
 from .._net import Address, UnixAddress
 from .._tls import PeerIdentity, client_context, describe_tls_error, peer_identity
@@ -53,7 +51,7 @@ async def open_client(
         else:
             tcp = await trio.open_tcp_stream(address.host, address.port)
     except OSError as exc:
-        raise ClientError(f"cannot connect to {address}: {_os_reason(exc)}") from exc
+        raise ClientError(f"cannot connect to {address}: {connect_failure(exc)}") from exc
     if proxy_header:
         try:
             await tcp.send_all(proxy_header)
@@ -75,19 +73,6 @@ async def open_client(
         await trio.aclose_forcefully(stream)
         raise ClientError(f"TLS handshake with {address} failed: {describe_tls_error(exc)}") from exc
     return stream
-
-
-def _os_reason(exc: OSError) -> str:
-    # open_tcp_stream tries every address and raises a summary OSError whose cause is
-    # a group of the real ones; look there for the errno that explains it.
-    errnos = {e.errno for e in causes(exc) if isinstance(e, OSError)}
-    if errno.ECONNREFUSED in errnos:
-        return "connection refused (is the server running?)"
-    if errno.ENOENT in errnos:
-        return "no such socket (is the server running?)"
-    if isinstance(exc, socket.gaierror):
-        return f"unknown host ({exc.strerror})"
-    return exc.strerror or str(exc)
 
 
 @attrs.frozen

@@ -7,7 +7,6 @@ what is counted).
 
 from __future__ import annotations
 
-import errno
 import itertools
 import math
 import os
@@ -19,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
-from .._exceptions import ClientError, causes
+from .._exceptions import ClientError, causes, connect_failure
 from .._tls import describe_tls_error
 from ._config import (
     EOF_REASONS,
@@ -533,13 +532,7 @@ def _refusal(exc: BaseException) -> bool:
 def _reason(exc: BaseException, kind: ErrorKind) -> str:
     if kind is ErrorKind.TIMEOUT:
         return "no answer in time (is the address right?)"
-    errnos = {e.errno for e in causes(exc) if isinstance(e, OSError)}
-    if errno.ECONNREFUSED in errnos:
-        return "connection refused (is the server running?)"
-    if errno.ENOENT in errnos:  # a UNIX socket's path, as the client says it
-        return "no such socket (is the server running?)"
-    reasons = [e.strerror for e in causes(exc) if isinstance(e, OSError) and e.strerror]
-    return reasons[0] if reasons else str(exc)
+    return connect_failure(exc)
 
 
 async def _send(conn: ClientConnection, payload: memoryview, io: ExchangeIO) -> None:
